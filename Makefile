@@ -1,0 +1,44 @@
+# busi-pipeline: `make run` runs the pipeline on the real data, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Where the BUSI dataset lies (a Dataset_BUSI_with_GT folder or its zip).
+BUSI_SOURCE ?= ../shared/datasets/busi
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test lint lock bench clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/lock.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+## The main job: import BUSI, validate it, split it (later: train, evaluate, promote).
+run: setup
+	$(BIN)/busi ingest-data "$(BUSI_SOURCE)"
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check components tests bench dags
+	$(BIN)/ruff format --check components tests bench dags
+
+bench: setup
+	$(BIN)/python bench/bench_data.py --source "$(BUSI_SOURCE)"
+
+## Re-resolve requirements/lock.txt from requirements/requirements.in (needs network).
+lock:
+	$(PYTHON) -m pip install --quiet uv
+	$(PYTHON) -m uv pip compile --python-version 3.11 requirements/requirements.in -o requirements/lock.txt
+
+clean-venv:
+	rm -rf $(VENV)

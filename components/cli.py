@@ -1,0 +1,45 @@
+"""The `busi` command: one sub-command per pipeline step, named exactly like the step."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from components.errors import BusiError
+
+# sub-command -> module in components/ (the step name with '_' for '-').
+COMMANDS = {
+    "ingest-data": "import the BUSI folder or zip into data/busi and version it with DVC",
+    "validate-data": "build the manifest, run the Great Expectations suite, quarantine bad files",
+    "split-data": "group-aware stratified train/val/test split with a frozen test set",
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: busi COMMAND [options]   (busi COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"busi: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(f"components.{command.replace('-', '_')}")
+    try:
+        return int(module.main(rest) or 0)
+    except BusiError as exc:
+        print(f"busi {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
