@@ -18,7 +18,11 @@ COMMANDS = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: busi COMMAND [options]   (busi COMMAND --help for its options)", "", "commands:"]
+    lines = [
+        "usage: busi COMMAND [options]   (busi COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -110,7 +110,13 @@ def decode_image(
             pixels = _to_gray(img)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
     return DecodedImage(pixels=pixels, mode=mode, fmt=fmt, conversion=CONVERTIBLE_MODES[mode])
 
@@ -142,7 +148,13 @@ def decode_mask(data: bytes, *, max_pixels: int) -> tuple[np.ndarray, bool, str]
             arr = np.asarray(img)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
     if arr.ndim == 3:
         arr = arr.max(axis=2)

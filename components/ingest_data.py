@@ -49,6 +49,7 @@ class IngestResult:
 def find_dataset_root(folder: Path) -> Path:
     """The folder holding the class folders: ``folder`` itself or its single subfolder
     (``Dataset_BUSI_with_GT/`` as distributed)."""
+
     def has_classes(path: Path) -> bool:
         return any((path / c).is_dir() for c in KNOWN_CLASSES)
 
@@ -187,7 +188,8 @@ def ingest(
         if status not in ("{}", ""):
             raise BusiError(
                 f"{data_dir} has changes not recorded in {DVC_FILE} ({status}); "
-                f"run `dvc commit {DVC_FILE}` to keep them or `dvc checkout {DVC_FILE}` to drop them"
+                f"run `dvc commit {DVC_FILE}` to keep them or "
+                f"`dvc checkout {DVC_FILE}` to drop them"
             )
 
     with tempfile.TemporaryDirectory(prefix="busi-ingest-") as tmp:
@@ -204,7 +206,9 @@ def ingest(
             raise BusiError(f"{root} holds no files")
 
         if previous and same_tree(root, data_dir):
-            logger.info("data/busi already holds this data (version %s): nothing to ingest", previous)
+            logger.info(
+                "data/busi already holds this data (version %s): nothing to ingest", previous
+            )
             dvc("push", str(DVC_FILE))
             return IngestResult(False, previous, previous, len(files), remote)
 

@@ -106,7 +106,10 @@ def split_manifest(
         if "test" in old:
             for i, o in zip(idx, old, strict=True):
                 if conflict:
-                    split.iloc[i], reason.iloc[i] = EXCLUDED, "label conflict with a frozen test image"
+                    split.iloc[i], reason.iloc[i] = (
+                        EXCLUDED,
+                        "label conflict with a frozen test image",
+                    )
                 elif o == "test":
                     split.iloc[i], reason.iloc[i] = "test", "frozen"
                 else:

@@ -108,7 +108,9 @@ def _natural_key(text: str) -> tuple:
 
 
 def group_files(relative_paths: Iterable[str]) -> tuple[list[ImageFiles], list[dict], list[str]]:
-    """Pair images with their masks. Returns (images, stray file entries, ignored top-level files)."""
+    """Pair images with their masks.
+
+    Returns (images, stray file entries, ignored top-level files)."""
     by_folder: dict[str, list[str]] = {}
     stray: list[dict] = []
     ignored: list[str] = []
@@ -136,7 +138,10 @@ def group_files(relative_paths: Iterable[str]) -> tuple[list[ImageFiles], list[d
             if stem not in stems:
                 for name in mask_names:
                     stray.append(
-                        {"path": f"{folder}/{name}", "reasons": [_reason("orphan_mask", FILE_REASONS)]}
+                        {
+                            "path": f"{folder}/{name}",
+                            "reasons": [_reason("orphan_mask", FILE_REASONS)],
+                        }
                     )
         for name in sorted(candidates, key=_natural_key):
             masks = tuple(sorted(masks_of.get(Path(name).stem, []), key=_natural_key))
@@ -152,7 +157,10 @@ def _reason(code: str, table: dict[str, str] = REASONS, detail: str | None = Non
 
 
 def inspect_image(
-    files: ImageFiles, read: Callable[[str], bytes], size_of: Callable[[str], int], cfg: ValidateConfig
+    files: ImageFiles,
+    read: Callable[[str], bytes],
+    size_of: Callable[[str], int],
+    cfg: ValidateConfig,
 ) -> dict:
     """Decode one image and its masks and return its manifest row (facts, no verdicts)."""
     name_match = re.match(r"^([a-z]+) \(\d+\)", files.stem)
@@ -179,7 +187,8 @@ def inspect_image(
     data = read(files.path)
     row["sha256"] = sha256_bytes(data)
     try:
-        decoded = decode_image(data, max_pixels=cfg.max_pixels)
+        # BUSI is distributed as PNG; other containers here mean a mislabelled file.
+        decoded = decode_image(data, max_pixels=cfg.max_pixels, allowed_formats=("PNG",))
     except ImageDecodeError as exc:
         row["decode_error"], row["decode_detail"] = exc.reason, exc.detail
         return row
@@ -332,7 +341,9 @@ def _expectations(cfg: ValidateConfig) -> list:
     ]  # fmt: skip
 
 
-def run_expectations(manifest: pd.DataFrame, cfg: ValidateConfig) -> tuple[dict[int, list[str]], dict]:
+def run_expectations(
+    manifest: pd.DataFrame, cfg: ValidateConfig
+) -> tuple[dict[int, list[str]], dict]:
     """Validate the manifest with GX. Returns reasons per row position and a suite summary."""
     # GX logs hundreds of INFO lines while it imports; quiet it before the import.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -445,9 +456,7 @@ def validate_corpus(
         if g["class"].nunique() > 1
     ]
     decoded = manifest[manifest["sha256"].notna()] if len(manifest) else manifest
-    same_bytes = [
-        sorted(g["id"]) for _, g in decoded.groupby("sha256") if g["class"].nunique() > 1
-    ]
+    same_bytes = [sorted(g["id"]) for _, g in decoded.groupby("sha256") if g["class"].nunique() > 1]
     reason_counts: dict[str, int] = {}
     for entry in quarantined + stray:
         for reason in entry["reasons"]:
@@ -495,7 +504,8 @@ def trainability_problems(report: dict, cfg: ValidateConfig) -> list[str]:
     if report["counts"]["accepted"] == 0:
         return ["no usable image remains (see the quarantine list above)"]
     return [
-        f"class '{c}' has {n} usable images, fewer than min_images_per_class={cfg.min_images_per_class}"
+        f"class '{c}' has {n} usable images, "
+        f"fewer than min_images_per_class={cfg.min_images_per_class}"
         for c, n in per_class.items()
         if n < cfg.min_images_per_class
     ]
@@ -539,7 +549,9 @@ def list_files(root: Path) -> list[str]:
     return files
 
 
-def run(data_dir: Path, manifest_path: Path, report_path: Path, cfg: ValidateConfig) -> ValidationResult:
+def run(
+    data_dir: Path, manifest_path: Path, report_path: Path, cfg: ValidateConfig
+) -> ValidationResult:
     """Validate ``data_dir`` and write the manifest and the report; raise if it cannot train."""
     from tqdm import tqdm
 
@@ -580,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"manifest: {args.manifest}  report: {args.report}")
     if result.report["problems"]:
         raise BusiError(
-            "the validated data cannot train a model: " + "; ".join(result.report["problems"])
+            "the validated data cannot train a model: "
+            + "; ".join(result.report["problems"])
             + f". See {args.report}; fix or add data, then re-ingest."
         )
     return 0
