@@ -88,10 +88,11 @@ def split_manifest(
     split = pd.Series([None] * len(df), dtype=object)
     reason = pd.Series([""] * len(df), dtype=object)
     before: dict[str, str] = {}
+    before_reason: dict[str, str] = {}
     if previous is not None and len(previous):
-        before = {
-            i: s for i, s in zip(previous["id"], previous["split"], strict=True) if s in SPLITS
-        }
+        kept = previous[previous["split"].isin(SPLITS)]
+        before = dict(zip(kept["id"], kept["split"], strict=True))
+        before_reason = dict(zip(kept["id"], kept["split_reason"].fillna(""), strict=True))
     frozen = any(s == "test" for s in before.values())
 
     rng = np.random.default_rng(cfg.seed)
@@ -129,6 +130,11 @@ def split_manifest(
     _assign_new_groups(new_groups, df["class"], split, allowed, cfg)
     for _name, idx in new_groups:
         reason.iloc[idx] = "new" if frozen else "assigned"
+    # An image that stays where it was keeps the reason it got there: rerunning on the same
+    # data rewrites the same file.
+    for i, image_id in enumerate(df["id"]):
+        if before.get(image_id) == split.iloc[i] and before_reason.get(image_id):
+            reason.iloc[i] = before_reason[image_id]
     df["split"], df["split_reason"] = split, reason
     out = df[COLUMNS].sort_values("id", kind="stable").reset_index(drop=True)
     return out, split_report(out, df, frozen, before)

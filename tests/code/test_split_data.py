@@ -99,6 +99,9 @@ def test_run_reads_the_previous_split_and_writes_atomically(tmp_path):
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     splits = tmp_path / "splits.csv"
     run(tmp_path / "manifest.csv", splits, tmp_path / "split.json", CFG)
+    first_bytes = splits.read_bytes()
+    run(tmp_path / "manifest.csv", splits, tmp_path / "split.json", CFG)
+    assert splits.read_bytes() == first_bytes  # rerunning on the same data rewrites nothing
     first = pd.read_csv(splits)
     report = run(tmp_path / "manifest.csv", splits, tmp_path / "split.json", SplitConfig(seed=99))
     assert report["frozen_test_set"] is True
