@@ -13,6 +13,12 @@ COMMANDS = {
     "ingest-data": "import the BUSI folder or zip into data/busi and version it with DVC",
     "validate-data": "build the manifest, run the Great Expectations suite, quarantine bad files",
     "split-data": "group-aware stratified train/val/test split with a frozen test set",
+    "augment-data": "resize the split images, augment the train split, write TFRecords",
+    "train-unet": "train the U-Net lesion segmenter (resumes an interrupted run)",
+    "crop-rois": "segment every image and crop the region of interest for the classifier",
+    "train-classifier": "train the benign/malignant/normal classifier on the crops",
+    "evaluate-models": "score the whole chain on the frozen test split",
+    "run-pipeline": "run all stages (dvc repro) for a profile under one MLflow parent run",
 }
 
 

@@ -237,19 +237,23 @@ def ingest(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="busi ingest-data", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "source", nargs="?", default=os.environ.get("BUSI_SOURCE"),
+        "source",
+        nargs="?",
+        default=os.environ.get("BUSI_SOURCE"),
         help="BUSI folder or .zip (default: $BUSI_SOURCE)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--remote", default=os.environ.get("BUSI_DVC_REMOTE"),
+        "--remote",
+        default=os.environ.get("BUSI_DVC_REMOTE"),
         help="DVC remote URL: a folder outside the work tree or s3://bucket/prefix "
         "(default: $BUSI_DVC_REMOTE, else the configured default remote, else "
         "$XDG_DATA_HOME/busi-pipeline/dvc-remote)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--endpoint-url", default=os.environ.get("BUSI_S3_ENDPOINT_URL"),
+        "--endpoint-url",
+        default=os.environ.get("BUSI_S3_ENDPOINT_URL"),
         help="S3 API endpoint for an s3:// remote, e.g. MinIO (default: $BUSI_S3_ENDPOINT_URL)",
-    )  # fmt: skip
+    )
     parser.add_argument("--repo", type=Path, default=Path("."), help="project root")
     args = parser.parse_args(argv)
     if not args.source:

@@ -122,8 +122,14 @@ def split_manifest(
         elif any(o is not None for o in old):
             kept = [o for o in old if o is not None]
             side = max(("train", "val"), key=lambda s: (kept.count(s), s == "train"))
-            split.iloc[idx] = side
-            reason.iloc[idx] = "kept from the previous split"
+            for i, o in zip(idx, old, strict=True):
+                split.iloc[i] = side
+                if o == side:
+                    reason.iloc[i] = "kept from the previous split"
+                elif o is None:
+                    reason.iloc[i] = f"new: joins its near-duplicate group in {side}"
+                else:
+                    reason.iloc[i] = f"moved to {side} with its near-duplicate group"
         else:
             new_groups.append((name, idx))
     allowed = ("train", "val") if frozen else SPLITS
@@ -135,12 +141,13 @@ def split_manifest(
     for i, image_id in enumerate(df["id"]):
         if before.get(image_id) == split.iloc[i] and before_reason.get(image_id):
             reason.iloc[i] = before_reason[image_id]
-    df["split"], df["split_reason"] = split, reason
+    df["split"], df["split_reason"] = split.astype("str"), reason.astype("str")
     out = df[COLUMNS].sort_values("id", kind="stable").reset_index(drop=True)
-    return out, split_report(out, df, frozen, before)
+    known = set(previous["id"]) if previous is not None else set()
+    return out, split_report(out, df, frozen, known)
 
 
-def split_report(out: pd.DataFrame, full: pd.DataFrame, frozen: bool, before: dict) -> dict:
+def split_report(out: pd.DataFrame, full: pd.DataFrame, frozen: bool, known: set[str]) -> dict:
     used = out[out["split"].isin(SPLITS)]
     spans = used.groupby("dup_group")["split"].nunique()
     table = pd.crosstab(used["split"], used["class"])
@@ -149,7 +156,7 @@ def split_report(out: pd.DataFrame, full: pd.DataFrame, frozen: bool, before: di
     return {
         "frozen_test_set": frozen,
         "images": len(out),
-        "new_images": int((~out["id"].isin(list(before))).sum()) if before else len(out),
+        "new_images": int((~out["id"].isin(list(known))).sum()),
         "per_split": {s: int((out["split"] == s).sum()) for s in (*SPLITS, EXCLUDED)},
         "per_split_class": {s: {c: int(n) for c, n in row.items()} for s, row in table.iterrows()},
         "class_proportions": {
@@ -210,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "split_data", SplitConfig)
-    report = run(args.manifest, args.splits, args.report, cfg)
+    from components import tracking
+
+    with tracking.step_run("split_data", asdict(cfg)):
+        report = run(args.manifest, args.splits, args.report, cfg)
+        tracking.log_step_outputs(report["per_split"], artifacts=[args.splits, args.report])
     print(summarize(report))
     print(f"splits: {args.splits}  report: {args.report}")
     return 0

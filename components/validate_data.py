@@ -47,7 +47,12 @@ class ValidateConfig:
     max_pixels: int = 25_000_000  # decompression-bomb guard, checked from the header
     max_file_bytes: int = 50_000_000
     min_pixel_std: float = 1.0  # below this an image is (nearly) one flat colour
-    near_duplicate_max_distance: int = 10  # pHash Hamming distance of 64 bits; see bench/results
+    # Near-duplicates: pHash Hamming distance (of 64 bits) at most max_distance, or at most
+    # confirm_distance with thumbnails correlated at least min_correlation. See
+    # bench/results/data.md for how these were chosen on BUSI.
+    near_duplicate_max_distance: int = 10
+    near_duplicate_confirm_distance: int = 14
+    near_duplicate_min_correlation: float = 0.85
     min_images_per_class: int = 10
 
     def __post_init__(self) -> None:
@@ -173,12 +178,23 @@ def inspect_image(
         "name_class": name_match.group(1) if name_match else None,
         "mask_files": ";".join(files.masks),
         "n_masks": len(files.masks),
-        "width": None, "height": None, "min_side": None, "mode": None, "format": None,
-        "conversion": None, "pixel_std": None, "sha256": None, "phash": None,
-        "decode_error": None, "decode_detail": None,
-        "mask_modes": None, "mask_error": None, "mask_size_ok": None, "mask_binary": None,
+        "width": None,
+        "height": None,
+        "min_side": None,
+        "mode": None,
+        "format": None,
+        "conversion": None,
+        "pixel_std": None,
+        "sha256": None,
+        "phash": None,
+        "decode_error": None,
+        "decode_detail": None,
+        "mask_modes": None,
+        "mask_error": None,
+        "mask_size_ok": None,
+        "mask_binary": None,
         "lesion_area_fraction": None,
-    }  # fmt: skip
+    }
     size = size_of(files.path)
     if size > cfg.max_file_bytes:
         row["decode_error"] = "too_large"
@@ -194,10 +210,16 @@ def inspect_image(
         return row
     height, width = decoded.pixels.shape
     row.update(
-        width=width, height=height, min_side=min(width, height), mode=decoded.mode,
-        format=decoded.fmt, conversion=decoded.conversion,
-        pixel_std=float(decoded.pixels.std()), phash=f"{perceptual_hash(decoded.pixels):016x}",
-    )  # fmt: skip
+        width=width,
+        height=height,
+        min_side=min(width, height),
+        mode=decoded.mode,
+        format=decoded.fmt,
+        conversion=decoded.conversion,
+        pixel_std=float(decoded.pixels.std()),
+        phash=f"{perceptual_hash(decoded.pixels):016x}",
+        _thumbnail=thumbnail(decoded.pixels),
+    )
     if not files.masks:
         return row
     combined = np.zeros((height, width), dtype=bool)
@@ -228,9 +250,23 @@ def inspect_corpus(
     size_of: Callable[[str], int],
     cfg: ValidateConfig,
     progress: Callable[[Iterable], Iterable] = iter,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """The manifest, and each decoded image's thumbnail by row position (for the
+    near-duplicate search; too big for a column)."""
     rows = [inspect_image(files, read, size_of, cfg) for files in progress(images)]
-    return pd.DataFrame(rows).reset_index(drop=True)
+    thumbs = {i: row.pop("_thumbnail") for i, row in enumerate(rows) if "_thumbnail" in row}
+    return pd.DataFrame(rows).reset_index(drop=True), thumbs
+
+
+def thumbnail(pixels: np.ndarray, side: int = 64) -> np.ndarray:
+    """A standardised side x side thumbnail (zero mean, unit variance) for correlations."""
+    from PIL import Image
+
+    small = np.asarray(
+        Image.fromarray(pixels).resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32
+    ).ravel()
+    std = small.std()
+    return (small - small.mean()) / (std if std > 0 else 1.0)
 
 
 class _UnionFind:
@@ -249,7 +285,13 @@ class _UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def find_duplicates(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
+def find_duplicates(
+    manifest: pd.DataFrame,
+    max_distance: int,
+    confirm_distance: int | None = None,
+    min_correlation: float = 1.0,
+    thumbnails: dict[int, np.ndarray] | None = None,
+) -> pd.DataFrame:
     """Add duplicate_of (exact copy within a class), dup_group (near-duplicate group, named by
     its first member), dup_group_size and label_conflict (group spans classes)."""
     df = manifest.copy()
@@ -272,6 +314,19 @@ def find_duplicates(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
         uf = _UnionFind(len(hashed))
         for a, b in zip(*np.nonzero(np.triu(dist <= max_distance, k=1)), strict=True):
             uf.union(int(a), int(b))
+        # Views of one lesion taken a moment apart can differ in more hash bits than a
+        # re-saved copy; between the two distances, their pixels must also agree.
+        thumbs = thumbnails or {}
+        if confirm_distance is not None and confirm_distance > max_distance and thumbs:
+            band = np.triu((dist > max_distance) & (dist <= confirm_distance), k=1)
+            for a, b in zip(*np.nonzero(band), strict=True):
+                ta, tb = thumbs.get(hashed[a]), thumbs.get(hashed[b])
+                if (
+                    ta is not None
+                    and tb is not None
+                    and float(ta @ tb) / ta.size >= min_correlation
+                ):
+                    uf.union(int(a), int(b))
         members: dict[int, list[int]] = {}
         for pos in range(len(hashed)):
             members.setdefault(uf.find(pos), []).append(hashed[pos])
@@ -303,7 +358,9 @@ def _expectations(cfg: ValidateConfig) -> list:
             column="file_name", regex=cfg.name_pattern, meta=meta("odd_filename")
         ),
         gxe.ExpectColumnPairValuesToBeEqual(
-            column_A="class", column_B="name_class", ignore_row_if="either_value_is_missing",
+            column_A="class",
+            column_B="name_class",
+            ignore_row_if="either_value_is_missing",
             meta=meta("name_class_mismatch"),
         ),
         gxe.ExpectColumnValuesToBeNull(column="decode_error", meta=meta("undecodable")),
@@ -322,11 +379,17 @@ def _expectations(cfg: ValidateConfig) -> list:
             column="mask_binary", value_set=[True], meta=meta("mask_not_binary")
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="lesion_area_fraction", min_value=0.0, strict_min=True, max_value=1.0,
-            row_condition=Column("class").is_in(list(cfg.lesion_classes)), meta=meta("empty_mask"),
+            column="lesion_area_fraction",
+            min_value=0.0,
+            strict_min=True,
+            max_value=1.0,
+            row_condition=Column("class").is_in(list(cfg.lesion_classes)),
+            meta=meta("empty_mask"),
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="lesion_area_fraction", min_value=0.0, max_value=0.0,
+            column="lesion_area_fraction",
+            min_value=0.0,
+            max_value=0.0,
             row_condition=Column("class").is_in(
                 [c for c in cfg.classes if c not in cfg.lesion_classes]
             ),
@@ -338,7 +401,7 @@ def _expectations(cfg: ValidateConfig) -> list:
         gxe.ExpectColumnValuesToMatchRegex(
             column="sha256", regex=r"^[0-9a-f]{64}$", meta={"integrity": True}
         ),
-    ]  # fmt: skip
+    ]
 
 
 def run_expectations(
@@ -374,10 +437,13 @@ def run_expectations(
         if res.success:
             continue
         summary["failed"].append(
-            {"expectation": config.type, "column": config.kwargs.get("column"),
-             "reason": config.meta.get("reason"),
-             "unexpected_count": res.result.get("unexpected_count")}
-        )  # fmt: skip
+            {
+                "expectation": config.type,
+                "column": config.kwargs.get("column"),
+                "reason": config.meta.get("reason"),
+                "unexpected_count": res.result.get("unexpected_count"),
+            }
+        )
         if config.meta.get("integrity"):
             raise RuntimeError(f"manifest integrity check failed: {config.type} {config.kwargs}")
         for position in res.result.get("unexpected_index_list") or []:
@@ -429,10 +495,16 @@ def validate_corpus(
 ) -> ValidationResult:
     """The whole check: pair files, inspect pixels, group duplicates, run the GX suite."""
     images, stray, ignored = group_files(relative_paths)
-    manifest = inspect_corpus(images, read, size_of, cfg, progress)
+    manifest, thumbnails = inspect_corpus(images, read, size_of, cfg, progress)
     if manifest.empty:
         manifest = pd.DataFrame(columns=["id", "class", "path", "sha256", "phash", "decode_error"])
-    manifest = find_duplicates(manifest, cfg.near_duplicate_max_distance)
+    manifest = find_duplicates(
+        manifest,
+        cfg.near_duplicate_max_distance,
+        cfg.near_duplicate_confirm_distance,
+        cfg.near_duplicate_min_correlation,
+        thumbnails,
+    )
     reasons, suite_summary = run_expectations(manifest, cfg) if len(manifest) else ({}, {})
     manifest["quarantine_reasons"] = [";".join(reasons.get(i, [])) for i in range(len(manifest))]
     manifest["status"] = np.where(manifest["quarantine_reasons"] != "", "quarantined", "accepted")
@@ -469,9 +541,7 @@ def validate_corpus(
             "accepted": len(accepted),
             "quarantined_images": len(quarantined),
             "quarantined_files": len(stray),
-            "accepted_per_class": {
-                c: int((accepted["class"] == c).sum()) for c in cfg.classes
-            },
+            "accepted_per_class": {c: int((accepted["class"] == c).sum()) for c in cfg.classes},
             "quarantine_reasons": dict(sorted(reason_counts.items())),
             "converted": int(accepted["conversion"].notna().sum()) if len(accepted) else 0,
             "multi_mask_images": int((accepted["n_masks"] > 1).sum()) if len(accepted) else 0,
@@ -485,16 +555,18 @@ def validate_corpus(
         # Byte-identical files filed under different classes (BUSI: benign 433 = malignant 145).
         "same_image_in_two_classes": same_bytes,
         "conversions": sorted(
-            f"{r['path']}: {r['conversion']}" for _, r in accepted.iterrows()
+            f"{r['path']}: {r['conversion']}"
+            for _, r in accepted.iterrows()
             if isinstance(r["conversion"], str)
         ),
         "multi_mask_images": [
             {"id": r["id"], "mask_files": r["mask_files"].split(";")}
-            for _, r in accepted.iterrows() if r["n_masks"] > 1
+            for _, r in accepted.iterrows()
+            if r["n_masks"] > 1
         ],
         "ignored_files": ignored,
         "expectation_suite": suite_summary,
-    }  # fmt: skip
+    }
     return ValidationResult(manifest=manifest, report=report)
 
 
@@ -587,7 +659,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "validate_data", ValidateConfig)
-    result = run(args.data_dir, args.manifest, args.report, cfg)
+    from components import tracking
+
+    with tracking.step_run("validate_data", asdict(cfg)):
+        result = run(args.data_dir, args.manifest, args.report, cfg)
+        counts = result.report["counts"]
+        tracking.log_step_outputs(
+            {k: v for k, v in counts.items() if not isinstance(v, dict)}, artifacts=[args.report]
+        )
     print(summarize(result.report))
     print(f"manifest: {args.manifest}  report: {args.report}")
     if result.report["problems"]:

@@ -15,6 +15,14 @@ from components.synthetic import make_busi_like
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_by_default(monkeypatch):
+    """Steps track to MLflow unless told not to; tests opt in with their own store."""
+    monkeypatch.setenv("BUSI_TRACKING", "off")
+    monkeypatch.delenv("BUSI_PARENT_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> tuple[Path, list]:
     """A clean synthetic corpus: 12 images per class, one with two masks, some RGB."""
@@ -42,3 +50,48 @@ def dvc_project(tmp_path: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO_ROOT / name, repo / name)
     return repo
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> dict:
+    """One run of the whole pipeline on the smoke profile, in a scratch workspace, tracked to
+    its own MLflow store. Shared by the chain, DAG and model tests."""
+    import json
+
+    base = tmp_path_factory.mktemp("smoke")
+    workspace = base / "workspace"
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "BUSI_TRACKING": "on",
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    env.pop("BUSI_PARENT_RUN_ID", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components",
+            "run-pipeline",
+            "--profile",
+            "smoke",
+            "--workspace",
+            str(workspace),
+            "--project",
+            str(REPO_ROOT),
+        ],
+        cwd=base,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return {
+        "workspace": workspace,
+        "tracking_uri": uri,
+        "env": env,
+        "stdout": proc.stdout,
+        "evaluation": json.loads((workspace / "metrics" / "evaluation.json").read_text()),
+    }

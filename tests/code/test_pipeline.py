@@ -20,9 +20,12 @@ def _busi(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
-        [sys.executable, "-m", "components", *args], cwd=repo, env=env,
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "components", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.slow

@@ -16,8 +16,15 @@ def _manifest(n_per_class=(60, 30, 20), groups=(), conflicts=()) -> pd.DataFrame
     for label, n in zip(("benign", "malignant", "normal"), n_per_class, strict=True):
         for i in range(1, n + 1):
             image_id = f"{label}/{label} ({i})"
-            rows.append({"id": image_id, "class": label, "path": f"{image_id}.png",
-                         "dup_group": image_id, "label_conflict": False})  # fmt: skip
+            rows.append(
+                {
+                    "id": image_id,
+                    "class": label,
+                    "path": f"{image_id}.png",
+                    "dup_group": image_id,
+                    "label_conflict": False,
+                }
+            )
     df = pd.DataFrame(rows).set_index("id", drop=False)
     for members in (*groups, *conflicts):
         df.loc[list(members), "dup_group"] = members[0]
@@ -26,8 +33,10 @@ def _manifest(n_per_class=(60, 30, 20), groups=(), conflicts=()) -> pd.DataFrame
     return df.reset_index(drop=True)
 
 
-GROUPS = [tuple(f"benign/benign ({i})" for i in (1, 2, 3, 4)),
-          ("malignant/malignant (5)", "malignant/malignant (6)")]  # fmt: skip
+GROUPS = [
+    tuple(f"benign/benign ({i})" for i in (1, 2, 3, 4)),
+    ("malignant/malignant (5)", "malignant/malignant (6)"),
+]
 CONFLICT = ("benign/benign (40)", "malignant/malignant (20)")
 
 
@@ -82,9 +91,23 @@ def test_new_near_duplicate_of_a_test_image_is_excluded():
     label = test_id.split("/")[0]
     newcomer = f"{label}/{label} (500)"
     grown = _manifest()
-    grown = pd.concat([grown, pd.DataFrame([{"id": newcomer, "class": label,
-                       "path": newcomer + ".png", "dup_group": test_id,
-                       "label_conflict": False}])], ignore_index=True)  # fmt: skip
+    grown = pd.concat(
+        [
+            grown,
+            pd.DataFrame(
+                [
+                    {
+                        "id": newcomer,
+                        "class": label,
+                        "path": newcomer + ".png",
+                        "dup_group": test_id,
+                        "label_conflict": False,
+                    }
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     grown.loc[grown["id"] == test_id, "dup_group"] = test_id
     second, report = split_manifest(grown, first, CFG)
     row = second.set_index("id").loc[newcomer]

@@ -80,13 +80,19 @@ def add_bad_files(root: Path) -> dict[str, set[str]]:
     _write(root, "benign/benign (110)_mask.png", _mask_png(mask_dup))
     bad("benign/benign (111).png", _png(img_dup), "exact_duplicate", mask=_mask_png(mask_dup))
     bad(
-        "benign/malignant (112).png", _png(_pair("benign", 112)[0]), "name_class_mismatch",
+        "benign/malignant (112).png",
+        _png(_pair("benign", 112)[0]),
+        "name_class_mismatch",
         mask=good_mask,
-    )  # fmt: skip
+    )
     tiny, tiny_mask = _pair("benign", 113, size=(20, 24))
     bad("benign/benign (113).png", _png(tiny), "too_small", mask=_mask_png(tiny_mask))
-    bad("benign/benign (114).png", _png(np.full((90, 100), 128, np.uint8)), "blank_image",
-        mask=good_mask)  # fmt: skip
+    bad(
+        "benign/benign (114).png",
+        _png(np.full((90, 100), 128, np.uint8)),
+        "blank_image",
+        mask=good_mask,
+    )
     bad("benign/benign (115).png", good_png, "mask_undecodable", mask=b"\x89PNG\r\n\x1a\nbroken")
     bad("benign/notes.txt", b"remember to check benign 3", "odd_filename", "undecodable")
     # Files that are not image candidates at all.
@@ -163,8 +169,13 @@ def test_every_good_file_survives(salted):
     accepted = set(result.accepted["id"])
     for item in written:
         assert item.image_id in accepted, f"good image {item.image_id} was rejected"
-    for image_id in [*converted, "benign/benign (204)", "malignant/malignant (204)",
-                     "malignant/malignant (205)", "benign/benign (110)"]:  # fmt: skip
+    for image_id in [
+        *converted,
+        "benign/benign (204)",
+        "malignant/malignant (204)",
+        "malignant/malignant (205)",
+        "benign/benign (110)",
+    ]:
         assert image_id in accepted
 
 
@@ -212,8 +223,19 @@ def test_manifest_and_report_are_written(salted, tmp_path):
     report = json.loads((tmp_path / "validation.json").read_text())
     assert report["counts"]["quarantined_images"] == len(result.manifest) - len(result.accepted)
     manifest_columns = set(result.manifest.columns)
-    for column in ("id", "class", "path", "width", "height", "mode", "mask_files",
-                   "lesion_area_fraction", "sha256", "phash", "dup_group"):  # fmt: skip
+    for column in (
+        "id",
+        "class",
+        "path",
+        "width",
+        "height",
+        "mode",
+        "mask_files",
+        "lesion_area_fraction",
+        "sha256",
+        "phash",
+        "dup_group",
+    ):
         assert column in manifest_columns
     text = summarize(report)
     assert "quarantined" in text and "benign/benign (101).png" in text
@@ -226,8 +248,16 @@ def test_too_few_images_fails_with_a_clear_message(tmp_path, capsys):
     make_busi_like(root, n_per_class=4, seed=3)
     params = tmp_path / "params.yaml"
     params.write_text("validate_data:\n  min_images_per_class: 10\n")
-    args = ["--data-dir", str(root), "--manifest", str(tmp_path / "m.csv"),
-            "--report", str(tmp_path / "r.json"), "--params", str(params)]  # fmt: skip
+    args = [
+        "--data-dir",
+        str(root),
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--report",
+        str(tmp_path / "r.json"),
+        "--params",
+        str(params),
+    ]
     with pytest.raises(BusiError, match=r"cannot train.*'benign' has 4 usable images"):
         main(args)
     assert json.loads((tmp_path / "r.json").read_text())["trainable"] is False
@@ -238,8 +268,18 @@ def test_no_data_at_all_fails(tmp_path):
     with pytest.raises(BusiError, match="no usable image"):
         params = tmp_path / "params.yaml"
         params.write_text("validate_data: {}\n")
-        main(["--data-dir", str(tmp_path / "busi"), "--manifest", str(tmp_path / "m.csv"),
-              "--report", str(tmp_path / "r.json"), "--params", str(params)])  # fmt: skip
+        main(
+            [
+                "--data-dir",
+                str(tmp_path / "busi"),
+                "--manifest",
+                str(tmp_path / "m.csv"),
+                "--report",
+                str(tmp_path / "r.json"),
+                "--params",
+                str(params),
+            ]
+        )
 
 
 def test_missing_data_folder_says_what_to_do(tmp_path):
@@ -251,7 +291,50 @@ def test_cli_exit_code_is_non_zero_on_failure(tmp_path, capsys):
     from components.cli import main as cli_main
 
     shutil.copy(Path(__file__).parents[2] / "params.yaml", tmp_path / "params.yaml")
-    code = cli_main(["validate-data", "--data-dir", str(tmp_path / "absent"),
-                     "--params", str(tmp_path / "params.yaml")])  # fmt: skip
+    code = cli_main(
+        [
+            "validate-data",
+            "--data-dir",
+            str(tmp_path / "absent"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ]
+    )
     assert code != 0
     assert "busi ingest-data" in capsys.readouterr().err
+
+
+def test_near_duplicates_between_the_distances_need_agreeing_pixels():
+    import pandas as pd
+
+    from components.validate_data import find_duplicates
+
+    base = 0x0F0F0F0F0F0F0F0F
+    twelve_bits_off = base ^ 0xFFF  # Hamming distance 12
+    rows = pd.DataFrame(
+        {
+            "id": ["benign/a", "benign/b", "benign/c"],
+            "class": ["benign"] * 3,
+            "sha256": ["1" * 64, "2" * 64, "3" * 64],
+            "decode_error": [None] * 3,
+            "phash": [f"{base:016x}", f"{twelve_bits_off:016x}", f"{twelve_bits_off:016x}"],
+        }
+    )
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=64 * 64)
+    thumbs = {
+        0: same,
+        1: same + rng.normal(scale=0.1, size=same.size),
+        2: rng.normal(size=same.size),
+    }
+    thumbs = {k: (v - v.mean()) / v.std() for k, v in thumbs.items()}
+    grouped = find_duplicates(rows, 10, 14, 0.85, thumbs).set_index("id")["dup_group"]
+    assert grouped["benign/b"] == grouped["benign/a"]  # 12 bits apart, same pixels
+    # c has b's hash (distance 0 to b) so it joins b's group through b, not through pixels.
+    assert grouped["benign/c"] == grouped["benign/a"]
+    alone = find_duplicates(
+        rows.iloc[[0, 2]].reset_index(drop=True), 10, 14, 0.85, {0: thumbs[0], 1: thumbs[2]}
+    )
+    assert alone["dup_group"].nunique() == 2  # 12 bits apart, unrelated pixels
+    only_hash = find_duplicates(rows, 10).set_index("id")["dup_group"]
+    assert only_hash["benign/b"] != only_hash["benign/a"]

@@ -1,0 +1,127 @@
+"""The inference chain shared by crop_rois, evaluate_models and serving:
+image -> lesion probability -> cleaned mask -> region of interest -> classifier input.
+
+Everything here is pure (arrays in, arrays out) except ``segment``, which calls a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.metrics import largest_component, remove_small_components
+from components.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    threshold: float = 0.5
+    # A "lesion" is a connected component covering at least this share of the image;
+    # smaller specks are dropped (and a normal image with none counts as lesion-free).
+    min_area: float = 0.002
+    keep: str = "largest"  # largest | all
+    margin: float = 0.15  # added on each side, as a share of the box's height/width
+    crop_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("largest", "all"):
+            raise ValueError("keep must be 'largest' or 'all'")
+        if not 0 <= self.threshold <= 1 or self.margin < 0 or not 0 <= self.min_area < 1:
+            raise ValueError("threshold and min_area must lie in [0, 1], margin >= 0")
+
+
+def segment(
+    unet, images: list[np.ndarray], size: int, tta_flip: bool = True, batch_size: int = 32
+) -> list[np.ndarray]:
+    """Lesion probability maps at each image's own resolution. With ``tta_flip`` the
+    prediction is averaged with that of the horizontally flipped image."""
+    if not images:
+        return []
+    batch = np.stack([prepare_image(img, size) for img in images])
+    prob = unet.predict(batch, batch_size=batch_size, verbose=0)
+    if tta_flip:
+        flipped = unet.predict(batch[:, :, ::-1], batch_size=batch_size, verbose=0)
+        prob = (prob + flipped[:, :, ::-1]) / 2.0
+    return [resize_prob(p[..., 0], *img.shape[:2]) for p, img in zip(prob, images, strict=True)]
+
+
+def clean_mask(prob: np.ndarray, cfg: RoiConfig) -> np.ndarray:
+    """Threshold, drop components below ``min_area``, keep the largest if asked."""
+    mask = prob >= cfg.threshold
+    min_px = int(np.ceil(cfg.min_area * mask.size))
+    mask = remove_small_components(mask, max(min_px, 1))
+    if cfg.keep == "largest":
+        mask = largest_component(mask)
+    return mask
+
+
+def roi_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), bottom/right exclusive: the mask's bounding box grown by
+    ``margin`` of its size on each side and clipped to the image; the whole image when the
+    mask is empty."""
+    height, width = mask.shape
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return 0, 0, height, width
+    top, bottom = int(rows.min()), int(rows.max()) + 1
+    left, right = int(cols.min()), int(cols.max()) + 1
+    pad_y = round((bottom - top) * margin)
+    pad_x = round((right - left) * margin)
+    return (
+        max(0, top - pad_y),
+        max(0, left - pad_x),
+        min(height, bottom + pad_y),
+        min(width, right + pad_x),
+    )
+
+
+def crop_roi(
+    image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The box cut from the image and the mask, each resized to size x size."""
+    top, left, bottom, right = box
+    return (
+        resize_gray(image[top:bottom, left:right], size),
+        resize_mask(mask[top:bottom, left:right], size),
+    )
+
+
+def shape_features(mask: np.ndarray) -> dict[str, float]:
+    """Simple descriptors of the kept mask: area share, height/width ratio, fill of its box."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return {"area": 0.0, "aspect": 0.0, "extent": 0.0}
+    h = rows.max() - rows.min() + 1
+    w = cols.max() - cols.min() + 1
+    return {
+        "area": float(mask.mean()),
+        "aspect": float(h / w),
+        "extent": float(rows.size / (h * w)),
+    }
+
+
+def classifier_input(crops: np.ndarray, mask_crops: np.ndarray) -> np.ndarray:
+    """uint8 crops [N,C,C] and masks [N,C,C] -> float32 [N,C,C,2]: the crop in [0,1] and the
+    mask as a second channel."""
+    crops = np.asarray(crops, dtype=np.float32) / 255.0
+    masks = np.asarray(mask_crops, dtype=np.float32)
+    return np.stack([crops, masks], axis=-1)
+
+
+def rois_from_masks(images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig):
+    """Crops, mask crops, boxes and shape features for images with their (cleaned) masks."""
+    crops, mask_crops, boxes, features = [], [], [], []
+    for image, mask in zip(images, masks, strict=True):
+        box = roi_box(mask, cfg.margin)
+        crop, mask_crop = crop_roi(image, mask, box, cfg.crop_size)
+        crops.append(crop)
+        mask_crops.append(mask_crop)
+        boxes.append(box)
+        features.append(shape_features(mask))
+    return (
+        np.stack(crops).astype(np.uint8),
+        np.stack(mask_crops).astype(np.uint8),
+        np.array(boxes, dtype=np.int64),
+        features,
+    )

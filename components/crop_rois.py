@@ -1,0 +1,155 @@
+"""crop_rois: segment every split image with the trained U-Net and cut out the region of
+interest (the kept lesion component with a margin; the whole image when no lesion is
+found) as the classifier's input.
+
+Which masks train the classifier (``train_masks``): ``predicted`` by default, for every
+split. At inference the crop always comes from a predicted mask, so the classifier must
+learn on crops made the same way. Crops from ground-truth masks would teach a shortcut:
+lesion images get tight crops while normal images (empty masks) stay whole, and
+"uncropped means normal" collapses once masks are predicted. ``both`` adds the
+ground-truth crops of the train split as extra examples; val and test always use
+predicted masks.
+
+Core: ``rois_for_split`` (images, masks and a segmenter in; crops out). Shell: ``main``
+writes ``data/rois/{train,val,test}.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.chain import RoiConfig, clean_mask, rois_from_masks, segment
+from components.config import load_section
+from components.errors import BusiError
+
+logger = logging.getLogger(__name__)
+
+CLASSES = ("benign", "malignant", "normal")
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    threshold: float = 0.5
+    min_area: float = 0.002
+    keep: str = "largest"
+    margin: float = 0.15
+    crop_size: int = 128
+    tta_flip: bool = True
+    train_masks: str = "predicted"  # predicted | ground_truth | both
+
+    def __post_init__(self) -> None:
+        if self.train_masks not in ("predicted", "ground_truth", "both"):
+            raise ValueError("train_masks must be predicted, ground_truth or both")
+        self.roi  # validates the ROI settings  # noqa: B018
+
+    @property
+    def roi(self) -> RoiConfig:
+        return RoiConfig(self.threshold, self.min_area, self.keep, self.margin, self.crop_size)
+
+
+def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, split: str) -> dict:
+    """Crops for one split. ``predict(images) -> probability maps`` is the segmenter."""
+    probs = predict(images)
+    pred_masks = [clean_mask(p, cfg.roi) for p in probs]
+    sources = []
+    if split != "train" or cfg.train_masks in ("predicted", "both"):
+        sources.append(("predicted", pred_masks))
+    if split == "train" and cfg.train_masks in ("ground_truth", "both"):
+        sources.append(("ground_truth", [np.asarray(m, bool) for m in true_masks]))
+    parts = []
+    for source, masks in sources:
+        crops, mask_crops, boxes, features = rois_from_masks(images, masks, cfg.roi)
+        parts.append(
+            {
+                "crops": crops,
+                "masks": mask_crops,
+                "boxes": boxes,
+                "labels": np.asarray(labels, dtype=np.int64),
+                "ids": np.asarray(ids, dtype=str),
+                "mask_source": np.array([source] * len(images)),
+                "area": np.array([f["area"] for f in features], dtype=np.float32),
+                "aspect": np.array([f["aspect"] for f in features], dtype=np.float32),
+                "extent": np.array([f["extent"] for f in features], dtype=np.float32),
+            }
+        )
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="busi crop-rois", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data/busi"))
+    parser.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
+    parser.add_argument("--unet", type=Path, default=Path("models/unet.keras"))
+    parser.add_argument("--out", type=Path, default=Path("data/rois"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    cfg = load_section(args.params, "crop_rois", CropConfig)
+    if not args.unet.is_file():
+        raise BusiError(f"{args.unet} not found: run `busi train-unet` first")
+    import keras
+
+    from components import tracking
+    from components.augment_data import load_split_rows
+    from components.train_unet import CUSTOM_OBJECTS
+
+    unet = keras.models.load_model(args.unet, custom_objects=CUSTOM_OBJECTS)
+    rows = load_split_rows(args.manifest, args.splits)
+    with tracking.step_run("crop_rois", asdict(cfg)):
+        summary = _crop_all(rows, unet, args, cfg)
+        tracking.log_step_outputs(
+            {f"{s}_no_lesion_found": v["no_lesion_found"] for s, v in summary["splits"].items()},
+            artifacts=[args.out / "summary.json"],
+        )
+    for split, info in summary["splits"].items():
+        print(
+            f"{split}: {info['rows']} crops, no lesion found in {info['no_lesion_found']} "
+            f"({info['no_lesion_found_per_class']})"
+        )
+    return 0
+
+
+def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
+    from tqdm import tqdm
+
+    from components.preprocess import load_pair
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"config": asdict(cfg), "splits": {}}
+    for split in ("train", "val", "test"):
+        part = rows[rows["split"] == split]
+        images, masks = [], []
+        for _, row in tqdm(
+            part.iterrows(), total=len(part), desc=f"crop-rois {split}", unit="img", leave=False
+        ):
+            image, mask = load_pair(args.data_dir, row["path"], row["mask_files"])
+            images.append(image)
+            masks.append(mask)
+        labels = [CLASSES.index(c) for c in part["class"]]
+        result = rois_for_split(
+            images,
+            masks,
+            labels,
+            part["id"].to_list(),
+            lambda imgs: segment(unet, imgs, unet.input_shape[1], cfg.tta_flip),
+            cfg,
+            split,
+        )
+        np.savez_compressed(args.out / f"{split}.npz", **result)
+        predicted = result["mask_source"] == "predicted"
+        whole = (result["area"][predicted] == 0).astype(bool)
+        summary["splits"][split] = {
+            "rows": len(result["ids"]),
+            "no_lesion_found": int(whole.sum()),
+            "no_lesion_found_per_class": {
+                c: int(whole[result["labels"][predicted] == i].sum()) for i, c in enumerate(CLASSES)
+            },
+        }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

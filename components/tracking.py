@@ -1,0 +1,196 @@
+"""MLflow tracking for the pipeline steps: one nested run per step under the pipeline's
+parent run, tagged with the code commit, the data version and the profile.
+
+Settings are read when a run starts, never at import:
+- ``MLFLOW_TRACKING_URI``: default ``sqlite:///<cwd>/mlflow.db`` (artifacts in ./mlruns).
+- ``MLFLOW_EXPERIMENT_NAME``: default ``busi-pipeline``.
+- ``BUSI_PARENT_RUN_ID``: the pipeline's parent run (set by ``busi run-pipeline`` and the
+  Airflow DAG); without it a step's run is top-level.
+- ``BUSI_TRACKING=off`` turns tracking off (the step still runs and writes its files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "busi-pipeline"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def enabled() -> bool:
+    return os.environ.get("BUSI_TRACKING", "on").lower() not in ("off", "0", "false")
+
+
+def git_commit(cwd: Path = Path(".")) -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def data_version(dvc_file: Path = Path("data.dvc")) -> str | None:
+    """The md5 of the dataset recorded in data.dvc: the data version."""
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def file_md5(path: Path) -> str | None:
+    return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def lineage_tags() -> dict[str, str]:
+    tags = {
+        "git_commit": git_commit(),
+        "data_version": data_version(),
+        "dvc_lock_md5": file_md5(Path("dvc.lock")),
+        "params_md5": file_md5(Path("params.yaml")),
+        "profile": os.environ.get("BUSI_PROFILE", "default"),
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _setup():
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
+        # Without a server, keep the artifacts beside the database, not in whatever folder
+        # the first step happened to run in.
+        store = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        mlflow.create_experiment(name, artifact_location=store.resolve().as_uri())
+    mlflow.set_experiment(name)
+    return mlflow
+
+
+@contextlib.contextmanager
+def step_run(step: str, params: dict[str, Any]) -> Iterator[Any]:
+    """An MLflow run for one step (nested under BUSI_PARENT_RUN_ID when set), or None when
+    tracking is off."""
+    if not enabled():
+        yield None
+        return
+    mlflow = _setup()
+    parent = os.environ.get("BUSI_PARENT_RUN_ID")
+    with mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent) as run:
+        mlflow.set_tags({"step": step, **lineage_tags()})
+        mlflow.log_params(_flatten(params))
+        yield run
+
+
+@contextlib.contextmanager
+def pipeline_run(name: str = "pipeline") -> Iterator[Any]:
+    """The parent run of one pipeline run; its id is exported for the steps' nested runs."""
+    if not enabled():
+        yield None
+        return
+    mlflow = _setup()
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags({"kind": "pipeline", **lineage_tags()})
+        previous = os.environ.get("BUSI_PARENT_RUN_ID")
+        os.environ["BUSI_PARENT_RUN_ID"] = run.info.run_id
+        try:
+            yield run
+        finally:
+            if previous is None:
+                os.environ.pop("BUSI_PARENT_RUN_ID", None)
+            else:
+                os.environ["BUSI_PARENT_RUN_ID"] = previous
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log the numeric leaves of a (nested) dict; NaN and None are skipped."""
+    if not enabled():
+        return
+    import math
+
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    flat = {
+        k: float(v)
+        for k, v in _flatten(metrics).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    if flat:
+        mlflow.log_metrics(flat, step=step)
+
+
+def log_step_outputs(
+    metrics: dict[str, Any], artifacts=(), model=None, model_name=None, example=None
+) -> None:
+    """Metrics, artifact files and a Keras model with its signature, on the active run."""
+    if not enabled():
+        return
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    log_metrics(metrics)
+    for path in artifacts:
+        if Path(path).exists():
+            mlflow.log_artifact(str(path))
+    if model is not None:
+        from mlflow.models import infer_signature
+
+        signature = None
+        if example is not None:
+            signature = infer_signature(example, model.predict(example, verbose=0))
+        import keras
+        import tensorflow as tf
+
+        # Given explicitly: MLflow's inference of the requirements reloads the model in a
+        # subprocess, slow and noisy.
+        requirements = [f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}"]
+        mlflow.keras.log_model(
+            model, name=model_name, signature=signature, pip_requirements=requirements
+        )
+
+
+def epoch_logger():
+    """A Keras callback that logs each epoch's metrics to the active MLflow run."""
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            log_metrics(dict(logs or {}), step=epoch)
+
+    return EpochLogger()

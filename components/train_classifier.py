@@ -1,0 +1,238 @@
+"""train_classifier: classify the regions of interest as benign, malignant or normal.
+
+Backbones: ``small_cnn`` (default, trains in minutes on 2 CPU cores), and ``resnet50``,
+``resnet101`` (the original work's choice) and ``densenet121`` from keras.applications,
+with ``weights: none | imagenet``. ImageNet weights are downloaded by Keras on first use,
+which needs internet access; the default (``none``) works offline, and the run records
+which weights were used. The input is the crop plus the predicted mask as a second channel
+(for the ImageNet backbones: crop, crop, mask as RGB). Class imbalance is handled with
+balanced class weights; no image is dropped.
+
+Core: ``build_classifier``, ``class_weights`` and ``fit_classifier``. Shell: ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import load_section
+from components.errors import BusiError
+
+logger = logging.getLogger(__name__)
+
+CLASSES = ("benign", "malignant", "normal")
+BACKBONES = ("small_cnn", "resnet50", "resnet101", "densenet121")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    backbone: str = "small_cnn"
+    weights: str = "none"  # none | imagenet (needs internet on first use)
+    base_filters: int = 32  # small_cnn only
+    dropout: float = 0.3
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 12
+    batchnorm_momentum: float = 0.9
+    class_weight: str = "balanced"  # balanced | none
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone '{self.backbone}' unknown; choose one of {BACKBONES}")
+        if self.weights not in ("none", "imagenet"):
+            raise ValueError("weights must be 'none' or 'imagenet'")
+        if self.weights == "imagenet" and self.backbone == "small_cnn":
+            raise ValueError("small_cnn has no ImageNet weights; use weights: none")
+        if self.class_weight not in ("balanced", "none"):
+            raise ValueError("class_weight must be 'balanced' or 'none'")
+
+
+def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int, float]:
+    """Balanced weights n / (k * n_c): each class contributes equally to the loss."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        missing = [CLASSES[i] for i in np.flatnonzero(counts == 0)]
+        raise BusiError(f"no training example of class {missing}: cannot weight classes")
+    return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts)}
+
+
+def _set_bn_momentum(model, momentum: float) -> None:
+    import keras
+
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def build_classifier(cfg: ClassifierConfig, input_size: int):
+    """Crop + mask [S,S,2] in, class probabilities [3] out."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((input_size, input_size, 2), name="roi")
+    if cfg.backbone == "small_cnn":
+        x = inputs
+        for level in range(4):
+            for _ in range(2):
+                x = layers.Conv2D(cfg.base_filters * 2**level, 3, padding="same", use_bias=False)(x)
+                x = layers.BatchNormalization(momentum=cfg.batchnorm_momentum)(x)
+                x = layers.Activation("relu")(x)
+            x = layers.MaxPooling2D()(x)
+        x = layers.GlobalAveragePooling2D()(x)
+    else:
+        apps = {
+            "resnet50": (keras.applications.ResNet50, keras.applications.resnet.preprocess_input),
+            "resnet101": (keras.applications.ResNet101, keras.applications.resnet.preprocess_input),
+            "densenet121": (
+                keras.applications.DenseNet121,
+                keras.applications.densenet.preprocess_input,
+            ),
+        }
+        constructor, preprocess = apps[cfg.backbone]
+        crop, mask = inputs[..., :1], inputs[..., 1:]
+        rgb = layers.Concatenate()([crop, crop, mask]) * 255.0
+        rgb = layers.Lambda(preprocess, name="imagenet_preprocess")(rgb)
+        try:
+            backbone = constructor(
+                include_top=False,
+                pooling="avg",
+                weights="imagenet" if cfg.weights == "imagenet" else None,
+                input_shape=(input_size, input_size, 3),
+            )
+        except Exception as exc:
+            if cfg.weights != "imagenet":
+                raise
+            raise BusiError(
+                f"the ImageNet weights of {cfg.backbone} could not be loaded ({exc}). Keras "
+                "downloads them on first use into ~/.keras/models; without internet access "
+                "copy the file there by hand, or set train_classifier.weights: none"
+            ) from exc
+        _set_bn_momentum(backbone, cfg.batchnorm_momentum)
+        x = backbone(rgb)
+    x = layers.Dropout(cfg.dropout)(x)
+    outputs = layers.Dense(len(CLASSES), activation="softmax", name="class")(x)
+    return keras.Model(inputs, outputs, name=f"classifier_{cfg.backbone}")
+
+
+def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, training: bool):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), np.eye(len(CLASSES))[y]))
+    if training:
+        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+
+        def augment(roi, label):
+            roi = tf.image.random_flip_left_right(roi)
+            crop = roi[..., :1] * tf.random.uniform((), 0.85, 1.15)
+            crop = crop + tf.random.uniform((), -0.08, 0.08)
+            return tf.concat([tf.clip_by_value(crop, 0.0, 1.0), roi[..., 1:]], -1), label
+
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_classifier(
+    x_train, y_train, x_val, y_val, cfg: ClassifierConfig, history_csv: Path, extra_callbacks=()
+):
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_classifier(cfg, int(x_train.shape[1]))
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
+    )
+    weights = class_weights(y_train) if cfg.class_weight == "balanced" else None
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_macro_f1", mode="max", patience=cfg.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3)
+        ),
+        keras.callbacks.CSVLogger(str(history_csv)),
+        *extra_callbacks,
+    ]
+    model.fit(
+        classification_dataset(x_train, y_train, cfg, training=True),
+        validation_data=classification_dataset(x_val, y_val, cfg, training=False),
+        epochs=cfg.epochs,
+        class_weight=weights,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return model
+
+
+def load_rois(path: Path):
+    from components.chain import classifier_input
+
+    if not path.is_file():
+        raise BusiError(f"{path} not found: run `busi crop-rois` first")
+    data = np.load(path)
+    return classifier_input(data["crops"], data["masks"]), data["labels"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="busi train-classifier", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--rois", type=Path, default=Path("data/rois"))
+    parser.add_argument("--model", type=Path, default=Path("models/classifier.keras"))
+    parser.add_argument("--history", type=Path, default=Path("plots/train_classifier.csv"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/train_classifier.json"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    cfg = load_section(args.params, "train_classifier", ClassifierConfig)
+    x_train, y_train = load_rois(args.rois / "train.npz")
+    x_val, y_val = load_rois(args.rois / "val.npz")
+    from components import tracking
+
+    for path in (args.model, args.history, args.metrics):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with tracking.step_run("train_classifier", asdict(cfg)) as run:
+        model = fit_classifier(
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            cfg,
+            args.history,
+            [tracking.epoch_logger()] if run else [],
+        )
+        model.save(args.model)
+        proba = model.predict(x_val, verbose=0).astype(np.float64)
+        proba /= proba.sum(axis=1, keepdims=True)
+        from components.metrics import classification_metrics
+
+        val = classification_metrics(y_val, proba, list(CLASSES))
+        summary = {
+            "val_accuracy": float(val["accuracy"]),
+            "val_macro_f1": float(val["macro_f1"]),
+            "weights": cfg.weights,
+            "params": int(model.count_params()),
+            "class_weights": class_weights(y_train) if cfg.class_weight == "balanced" else None,
+        }
+        args.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+        tracking.log_step_outputs(
+            {k: v for k, v in summary.items() if k != "class_weights"},
+            artifacts=[args.history],
+            model=model,
+            model_name="classifier",
+            example=x_val[:1],
+        )
+    print(
+        f"classifier {cfg.backbone} (weights {cfg.weights}): val accuracy "
+        f"{summary['val_accuracy']:.3f}, macro-F1 {summary['val_macro_f1']:.3f}"
+    )
+    return 0

@@ -1,0 +1,129 @@
+"""Model building blocks: U-Net shapes, losses and metrics, augmentation, class weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.augment_data import AugmentConfig, augment_pair, prepare_split
+from components.train_classifier import ClassifierConfig, build_classifier, class_weights
+from components.train_unet import ARCHITECTURES, UnetConfig, bce_dice_loss, build_unet
+
+keras = pytest.importorskip("keras")
+
+
+def test_unet_shapes_and_the_original_size():
+    model = build_unet(32, ARCHITECTURES["compact"])
+    out = model.predict(np.zeros((2, 32, 32, 1), np.float32), verbose=0)
+    assert out.shape == (2, 32, 32, 1) and (out >= 0).all() and (out <= 1).all()
+    original = build_unet(128, ARCHITECTURES["original"])
+    assert 30_000_000 < original.count_params() < 32_000_000  # the notebook's 31 M
+
+
+def test_losses_and_metrics_on_hand_made_masks():
+    from components.train_unet import dice_metric, iou_metric, soft_dice_loss
+
+    truth = np.zeros((2, 4, 4, 1), np.float32)
+    truth[0, :2, :2] = 1  # 4 pixels
+    pred = np.zeros_like(truth)
+    pred[0, :2, :1] = 0.9  # 2 of them found
+    pred[0, 3, 3] = 0.8  # 1 false positive
+    # image 0: TP 2, FP 1, FN 2 -> Dice 4/7, IoU 2/5; image 1: empty and empty -> 1
+    assert float(dice_metric(truth, pred)) == pytest.approx((4 / 7 + 1) / 2, abs=1e-6)
+    assert float(iou_metric(truth, pred)) == pytest.approx((2 / 5 + 1) / 2, abs=1e-6)
+    assert float(soft_dice_loss(truth, truth)) == pytest.approx(0.0, abs=1e-6)
+    perfect = float(bce_dice_loss(truth, np.clip(truth, 1e-4, 1 - 1e-4)))
+    assert perfect < 0.01 < float(bce_dice_loss(truth, pred))
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    rng = np.random.default_rng(0)
+    image = np.zeros((32, 32), np.uint8)
+    image[4:12, 20:28] = 255
+    mask = image > 0
+    flip_only = AugmentConfig(
+        image_size=32, hflip=1.0, rotate_degrees=0, scale=0, brightness=0, contrast=0, speckle=0
+    )
+    aug_image, aug_mask = augment_pair(image, mask, rng, flip_only)
+    np.testing.assert_array_equal(aug_image, image[:, ::-1])
+    np.testing.assert_array_equal(aug_mask, mask[:, ::-1])
+    full = AugmentConfig(image_size=32, rotate_degrees=10, scale=0.1, speckle=0.1)
+    for _ in range(5):
+        aug_image, aug_mask = augment_pair(image, mask, rng, full)
+        assert aug_image.dtype == np.uint8 and aug_mask.dtype == bool
+        assert aug_image[aug_mask].mean() > 150 > aug_image[~aug_mask].mean()
+
+
+def test_only_the_train_split_is_augmented():
+    rng = np.random.default_rng(0)
+    images = [np.full((50, 70), i * 40, np.uint8) for i in range(3)]
+    masks = [np.zeros((50, 70), bool)] * 3
+    cfg = AugmentConfig(image_size=32, copies=2)
+    x, y, source = prepare_split(images, masks, True, cfg, rng)
+    assert x.shape == (9, 32, 32) and y.shape == (9, 32, 32)
+    assert source.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    x, _, source = prepare_split(images, masks, False, cfg, rng)
+    assert x.shape == (3, 32, 32) and source.tolist() == [0, 1, 2]
+
+
+def test_tfrecords_round_trip(tmp_path):
+    from components.augment_data import read_tfrecord, write_tfrecord
+
+    images = np.random.default_rng(0).integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    masks = (images > 128).astype(np.uint8)
+    write_tfrecord(tmp_path / "s.tfrecord", images, masks, [0, 1, 2], ["a", "b", "c"], [0, 1, 1])
+    rows = list(read_tfrecord(tmp_path / "s.tfrecord", 16).as_numpy_iterator())
+    assert len(rows) == 3
+    np.testing.assert_allclose(rows[1][0][..., 0], images[1] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(rows[2][1][..., 0], masks[2])
+    assert [r[2] for r in rows] == [0, 1, 2]
+
+
+def test_balanced_class_weights():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    weights = class_weights(labels)
+    assert weights == pytest.approx({0: 100 / 180, 1: 100 / 90, 2: 100 / 30})
+    # every class then carries the same total weight
+    totals = [weights[c] * (labels == c).sum() for c in range(3)]
+    assert max(totals) == pytest.approx(min(totals))
+    from components.errors import BusiError
+
+    with pytest.raises(BusiError, match="normal"):
+        class_weights(np.array([0, 1, 1]))
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet50"])
+def test_classifiers_take_crop_and_mask(backbone):
+    model = build_classifier(ClassifierConfig(backbone=backbone, base_filters=4), 64)
+    out = model.predict(np.zeros((2, 64, 64, 2), np.float32), verbose=0)
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    momenta = {
+        l.momentum
+        for l in model._flatten_layers()
+        if isinstance(l, keras.layers.BatchNormalization)
+    }
+    assert momenta == {0.9}  # not Keras' 0.99, unstable with few steps an epoch
+
+
+def test_imagenet_weights_offline_give_a_clear_error(monkeypatch):
+    from components.errors import BusiError
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure: host unreachable")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    import keras.src.applications.resnet as resnet
+
+    monkeypatch.setattr(resnet.file_utils, "get_file", no_network)
+    with pytest.raises(BusiError, match="weights: none"):
+        build_classifier(ClassifierConfig(backbone="resnet50", weights="imagenet"), 64)
+
+
+def test_configs_refuse_unknown_choices():
+    with pytest.raises(ValueError, match="architecture"):
+        UnetConfig(architecture="huge")
+    with pytest.raises(ValueError, match="backbone"):
+        ClassifierConfig(backbone="vgg")
+    with pytest.raises(ValueError, match="no ImageNet"):
+        ClassifierConfig(backbone="small_cnn", weights="imagenet")
