@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Where the BUSI dataset lies (a Dataset_BUSI_with_GT folder or its zip).
 BUSI_SOURCE ?= ../shared/datasets/busi
+# default: the real data in this project; smoke: synthetic data in scratch/smoke (seconds)
+PROFILE ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -20,10 +22,9 @@ $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-## The main job: import BUSI, validate it, split it (later: train, evaluate, promote).
+## The main job: import BUSI, then validate, split, augment, train, crop, classify, evaluate.
 run: setup
-	$(BIN)/busi ingest-data "$(BUSI_SOURCE)"
-	$(BIN)/dvc repro
+	$(BIN)/busi run-pipeline --profile $(PROFILE) $(if $(filter default,$(PROFILE)),--source "$(BUSI_SOURCE)")
 
 test: setup
 	$(BIN)/python -m pytest tests

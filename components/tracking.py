@@ -15,7 +15,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import resource
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,7 +114,13 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Any]:
     with mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent) as run:
         mlflow.set_tags({"step": step, **lineage_tags()})
         mlflow.log_params(_flatten(params))
+        started = time.perf_counter()
         yield run
+        # What the step cost, for bench/: wall time and the process's peak memory.
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        mlflow.log_metrics(
+            {"step_wall_seconds": time.perf_counter() - started, "step_peak_rss_mib": peak_mib}
+        )
 
 
 @contextlib.contextmanager

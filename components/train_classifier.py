@@ -130,13 +130,17 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
     if training:
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
 
-        def augment(roi, label):
-            roi = tf.image.random_flip_left_right(roi)
-            crop = roi[..., :1] * tf.random.uniform((), 0.85, 1.15)
-            crop = crop + tf.random.uniform((), -0.08, 0.08)
+        def augment(pair, seed):
+            roi, label = pair
+            # Stateless ops with a per-element seed keep training deterministic.
+            roi = tf.image.stateless_random_flip_left_right(roi, seed)
+            gain = tf.random.stateless_uniform((), seed + 1, 0.85, 1.15)
+            shift = tf.random.stateless_uniform((), seed + 2, -0.08, 0.08)
+            crop = roi[..., :1] * gain + shift
             return tf.concat([tf.clip_by_value(crop, 0.0, 1.0), roi[..., 1:]], -1), label
 
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -145,7 +149,12 @@ def fit_classifier(
 ):
     import keras
 
+    import tensorflow as tf
+
     keras.utils.set_random_seed(cfg.seed)
+    # Same data, params and code give the same model (on the same machine), which makes a
+    # past run reproducible and a model comparison fair.
+    tf.config.experimental.enable_op_determinism()
     model = build_classifier(cfg, int(x_train.shape[1]))
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),

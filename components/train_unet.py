@@ -167,14 +167,18 @@ def segmentation_dataset(path: Path, image_size: int, cfg: UnetConfig, training:
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
 
-        def flip(image, mask):
-            do = tf.random.uniform(()) < 0.5
+        def flip(pair, seed):
+            image, mask = pair
+            do = tf.random.stateless_uniform((), seed=seed) < 0.5
             return (
                 tf.where(do, tf.reverse(image, [1]), image),
                 tf.where(do, tf.reverse(mask, [1]), mask),
             )
 
-        ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+        # Stateless random ops with one seed per element: the same flips whatever the
+        # thread schedule, so training is deterministic.
+        seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(flip, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -190,7 +194,12 @@ def fit_unet(
     """Train (or resume) a U-Net. Returns the model with the best validation Dice weights."""
     import keras
 
+    import tensorflow as tf
+
     keras.utils.set_random_seed(cfg.seed)
+    # Same data, params and code give the same model (on the same machine), which makes a
+    # past run reproducible and a model comparison fair.
+    tf.config.experimental.enable_op_determinism()
     model = compile_unet(
         build_unet(image_size, cfg.arch, cfg.batchnorm_momentum), cfg.learning_rate
     )

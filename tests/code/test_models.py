@@ -99,9 +99,9 @@ def test_classifiers_take_crop_and_mask(backbone):
     assert out.shape == (2, 3)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
     momenta = {
-        l.momentum
-        for l in model._flatten_layers()
-        if isinstance(l, keras.layers.BatchNormalization)
+        layer.momentum
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
     }
     assert momenta == {0.9}  # not Keras' 0.99, unstable with few steps an epoch
 

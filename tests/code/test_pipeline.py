@@ -1,4 +1,5 @@
-"""The DVC stages end to end on synthetic data in a scratch project, through the real CLI."""
+"""The data stages through DVC on synthetic data in a scratch project, through the real CLI.
+(The whole chain, with training, runs on the smoke profile in test_smoke_chain.py.)"""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _busi(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_the_stages_then_skips_them(dvc_project, tmp_path):
+def test_dvc_repro_runs_the_data_stages_then_skips_them(dvc_project, tmp_path):
     shutil.copytree(REPO_ROOT / "components", dvc_project / "components")  # stage deps
     source = tmp_path / "source"
     make_busi_like(source, n_per_class=12, seed=11)
@@ -38,10 +39,10 @@ def test_dvc_repro_runs_the_stages_then_skips_them(dvc_project, tmp_path):
     env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     os.environ["PATH"], old_path = env_path, os.environ["PATH"]
     try:
-        first = run_dvc(dvc_project, "repro")
+        first = run_dvc(dvc_project, "repro", "split_data")
         assert "Running stage 'validate_data'" in first.stdout
         assert "Running stage 'split_data'" in first.stdout
-        second = run_dvc(dvc_project, "repro")
+        second = run_dvc(dvc_project, "repro", "split_data")
         assert "Running stage" not in second.stdout
         assert "didn't change" in second.stdout or "up to date" in second.stdout.lower()
         splits = pd.read_csv(dvc_project / "data" / "splits.csv")
@@ -51,7 +52,7 @@ def test_dvc_repro_runs_the_stages_then_skips_them(dvc_project, tmp_path):
         # A params change reruns only what depends on it; the test set stays frozen.
         params = (dvc_project / "params.yaml").read_text().replace("seed: 42", "seed: 43")
         (dvc_project / "params.yaml").write_text(params)
-        third = run_dvc(dvc_project, "repro")
+        third = run_dvc(dvc_project, "repro", "split_data")
         assert "Running stage 'split_data'" in third.stdout
         assert "Running stage 'validate_data'" not in third.stdout
         again = pd.read_csv(dvc_project / "data" / "splits.csv")

@@ -1,0 +1,73 @@
+"""An interrupted U-Net training resumes where it stopped: kill it mid-run, rerun, it goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def _epochs(history: Path) -> list[int]:
+    if not history.is_file() or not history.read_text().strip():
+        return []
+    return pd.read_csv(history)["epoch"].astype(int).to_list()
+
+
+def test_killed_training_resumes_from_its_last_epoch(smoke_run, tmp_path):
+    params = yaml.safe_load((smoke_run["workspace"] / "params.yaml").read_text())
+    params["train_unet"].update(epochs=8, patience=100)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    history, backup = tmp_path / "history.csv", tmp_path / "unet.backup"
+    cmd = [
+        sys.executable,
+        "-m",
+        "components",
+        "train-unet",
+        "--data",
+        str(smoke_run["workspace"] / "data" / "prepared"),
+        "--model",
+        str(tmp_path / "unet.keras"),
+        "--backup-dir",
+        str(backup),
+        "--history",
+        str(history),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    ]
+    env = {**os.environ, "BUSI_TRACKING": "off"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while len(_epochs(history)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    time.sleep(0.3)  # into the next epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _epochs(history)
+    assert 3 <= len(done_before) < 8
+    assert backup.is_dir() and any(backup.iterdir()), "no backup was left to resume from"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = _epochs(history)
+    # The first run's epochs are kept and the rerun goes on from the backup: no epoch 0 again,
+    # and together they cover all 8 epochs.
+    assert after[: len(done_before)] == done_before
+    assert after[len(done_before) :][0] >= len(done_before) - 1
+    assert after.count(0) == 1
+    assert max(after) == 7
+    assert (tmp_path / "unet.keras").is_file()
+    assert not backup.exists() or not any(backup.iterdir())  # removed after a normal end
