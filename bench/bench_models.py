@@ -151,7 +151,7 @@ def verdict(name: str, value) -> str:
 def render(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"Command: `python bench/bench_models.py`  ",
+        "Command: `python bench/bench_models.py`  ",
         f"Run: {result['date']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
         f"no GPU, Python {m['python']}, commit {m['commit']}; load average before "
         f"{[round(x, 2) for x in m['load_before']]}.",

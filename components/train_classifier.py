@@ -148,7 +148,6 @@ def fit_classifier(
     x_train, y_train, x_val, y_val, cfg: ClassifierConfig, history_csv: Path, extra_callbacks=()
 ):
     import keras
-
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)

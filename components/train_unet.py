@@ -193,7 +193,6 @@ def fit_unet(
 ):
     """Train (or resume) a U-Net. Returns the model with the best validation Dice weights."""
     import keras
-
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
