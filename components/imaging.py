@@ -33,6 +33,16 @@ CONVERTIBLE_MODES = {
 }
 
 
+# What PIL raises on bytes it cannot decode (truncated, corrupt, unsupported).
+_PIL_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can use; ``reason`` is a short machine-readable code."""
 
@@ -110,13 +120,7 @@ def decode_image(
             pixels = _to_gray(img)
     except ImageDecodeError:
         raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as exc:
+    except _PIL_DECODE_ERRORS as exc:
         raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
     return DecodedImage(pixels=pixels, mode=mode, fmt=fmt, conversion=CONVERTIBLE_MODES[mode])
 
@@ -148,13 +152,7 @@ def decode_mask(data: bytes, *, max_pixels: int) -> tuple[np.ndarray, bool, str]
             arr = np.asarray(img)
     except ImageDecodeError:
         raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as exc:
+    except _PIL_DECODE_ERRORS as exc:
         raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
     if arr.ndim == 3:
         arr = arr.max(axis=2)

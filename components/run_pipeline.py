@@ -71,7 +71,6 @@ def prepare_workspace(project: Path, profile: str, workspace: Path | None = None
     link = ws / "components"
     if not link.exists():
         link.symlink_to(project / "components", target_is_directory=True)
-    # A workspace that was copied carries a split made from other data; start afresh there.
     return ws
 
 

@@ -13,8 +13,10 @@ per-epoch history and MLflow records.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,6 +184,21 @@ def segmentation_dataset(path: Path, image_size: int, cfg: UnetConfig, training:
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _claim_backup(backup_dir: Path, fingerprint: str) -> bool:
+    """Whether there is a backup of this same training to resume. A backup left by a
+    training with other params or data is discarded (it cannot be resumed), and the
+    folder is marked with this training's fingerprint."""
+    marker = backup_dir / "busi_fingerprint.txt"
+    if backup_dir.exists() and any(p != marker for p in backup_dir.iterdir()):
+        if marker.is_file() and marker.read_text() == fingerprint:
+            return True
+        logger.warning("discarding %s: it was left by a training with other settings", backup_dir)
+        shutil.rmtree(backup_dir)
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    return False
+
+
 def fit_unet(
     train_ds,
     val_ds,
@@ -190,6 +207,7 @@ def fit_unet(
     backup_dir: Path,
     history_csv: Path,
     extra_callbacks=(),
+    fingerprint: str = "",
 ):
     """Train (or resume) a U-Net. Returns the model with the best validation Dice weights."""
     import keras
@@ -202,7 +220,7 @@ def fit_unet(
     model = compile_unet(
         build_unet(image_size, cfg.arch, cfg.batchnorm_momentum), cfg.learning_rate
     )
-    resuming = Path(backup_dir).exists() and any(Path(backup_dir).iterdir())
+    resuming = _claim_backup(Path(backup_dir), fingerprint)
     callbacks = [
         # Saves model, optimizer and epoch after every epoch; on a rerun, training resumes
         # from the last completed epoch. Deleted once training ends normally.
@@ -214,7 +232,14 @@ def fit_unet(
         *extra_callbacks,
     ]
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing left to resume
     return model
+
+
+def _fingerprint(params: dict, train_records: Path) -> str:
+    """What a resumable backup must match: the training params and the training data."""
+    digest = hashlib.md5(train_records.read_bytes()).hexdigest()
+    return json.dumps({"params": params, "train_md5": digest}, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             args.backup_dir,
             args.history,
             extra_callbacks=[tracking.epoch_logger()] if run else [],
+            fingerprint=_fingerprint(params, args.data / "train.tfrecord"),
         )
         model.save(args.model)
         scores = model.evaluate(val_ds, return_dict=True, verbose=0)

@@ -71,3 +71,15 @@ def test_killed_training_resumes_from_its_last_epoch(smoke_run, tmp_path):
     assert max(after) == 7
     assert (tmp_path / "unet.keras").is_file()
     assert not backup.exists() or not any(backup.iterdir())  # removed after a normal end
+
+
+def test_a_backup_of_another_training_is_not_resumed(tmp_path):
+    from components.train_unet import _claim_backup
+
+    backup = tmp_path / "unet.backup"
+    assert _claim_backup(backup, "config A") is False  # nothing to resume, folder claimed
+    (backup / "latest.weights.h5").write_bytes(b"weights of A")
+    assert _claim_backup(backup, "config A") is True  # same training: resume
+    assert _claim_backup(backup, "config B") is False  # other params or data: start over
+    assert not (backup / "latest.weights.h5").exists()
+    assert (backup / "busi_fingerprint.txt").read_text() == "config B"
