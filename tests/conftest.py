@@ -69,6 +69,20 @@ def smoke_run(tmp_path_factory) -> dict:
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     env.pop("BUSI_PARENT_RUN_ID", None)
+    watched = (
+        "dvc.lock",
+        "data.dvc",
+        "params.yaml",
+        "data/splits.csv",
+        "metrics",
+        "plots",
+        "models",
+        "reports",
+        "data/prepared",
+        "data/rois",
+        "mlflow.db",
+    )
+    before = _snapshot(REPO_ROOT, watched)
     proc = subprocess.run(
         [
             sys.executable,
@@ -94,4 +108,18 @@ def smoke_run(tmp_path_factory) -> dict:
         "env": env,
         "stdout": proc.stdout,
         "evaluation": json.loads((workspace / "metrics" / "evaluation.json").read_text()),
+        "project_before": before,
+        "project_after": _snapshot(REPO_ROOT, watched),
     }
+
+
+def _snapshot(root: Path, names) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under the given paths of the project."""
+    out = {}
+    for name in names:
+        path = root / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files if path.exists() else []:
+            stat = f.stat()
+            out[str(f.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    return out
