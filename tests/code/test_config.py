@@ -35,3 +35,33 @@ def test_mistakes_are_reported(tmp_path, text, message):
 def test_missing_params_file(tmp_path):
     with pytest.raises(BusiError, match="not found"):
         load_section(tmp_path / "absent.yaml", "split_data", SplitConfig)
+
+
+def test_profiles_merge_over_params_and_unknown_ones_are_named(tmp_path):
+    from components.run_pipeline import deep_merge, prepare_workspace
+    from tests.conftest import REPO_ROOT
+
+    merged = deep_merge({"a": {"x": 1, "y": 2}, "b": 3}, {"a": {"y": 20}, "c": 4})
+    assert merged == {"a": {"x": 1, "y": 20}, "b": 3, "c": 4}
+    with pytest.raises(BusiError, match=r"unknown profile 'nightly'.*smoke"):
+        prepare_workspace(REPO_ROOT, "nightly", tmp_path / "ws")
+    assert prepare_workspace(REPO_ROOT, "default") == REPO_ROOT
+
+
+def test_smoke_workspace_gets_merged_params_and_its_own_dvc(tmp_path):
+    import yaml
+
+    from components.run_pipeline import prepare_workspace
+    from tests.conftest import REPO_ROOT
+
+    ws = prepare_workspace(REPO_ROOT, "smoke", tmp_path / "ws")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    smoke = yaml.safe_load((REPO_ROOT / "profiles" / "smoke.yaml").read_text())
+    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert params["augment_data"]["image_size"] == smoke["augment_data"]["image_size"]
+    assert params["train_unet"]["architecture"] == base["train_unet"]["architecture"]
+    assert "synthetic" not in params  # generator settings are not a stage's params
+    assert (ws / ".dvc").is_dir() and (ws / "dvc.yaml").read_text() == (
+        REPO_ROOT / "dvc.yaml"
+    ).read_text()
+    assert (ws / "components").resolve() == (REPO_ROOT / "components").resolve()
