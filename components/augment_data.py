@@ -22,11 +22,9 @@ from scipy import ndimage
 
 from components.config import load_section
 from components.errors import BusiError
-from components.preprocess import load_pair, resize_gray, resize_mask
+from components.preprocess import CLASSES, load_pair, resize_gray, resize_mask
 
 logger = logging.getLogger(__name__)
-
-CLASSES = ("benign", "malignant", "normal")
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,12 @@ def classifier_input(crops: np.ndarray, mask_crops: np.ndarray) -> np.ndarray:
     return np.stack([crops, masks], axis=-1)
 
 
+def predict_proba(classifier, x: np.ndarray) -> np.ndarray:
+    """Class probabilities as float64 rows summing to 1 (float32 softmax misses by ~1e-7)."""
+    proba = classifier.predict(x, verbose=0).astype(np.float64)
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
 def rois_from_masks(images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig):
     """Crops, mask crops, boxes and shape features for images with their (cleaned) masks."""
     crops, mask_crops, boxes, features = [], [], [], []

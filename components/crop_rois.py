@@ -27,10 +27,9 @@ import numpy as np
 from components.chain import RoiConfig, clean_mask, rois_from_masks, segment
 from components.config import load_section
 from components.errors import BusiError
+from components.preprocess import CLASSES
 
 logger = logging.getLogger(__name__)
-
-CLASSES = ("benign", "malignant", "normal")
 
 
 @dataclass(frozen=True)

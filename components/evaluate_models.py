@@ -18,13 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from components.chain import RoiConfig, classifier_input, clean_mask, rois_from_masks, segment
+from components.chain import (
+    RoiConfig,
+    classifier_input,
+    clean_mask,
+    predict_proba,
+    rois_from_masks,
+    segment,
+)
 from components.config import load_section
+from components.errors import BusiError
 from components.metrics import classification_metrics, segmentation_metrics, to_jsonable
+from components.preprocess import CLASSES
 
 logger = logging.getLogger(__name__)
-
-CLASSES = ("benign", "malignant", "normal")
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,7 @@ def evaluate_chain(
     probs = segment(unet, images, unet.input_shape[1], tta_flip)
     pred_masks = [clean_mask(p, roi) for p in probs]
     crops, mask_crops, boxes, _features = rois_from_masks(images, pred_masks, roi)
-    proba = classifier.predict(classifier_input(crops, mask_crops), verbose=0).astype(np.float64)
-    proba /= proba.sum(axis=1, keepdims=True)  # float32 softmax rows miss 1 by ~1e-7
+    proba = predict_proba(classifier, classifier_input(crops, mask_crops))
     names = [CLASSES[i] for i in labels]
     # The masks are already cleaned of components below min_area, so any foreground left
     # is a lesion.
@@ -173,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "evaluate_models", EvaluateConfig)
-    from components.errors import BusiError
 
     for path, step in ((args.unet, "train-unet"), (args.classifier, "train-classifier")):
         if not path.is_file():
@@ -270,7 +275,6 @@ def chain_settings(summary_path: Path):
     """The crop_rois settings recorded beside the crops: evaluation runs the same chain."""
     from components.config import from_dict
     from components.crop_rois import CropConfig
-    from components.errors import BusiError
 
     if not summary_path.is_file():
         raise BusiError(f"{summary_path} not found: run `busi crop-rois` first")

@@ -27,10 +27,10 @@ from pathlib import Path
 import yaml
 
 from components.errors import BusiError
+from components.preprocess import CLASSES
 
 logger = logging.getLogger(__name__)
 
-KNOWN_CLASSES = ("benign", "malignant", "normal")
 DATA_DIR = Path("data/busi")
 DVC_FILE = Path("data.dvc")
 REMOTE_NAME = "storage"
@@ -51,7 +51,7 @@ def find_dataset_root(folder: Path) -> Path:
     (``Dataset_BUSI_with_GT/`` as distributed)."""
 
     def has_classes(path: Path) -> bool:
-        return any((path / c).is_dir() for c in KNOWN_CLASSES)
+        return any((path / c).is_dir() for c in CLASSES)
 
     if has_classes(folder):
         return folder
@@ -60,7 +60,7 @@ def find_dataset_root(folder: Path) -> Path:
         return subdirs[0]
     raise BusiError(
         f"{folder} does not look like BUSI: expected class folders "
-        f"({', '.join(KNOWN_CLASSES)}) in it or in its single subfolder "
+        f"({', '.join(CLASSES)}) in it or in its single subfolder "
         "(the download unpacks to Dataset_BUSI_with_GT/)"
     )
 

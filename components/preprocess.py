@@ -10,6 +10,9 @@ from PIL import Image
 
 from components.imaging import decode_image, decode_mask
 
+# The labels, in the order of the classifier's outputs.
+CLASSES = ("benign", "malignant", "normal")
+
 # The guard used when reading dataset files that validate-data has already accepted.
 MAX_PIXELS = 25_000_000
 

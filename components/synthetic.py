@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLASSES = ("benign", "malignant", "normal")
+from components.preprocess import CLASSES
 
 
 @dataclass(frozen=True)

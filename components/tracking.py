@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "busi-pipeline"
@@ -55,10 +53,9 @@ def git_commit(cwd: Path = Path(".")) -> str | None:
 
 def data_version(dvc_file: Path = Path("data.dvc")) -> str | None:
     """The md5 of the dataset recorded in data.dvc: the data version."""
-    if not dvc_file.is_file():
-        return None
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
+    from components.ingest_data import recorded_version
+
+    return recorded_version(dvc_file)
 
 
 def file_md5(path: Path) -> str | None:

@@ -23,10 +23,10 @@ import numpy as np
 
 from components.config import load_section
 from components.errors import BusiError
+from components.preprocess import CLASSES
 
 logger = logging.getLogger(__name__)
 
-CLASSES = ("benign", "malignant", "normal")
 BACKBONES = ("small_cnn", "resnet50", "resnet101", "densenet121")
 
 
@@ -219,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             [tracking.epoch_logger()] if run else [],
         )
         model.save(args.model)
-        proba = model.predict(x_val, verbose=0).astype(np.float64)
-        proba /= proba.sum(axis=1, keepdims=True)
+        from components.chain import predict_proba
         from components.metrics import classification_metrics
+
+        proba = predict_proba(model, x_val)
 
         val = classification_metrics(y_val, proba, list(CLASSES))
         summary = {

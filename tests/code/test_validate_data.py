@@ -241,6 +241,11 @@ def test_manifest_and_report_are_written(salted, tmp_path):
     assert "quarantined" in text and "benign/benign (101).png" in text
 
 
+def _cli_args(data_dir: Path, out: Path, params: Path) -> list[str]:
+    return ["--data-dir", str(data_dir), "--manifest", str(out / "m.csv"),
+            "--report", str(out / "r.json"), "--params", str(params)]  # fmt: skip
+
+
 def test_too_few_images_fails_with_a_clear_message(tmp_path, capsys):
     from components.synthetic import make_busi_like
 
@@ -248,16 +253,7 @@ def test_too_few_images_fails_with_a_clear_message(tmp_path, capsys):
     make_busi_like(root, n_per_class=4, seed=3)
     params = tmp_path / "params.yaml"
     params.write_text("validate_data:\n  min_images_per_class: 10\n")
-    args = [
-        "--data-dir",
-        str(root),
-        "--manifest",
-        str(tmp_path / "m.csv"),
-        "--report",
-        str(tmp_path / "r.json"),
-        "--params",
-        str(params),
-    ]
+    args = _cli_args(root, tmp_path, params)
     with pytest.raises(BusiError, match=r"cannot train.*'benign' has 4 usable images"):
         main(args)
     assert json.loads((tmp_path / "r.json").read_text())["trainable"] is False
@@ -268,18 +264,7 @@ def test_no_data_at_all_fails(tmp_path):
     with pytest.raises(BusiError, match="no usable image"):
         params = tmp_path / "params.yaml"
         params.write_text("validate_data: {}\n")
-        main(
-            [
-                "--data-dir",
-                str(tmp_path / "busi"),
-                "--manifest",
-                str(tmp_path / "m.csv"),
-                "--report",
-                str(tmp_path / "r.json"),
-                "--params",
-                str(params),
-            ]
-        )
+        main(_cli_args(tmp_path / "busi", tmp_path, params))
 
 
 def test_missing_data_folder_says_what_to_do(tmp_path):
