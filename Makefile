@@ -10,7 +10,7 @@ PROFILE ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint lock bench clean-venv
+.PHONY: setup run test lint lock bench clean-venv up down
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ $(VENV)/.installed: requirements/lock.txt pyproject.toml
 ## The main job: import BUSI, then validate, split, augment, train, crop, classify, evaluate.
 run: setup
 	$(BIN)/busi run-pipeline --profile $(PROFILE) $(if $(filter default,$(PROFILE)),--source "$(BUSI_SOURCE)")
+
+## The local platform: MLflow and Airflow UIs on 127.0.0.1 (stop with `make down`).
+up: setup
+	$(BIN)/busi up
+
+down:
+	$(BIN)/busi down
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -19,7 +19,20 @@ COMMANDS = {
     "train-classifier": "train the benign/malignant/normal classifier on the crops",
     "evaluate-models": "score the whole chain on the frozen test split",
     "run-pipeline": "run all stages (dvc repro) for a profile under one MLflow parent run",
+    "register-model": "register the segmenter, the classifier and the two-stage pipeline model "
+    "in MLflow as the challenger",
+    "promote-model": "make the challenger (or --version N) the champion if the rule in "
+    "params.yaml says so; roll back by hand",
+    "ingest-batch": "validate a batch of new images from the landing zone, quarantine bad "
+    "files, merge the good ones and make a new data version",
+    "reproduce": "rebuild a past MLflow run from its code commit, data version and params, "
+    "and compare the metrics",
+    "up": "start the local platform: MLflow server and Airflow, on 127.0.0.1",
+    "down": "stop the local platform started by `busi up`",
 }
+
+# A command whose module is not named after it.
+MODULES = {"up": "platform", "down": "platform"}
 
 
 def _usage() -> str:
@@ -43,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"busi: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(f"components.{command.replace('-', '_')}")
+    module_name = MODULES.get(command, command.replace("-", "_"))
+    module = importlib.import_module(f"components.{module_name}")
+    entry = getattr(module, f"main_{command}", None) or module.main
     try:
-        return int(module.main(rest) or 0)
+        return int(entry(rest) or 0)
     except BusiError as exc:
         print(f"busi {command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -35,7 +35,12 @@ def enabled() -> bool:
     return os.environ.get("BUSI_TRACKING", "on").lower() not in ("off", "0", "false")
 
 
-def git_commit(cwd: Path = Path(".")) -> str | None:
+# The project the running code belongs to (the components package's parent, links resolved):
+# its commit is the code version, wherever the pipeline's workspace lies.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit(cwd: Path = PROJECT_ROOT) -> str | None:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
