@@ -131,3 +131,24 @@ def rois_from_masks(images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiC
         np.array(boxes, dtype=np.int64),
         features,
     )
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """What the chain says of each image: the cleaned lesion mask at the image's own size,
+    the ROI box, the classifier's input crop and its class probabilities (CLASSES order)."""
+
+    masks: list[np.ndarray]
+    boxes: np.ndarray
+    crops: np.ndarray
+    proba: np.ndarray
+
+
+def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tta_flip: bool):
+    """image -> mask -> crop -> class for grayscale uint8 images of any size: the one path
+    used by evaluation and serving, with the crop settings the classifier was trained with."""
+    probs = segment(unet, images, unet.input_shape[1], tta_flip)
+    masks = [clean_mask(p, roi) for p in probs]
+    crops, mask_crops, boxes, _features = rois_from_masks(images, masks, roi)
+    proba = predict_proba(classifier, classifier_input(crops, mask_crops))
+    return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)

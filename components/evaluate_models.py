@@ -18,14 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.chain import (
-    RoiConfig,
-    classifier_input,
-    clean_mask,
-    predict_proba,
-    rois_from_masks,
-    segment,
-)
+from components.chain import RoiConfig, predict_chain
 from components.config import load_section
 from components.errors import BusiError
 from components.metrics import classification_metrics, segmentation_metrics, to_jsonable
@@ -53,10 +46,8 @@ def evaluate_chain(
 ) -> dict:
     """Scores of the chain on one split, plus the per-image predictions. ``roi`` and
     ``tta_flip`` are the crop_rois settings the classifier was trained with."""
-    probs = segment(unet, images, unet.input_shape[1], tta_flip)
-    pred_masks = [clean_mask(p, roi) for p in probs]
-    crops, mask_crops, boxes, _features = rois_from_masks(images, pred_masks, roi)
-    proba = predict_proba(classifier, classifier_input(crops, mask_crops))
+    chain = predict_chain(images, unet, classifier, roi, tta_flip)
+    pred_masks, proba = chain.masks, chain.proba
     names = [CLASSES[i] for i in labels]
     # The masks are already cleaned of components below min_area, so any foreground left
     # is a lesion.
@@ -69,7 +60,7 @@ def evaluate_chain(
         "classification": cls,
         "pred_masks": pred_masks,
         "proba": proba,
-        "boxes": boxes,
+        "boxes": chain.boxes,
     }
 
 

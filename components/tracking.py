@@ -89,12 +89,16 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
 def _setup():
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    name = experiment_name()
     if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
         # Without a server, keep the artifacts beside the database, not in whatever folder
         # the first step happened to run in.
@@ -102,6 +106,20 @@ def _setup():
         mlflow.create_experiment(name, artifact_location=store.resolve().as_uri())
     mlflow.set_experiment(name)
     return mlflow
+
+
+def _unfinished_step_run(mlflow, parent: str, step: str) -> str | None:
+    """The id of a run of ``step`` under ``parent`` that did not finish, if any."""
+    runs = mlflow.search_runs(
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent}' and tags.step = '{step}' "
+            "and attributes.status != 'FINISHED'"
+        ),
+        search_all_experiments=True,
+        output_format="list",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
 
 @contextlib.contextmanager
@@ -113,9 +131,18 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Any]:
         return
     mlflow = _setup()
     parent = os.environ.get("BUSI_PARENT_RUN_ID")
-    with mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent) as run:
+    unfinished = _unfinished_step_run(mlflow, parent, step) if parent else None
+    if unfinished:
+        # A retry of the same step in the same pipeline run (Airflow retries a failed task):
+        # continue its run instead of adding a second one.
+        logger.info("resuming the MLflow run %s of %s", unfinished, step)
+        context = mlflow.start_run(run_id=unfinished)
+    else:
+        context = mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent)
+    with context as run:
         mlflow.set_tags({"step": step, **lineage_tags()})
-        mlflow.log_params(_flatten(params))
+        if not unfinished:
+            mlflow.log_params(_flatten(params))
         started = time.perf_counter()
         yield run
         # What the step cost, for bench/: wall time and the process's peak memory.
@@ -179,20 +206,30 @@ def log_step_outputs(
         if Path(path).exists():
             mlflow.log_artifact(str(path))
     if model is not None:
-        from mlflow.models import infer_signature
+        log_keras_model(model, model_name, example)
 
-        signature = None
-        if example is not None:
-            signature = infer_signature(example, model.predict(example, verbose=0))
-        import keras
-        import tensorflow as tf
 
-        # Given explicitly: MLflow's inference of the requirements reloads the model in a
-        # subprocess, slow and noisy.
-        requirements = [f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}"]
-        mlflow.keras.log_model(
-            model, name=model_name, signature=signature, pip_requirements=requirements
-        )
+def log_keras_model(model, name: str, example=None, registered_model_name: str | None = None):
+    """Log a Keras model with its signature on the active run (and register it when
+    ``registered_model_name`` is given); returns MLflow's ModelInfo."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = None
+    if example is not None:
+        signature = infer_signature(example, model.predict(example, verbose=0))
+    # Given explicitly: MLflow's inference of the requirements reloads the model in a
+    # subprocess, slow and noisy.
+    requirements = [f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}"]
+    return mlflow.keras.log_model(
+        model,
+        name=name,
+        signature=signature,
+        pip_requirements=requirements,
+        registered_model_name=registered_model_name,
+    )
 
 
 def epoch_logger():

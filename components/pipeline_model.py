@@ -1,0 +1,196 @@
+"""The two-stage model ``busi-pipeline`` as an MLflow pyfunc: image in; lesion mask, ROI box,
+class and class probabilities out. It wraps the trained U-Net and classifier with the crop
+settings the classifier was trained with, and runs ``chain.predict_chain``: the same code
+path as ``evaluate_models``, so serving and evaluation cannot drift apart.
+
+Input: a pandas DataFrame with a column ``image`` holding PNG or JPEG bytes (or the same
+bytes base64-encoded as text, which is what JSON clients send). Output: one row per image
+with ``class``, ``prob_benign``, ``prob_malignant``, ``prob_normal``, ``lesion_found``,
+``lesion_area`` (share of the image), ``box`` ([top, left, bottom, right], bottom/right
+exclusive, in the image's pixels), ``mask_png`` (the lesion mask as a base64 PNG at the
+image's size), ``height`` and ``width``.
+
+A file it cannot use (empty, truncated, not PNG/JPEG, too many pixels, unsupported mode)
+raises ``InvalidImageError`` naming the row and the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+from components.preprocess import CLASSES
+
+# Uploads larger than this many pixels are refused before decoding (decompression bombs).
+MAX_PIXELS = 25_000_000
+OUTPUT_COLUMNS = (
+    "class",
+    *(f"prob_{c}" for c in CLASSES),
+    "lesion_found",
+    "lesion_area",
+    "box",
+    "mask_png",
+    "height",
+    "width",
+)
+
+
+class InvalidImageError(ValueError):
+    """An input the model cannot use; the message says which and why."""
+
+
+def image_bytes(value) -> bytes:
+    """Raw bytes from an ``image`` cell: bytes as they are, text as base64."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidImageError("a text image must be the file's bytes base64-encoded") from exc
+    raise InvalidImageError(
+        f"an image must be PNG/JPEG bytes or base64 text, not {type(value).__name__}"
+    )
+
+
+def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Grayscale uint8 pixels of a PNG/JPEG upload (type from the content, not the name)."""
+    from components.imaging import ImageDecodeError, decode_image
+
+    try:
+        return decode_image(data, max_pixels=max_pixels).pixels
+    except ImageDecodeError as exc:
+        raise InvalidImageError(f"{exc.reason}: {exc.detail}") from exc
+
+
+def mask_to_png(mask: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def rows_from_chain(images: list[np.ndarray], chain) -> list[dict]:
+    """The output rows for images and their ``ChainResult``."""
+    rows = []
+    for image, mask, box, proba in zip(images, chain.masks, chain.boxes, chain.proba, strict=True):
+        rows.append(
+            {
+                "class": CLASSES[int(np.argmax(proba))],
+                **{f"prob_{c}": float(p) for c, p in zip(CLASSES, proba, strict=True)},
+                "lesion_found": bool(mask.any()),
+                "lesion_area": float(mask.mean()),
+                "box": [int(v) for v in box],
+                "mask_png": mask_to_png(mask),
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+            }
+        )
+    return rows
+
+
+class BusiPipeline(mlflow.pyfunc.PythonModel):
+    """The pyfunc: loads both Keras models and the crop settings from its artifacts."""
+
+    def load_context(self, context):
+        import keras
+
+        from components.crop_rois import CropConfig
+        from components.train_unet import CUSTOM_OBJECTS
+
+        self.unet = keras.models.load_model(
+            context.artifacts["unet"], custom_objects=CUSTOM_OBJECTS
+        )
+        self.classifier = keras.models.load_model(context.artifacts["classifier"])
+        self.crop = CropConfig(**json.loads(Path(context.artifacts["chain"]).read_text()))
+
+    def predict(self, context, model_input, params=None):
+        return predict_frame(self.unet, self.classifier, self.crop, model_input)
+
+
+def predict_frame(unet, classifier, crop, model_input):
+    """The pyfunc's predict: a DataFrame (or list/dict) of images in, a DataFrame out."""
+    import pandas as pd
+
+    from components.chain import predict_chain
+
+    if isinstance(model_input, pd.DataFrame):
+        if "image" not in model_input.columns:
+            raise InvalidImageError(
+                f"the input needs a column 'image'; it has {list(model_input.columns)}"
+            )
+        cells = list(model_input["image"])
+    elif isinstance(model_input, dict) and "image" in model_input:
+        cells = list(np.atleast_1d(model_input["image"]))
+    elif isinstance(model_input, list | tuple):
+        cells = list(model_input)
+    else:
+        raise InvalidImageError(
+            "the input must be a DataFrame with a column 'image' (PNG/JPEG bytes or base64)"
+        )
+    if not cells:
+        return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    images = []
+    for row, cell in enumerate(cells):
+        try:
+            images.append(decode_upload(image_bytes(cell)))
+        except InvalidImageError as exc:
+            raise InvalidImageError(f"image {row}: {exc}") from exc
+    chain = predict_chain(images, unet, classifier, crop.roi, crop.tta_flip)
+    return pd.DataFrame(rows_from_chain(images, chain), columns=list(OUTPUT_COLUMNS))
+
+
+def signature():
+    """Input: a column ``image`` of bytes (base64 text in JSON requests)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("binary", "image")]))
+
+
+def log_pipeline_model(
+    unet_path: Path,
+    classifier_path: Path,
+    crop_config,
+    name: str = "busi-pipeline",
+    registered_model_name: str | None = None,
+):
+    """Log (and optionally register) the pyfunc on the active run; returns ModelInfo."""
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    from components.tracking import PROJECT_ROOT
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = Path(tmp) / "chain.json"
+        chain.write_text(json.dumps(asdict(crop_config), indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=BusiPipeline(),
+            artifacts={
+                "unet": str(unet_path),
+                "classifier": str(classifier_path),
+                "chain": str(chain),
+            },
+            code_paths=[str(PROJECT_ROOT / "components")],
+            signature=signature(),
+            pip_requirements=[
+                f"keras=={keras.__version__}",
+                f"tensorflow-cpu=={tf.__version__}",
+                f"mlflow=={mlflow.__version__}",
+                "pandas",
+                "pillow",
+                "scipy",
+            ],
+            registered_model_name=registered_model_name,
+        )

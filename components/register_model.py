@@ -1,0 +1,232 @@
+"""register_model: register the trained segmenter, the classifier and the two-stage pyfunc
+``busi-pipeline`` in the MLflow model registry, and give the new versions the alias
+``challenger``. ``promote_model`` then decides whether the challenger becomes champion.
+
+Each pipeline version carries, as tags, the lineage (code commit, data version, dvc.lock,
+params, the pipeline's MLflow run) and its figures on the frozen test split
+(``metric.<name>``), which the promotion rule compares.
+
+Safe to retry: the models are fingerprinted (md5 of both model files and the crop
+settings); registering the same models again reuses the existing versions instead of
+making new ones. If registration fails midway, the versions made so far are deleted, so
+the registry never holds half a pipeline. An unreachable tracking server is reported
+before anything is written.
+
+Core: ``fingerprint``, ``version_tags`` (pure). Shell: ``register`` and ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from components import registry
+from components.errors import BusiError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    pipeline_version: int
+    unet_version: int | None
+    classifier_version: int | None
+    reused: bool
+    fingerprint: str
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(unet: Path, classifier: Path, crop_config: dict) -> str:
+    """Identifies what is registered: the two model files and the chain settings."""
+    parts = [file_md5(unet), file_md5(classifier), json.dumps(crop_config, sort_keys=True)]
+    return hashlib.md5("|".join(parts).encode()).hexdigest()
+
+
+def test_split_md5(splits_csv: Path) -> str:
+    """The identity of the frozen test split: md5 of its sorted image ids."""
+    import pandas as pd
+
+    splits = pd.read_csv(splits_csv)
+    ids = sorted(splits.loc[splits["split"] == "test", "id"].astype(str))
+    return hashlib.md5("\n".join(ids).encode()).hexdigest()
+
+
+def evaluation_figures(evaluation: dict) -> dict[str, float]:
+    """The figures the promotion rule may compare: the headline metrics plus per-class
+    recall and precision (``malignant_recall``, ...)."""
+    figures = {
+        k: float(v)
+        for k, v in evaluation.get("headline", {}).items()
+        if isinstance(v, int | float) and v == v  # drop None and NaN
+    }
+    for cls, scores in evaluation.get("classification", {}).get("per_class", {}).items():
+        for key in ("recall", "precision"):
+            if isinstance(scores.get(key), int | float):
+                figures[f"{cls}_{key}"] = float(scores[key])
+    return figures
+
+
+def version_tags(
+    figures: dict[str, float], lineage: dict[str, str], extra: dict[str, str]
+) -> dict[str, str]:
+    tags = {f"{registry.METRIC_PREFIX}{k}": f"{v:.6f}" for k, v in figures.items()}
+    return {**tags, **lineage, **{k: v for k, v in extra.items() if v}}
+
+
+def register(
+    unet_path: Path,
+    classifier_path: Path,
+    rois_summary: Path,
+    evaluation_path: Path,
+    splits_csv: Path,
+    tracking_uri: str | None = None,
+) -> RegisterResult:
+    for path, step in (
+        (unet_path, "train-unet"),
+        (classifier_path, "train-classifier"),
+        (rois_summary, "crop-rois"),
+        (evaluation_path, "evaluate-models"),
+        (splits_csv, "split-data"),
+    ):
+        if not path.is_file():
+            raise BusiError(f"{path} not found: run `busi {step}` (or `dvc repro`) first")
+    c = registry.client(tracking_uri)  # fails fast, before anything is written
+    crop_config = json.loads(rois_summary.read_text())["config"]
+    fp = fingerprint(unet_path, classifier_path, crop_config)
+    existing = registry.find_version_by_tag(c, registry.PIPELINE_MODEL, "fingerprint", fp)
+    if existing is not None:
+        logger.info("these models are already %s v%d", registry.PIPELINE_MODEL, existing.version)
+        champion = registry.alias_version(c, registry.PIPELINE_MODEL, registry.CHAMPION)
+        if champion is None or champion.version != existing.version:
+            registry.set_alias_all(c, registry.CHALLENGER, existing)
+        return RegisterResult(
+            pipeline_version=existing.version,
+            unet_version=_int(existing.tags.get("unet_version")),
+            classifier_version=_int(existing.tags.get("classifier_version")),
+            reused=True,
+            fingerprint=fp,
+        )
+
+    import keras
+
+    from components import tracking
+    from components.crop_rois import CropConfig
+    from components.pipeline_model import log_pipeline_model
+    from components.train_unet import CUSTOM_OBJECTS
+
+    evaluation = json.loads(evaluation_path.read_text())
+    figures = evaluation_figures(evaluation)
+    os.environ["MLFLOW_TRACKING_URI"] = c.tracking_uri
+    created: list[tuple[str, str]] = []
+    with tracking.step_run("register_model", {"fingerprint": fp}) as run:
+        extra = {
+            "fingerprint": fp,
+            "test_split_md5": test_split_md5(splits_csv),
+            "pipeline_run_id": os.environ.get("BUSI_PARENT_RUN_ID", ""),
+            "register_run_id": run.info.run_id if run else "",
+        }
+        tags = version_tags(figures, tracking.lineage_tags(), extra)
+        try:
+            unet = keras.models.load_model(unet_path, custom_objects=CUSTOM_OBJECTS)
+            classifier = keras.models.load_model(classifier_path)
+            size = unet.input_shape[1]
+            import numpy as np
+
+            unet_info = tracking.log_keras_model(
+                unet,
+                "unet",
+                np.zeros((1, size, size, 1), "float32"),
+                registered_model_name=registry.UNET_MODEL,
+            )
+            created.append((registry.UNET_MODEL, str(unet_info.registered_model_version)))
+            cls_input = (1, *classifier.input_shape[1:])
+            cls_info = tracking.log_keras_model(
+                classifier,
+                "classifier",
+                np.zeros(cls_input, "float32"),
+                registered_model_name=registry.CLASSIFIER_MODEL,
+            )
+            created.append((registry.CLASSIFIER_MODEL, str(cls_info.registered_model_version)))
+            pipe_info = log_pipeline_model(
+                unet_path,
+                classifier_path,
+                CropConfig(**crop_config),
+                registered_model_name=registry.PIPELINE_MODEL,
+            )
+            created.append((registry.PIPELINE_MODEL, str(pipe_info.registered_model_version)))
+            links = {
+                "unet_version": str(unet_info.registered_model_version),
+                "classifier_version": str(cls_info.registered_model_version),
+            }
+            for name, version in created:
+                for key, value in tags.items():
+                    c.set_model_version_tag(name, version, key, value)
+            for key, value in links.items():
+                c.set_model_version_tag(
+                    registry.PIPELINE_MODEL, str(pipe_info.registered_model_version), key, value
+                )
+        except BaseException:
+            for name, version in reversed(created):
+                try:
+                    c.delete_model_version(name, version)
+                except Exception:  # best effort: report the original failure
+                    logger.exception("could not delete %s v%s", name, version)
+            raise
+        pipeline = registry.version_info(
+            c, registry.PIPELINE_MODEL, pipe_info.registered_model_version
+        )
+        registry.set_alias_all(c, registry.CHALLENGER, pipeline)
+        if run is not None:
+            import mlflow
+
+            mlflow.set_tags({f"registered.{n}": v for n, v in created})
+    return RegisterResult(
+        pipeline_version=pipeline.version,
+        unet_version=int(links["unet_version"]),
+        classifier_version=int(links["classifier_version"]),
+        reused=False,
+        fingerprint=fp,
+    )
+
+
+def _int(value) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="busi register-model", description=__doc__.split("\n")[0])
+    parser.add_argument("--unet", type=Path, default=Path("models/unet.keras"))
+    parser.add_argument("--classifier", type=Path, default=Path("models/classifier.keras"))
+    parser.add_argument("--rois", type=Path, default=Path("data/rois"))
+    parser.add_argument("--evaluation", type=Path, default=Path("metrics/evaluation.json"))
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
+    parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
+    args = parser.parse_args(argv)
+    result = register(
+        args.unet,
+        args.classifier,
+        args.rois / "summary.json",
+        args.evaluation,
+        args.splits,
+        args.tracking_uri,
+    )
+    verb = "already registered as" if result.reused else "registered"
+    print(
+        f"{verb} {registry.PIPELINE_MODEL} v{result.pipeline_version} "
+        f"({registry.UNET_MODEL} v{result.unet_version}, "
+        f"{registry.CLASSIFIER_MODEL} v{result.classifier_version}); "
+        f"alias '{registry.CHALLENGER}' unless it is already the champion"
+    )
+    return 0

@@ -1,0 +1,60 @@
+"""busi_new_data: merge new images from the landing zone and publish a new data version."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI
+
+DOC = """
+### busi_new_data
+
+Every few minutes, looks for ready batches in the landing zone (`BUSI_LANDING`: a folder,
+by default `<project>/landing`, or `s3://bucket/prefix`). A batch is a folder in the BUSI
+layout (`<batch>/benign/benign (1).png`, `..._mask.png`); it is ready when it holds a
+`_READY` file or has not changed for `params.yaml: ingest_batch.settle_seconds`.
+
+`ingest_batch` validates each file with the same checks as `validate_data`, moves bad files
+to `<landing>/_quarantine/<batch>/` with a `report.json`, merges good ones into
+`data/busi/`, records a new data version (`data.dvc`) and pushes it to the DVC remote.
+Then it updates the Asset `busi_data`, which schedules `busi_training`. When nothing was
+merged (no batch ready, or every file bad) the task is skipped: no Asset event, no training.
+"""
+
+
+@dag(
+    dag_id="busi_new_data",
+    schedule=timedelta(minutes=5),
+    start_date=None,
+    catchup=False,
+    max_active_runs=1,
+    tags=["busi", "data", "dvc"],
+    doc_md=DOC,
+    default_args={
+        "owner": "busi-pipeline",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "execution_timeout": timedelta(minutes=30),
+    },
+    params={
+        "profile": Param(
+            None,
+            type=["null", "string"],
+            description="default (real data) or a profile (smoke); empty: $BUSI_PROFILE",
+        )
+    },
+)
+def busi_new_data():
+    @task(task_id="ingest_batch", outlets=[Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)])
+    def ingest_batch(**context) -> dict:
+        from components.orchestrate import ingest_new_data
+
+        return ingest_new_data(context["params"]["profile"])
+
+    ingest_batch()
+
+
+busi_new_data()

@@ -1,0 +1,82 @@
+"""busi_training: the training pipeline, one task per step, scheduled on new data."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI, TRAINING_STEPS
+
+DOC = """
+### busi_training
+
+Trains and evaluates the BUSI chain and promotes the model only if it is better.
+
+- `validate_data` ... `evaluate_models`: `dvc repro --single-item <stage>`; DVC skips a
+  stage whose inputs did not change.
+- `register_model`: `busi register-model` registers `busi-unet`, `busi-classifier` and
+  `busi-pipeline`, alias `challenger`.
+- `promote_model`: `busi promote-model` moves `champion` if the rule in
+  `params.yaml: promote_model` says so.
+
+Runs when `busi_new_data` publishes a new data version (Asset `busi_data`), or by hand.
+One run at a time. All tasks of a run share one MLflow parent run (tag `airflow_run_id`);
+each step is a nested run. The `profile` param picks the data: `default` (real data) or
+`smoke` (synthetic, scratch workspace).
+"""
+
+
+def _on_failure(context) -> None:
+    from components.orchestrate import fail_parent
+
+    fail_parent(context["run_id"], context["dag"].dag_id, context["params"].get("profile"))
+
+
+def _step(step: str):
+    @task(task_id=step)
+    def run(**context) -> dict:
+        from components.orchestrate import run_step
+
+        return run_step(
+            step, context["run_id"], context["dag"].dag_id, context["params"]["profile"]
+        )
+
+    return run()
+
+
+@dag(
+    dag_id="busi_training",
+    schedule=[Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)],
+    start_date=None,
+    catchup=False,
+    max_active_runs=1,
+    tags=["busi", "training", "mlflow", "dvc"],
+    doc_md=DOC,
+    default_args={
+        "owner": "busi-pipeline",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(hours=2),
+    },
+    params={
+        "profile": Param(
+            None,
+            type=["null", "string"],
+            description="default (real data) or a profile (smoke); empty: $BUSI_PROFILE",
+        )
+    },
+    on_failure_callback=_on_failure,
+)
+def busi_training():
+    previous = None
+    for step in TRAINING_STEPS:
+        current = _step(step)
+        if previous is not None:
+            previous >> current
+        previous = current
+
+
+busi_training()

@@ -1,0 +1,186 @@
+"""The DAGs end to end on the smoke profile, through Airflow (`airflow dags test`) against a
+real MLflow server process: new data lands, is validated and versioned, the Asset event
+queues the training DAG, and the training DAG trains, registers and promotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.synthetic import synth_pair
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = [
+    "validate_data",
+    "split_data",
+    "augment_data",
+    "train_unet",
+    "crop_rois",
+    "train_classifier",
+    "evaluate_models",
+    "register_model",
+    "promote_model",
+]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, mlflow_server):
+    """A fresh Airflow home and a smoke workspace holding the synthetic data."""
+    from components.ingest_data import ingest
+    from components.run_pipeline import prepare_workspace, synthetic_source
+
+    base = tmp_path_factory.mktemp("airflow-e2e")
+    ws = prepare_workspace(REPO, "smoke", base / "workspace")
+    source = synthetic_source(REPO, "smoke", ws)
+    ingest(source, ws, str(base / "dvc-remote"))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(base / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "BUSI_PROJECT_DIR": str(REPO),
+        "BUSI_PROFILE": "smoke",
+        "BUSI_WORKSPACE": str(ws),
+        "BUSI_LANDING": str(base / "landing"),
+        "BUSI_TRACKING": "on",
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    env.pop("BUSI_PARENT_RUN_ID", None)
+    airflow(env, "db", "migrate")
+    airflow(env, "dags", "reserialize")
+    return {"base": base, "ws": ws, "env": env, "uri": mlflow_server}
+
+
+def airflow(env, *args, timeout=1200) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"airflow {args}: {proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def land_batch(landing: Path, name: str) -> None:
+    """Two good images (benign with its mask, normal) and two bad files."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for cls, number in (("benign", 1), ("normal", 1)):
+        folder = landing / name / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        image, masks = synth_pair(rng, cls, 96, 112)
+        Image.fromarray(image).save(folder / f"{cls} ({number}).png")
+        for mask in masks:
+            Image.fromarray(mask.astype("uint8") * 255).save(folder / f"{cls} ({number})_mask.png")
+    (landing / name / "malignant").mkdir(parents=True, exist_ok=True)
+    (landing / name / "malignant" / "malignant (1).png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (landing / name / "benign" / "notes.txt").write_text("not an image")
+    (landing / name / "_READY").write_text("")
+
+
+def airflow_db(env) -> sqlite3.Connection:
+    return sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
+
+
+def test_new_data_is_versioned_and_queues_training(platform):
+    env, ws = platform["env"], platform["ws"]
+    before = (ws / "data.dvc").read_text()
+    land_batch(Path(env["BUSI_LANDING"]), "batch-001")
+    airflow(env, "dags", "test", "busi_new_data")
+    assert (ws / "data.dvc").read_text() != before, "no new data version"
+    quarantine = Path(env["BUSI_LANDING"]) / "_quarantine" / "batch-001"
+    assert quarantine.is_dir() and (quarantine / "report.json").is_file()
+    with airflow_db(env) as db:
+        events = db.execute(
+            "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = 'busi_data'"
+        ).fetchone()[0]
+        queued = db.execute(
+            "SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = 'busi_training'"
+        ).fetchone()[0]
+    assert events == 1
+    assert queued == 1, "the Asset event did not queue busi_training"
+
+
+def test_nothing_new_is_skipped_without_an_asset_event(platform):
+    env = platform["env"]
+    airflow(env, "dags", "test", "busi_new_data")
+    with airflow_db(env) as db:
+        events = db.execute("SELECT count(*) FROM asset_event").fetchone()[0]
+    assert events == 1
+
+
+def test_training_dag_trains_registers_and_promotes(platform):
+    from mlflow import MlflowClient
+
+    env, uri = platform["env"], platform["uri"]
+    proc = airflow(env, "dags", "test", "busi_training")
+    with airflow_db(env) as db:
+        states = dict(
+            db.execute(
+                "SELECT task_id, state FROM task_instance WHERE dag_id = 'busi_training'"
+            ).fetchall()
+        )
+    assert states == dict.fromkeys(STEPS, "success"), proc.stdout[-2000:]
+
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in ("busi-unet", "busi-classifier", "busi-pipeline"):
+        champion = c.get_model_version_by_alias(name, "champion")
+        assert champion.version == "1"
+        assert c.get_model_version_by_alias(name, "challenger").version == "1"
+    tags = c.get_model_version("busi-pipeline", "1").tags
+    assert {"metric.macro_f1", "data_version", "git_commit", "test_split_md5"} <= set(tags)
+
+    # The run tree: one parent for the DAG run, one nested run per step, all finished.
+    parents = c.search_runs(
+        [e.experiment_id for e in c.search_experiments()],
+        filter_string="tags.kind = 'pipeline' and tags.airflow_dag_id = 'busi_training'",
+    )
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "accuracy" in parent.data.metrics
+    children = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert sorted(r.data.tags["step"] for r in children) == sorted(STEPS)
+    assert {r.info.status for r in children} == {"FINISHED"}
+    platform["parent_run_id"] = parent.info.run_id
+
+
+def test_rerunning_a_step_adds_no_run_and_no_version(platform):
+    """What an Airflow retry of register_model does: the same models, the same DAG run."""
+    from mlflow import MlflowClient
+
+    from components.orchestrate import run_step
+
+    env, uri = platform["env"], platform["uri"]
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    parent = platform["parent_run_id"]
+    airflow_run_id = c.get_run(parent).data.tags["airflow_run_id"]
+    runs_before = len(c.search_runs([c.get_run(parent).info.experiment_id]))
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        run_step("register_model", airflow_run_id, "busi_training", "smoke")
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert len(c.search_model_versions("name='busi-pipeline'")) == 1
+    assert len(c.search_runs([c.get_run(parent).info.experiment_id])) == runs_before
+    assert json.loads(json.dumps(c.get_run(parent).data.tags))["airflow_run_id"] == airflow_run_id
