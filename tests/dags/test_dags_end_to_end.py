@@ -58,6 +58,8 @@ def platform(tmp_path_factory, mlflow_server):
     env.pop("BUSI_PARENT_RUN_ID", None)
     airflow(env, "db", "migrate")
     airflow(env, "dags", "reserialize")
+    for dag_id in ("busi_new_data", "busi_training"):
+        airflow(env, "dags", "unpause", dag_id)
     return {"base": base, "ws": ws, "env": env, "uri": mlflow_server}
 
 
