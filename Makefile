@@ -10,7 +10,7 @@ PROFILE ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint lock bench clean-venv up down
+.PHONY: setup run run-dvc test lint lock bench clean-venv up down
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,12 @@ $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	touch $@
 
 ## The main job: import BUSI, then validate, split, augment, train, crop, classify, evaluate.
+## Through Airflow (the busi_training DAG); tracked to the platform's MLflow when `make up` ran.
 run: setup
+	$(BIN)/busi run-training --profile $(PROFILE) $(if $(filter default,$(PROFILE)),--source "$(BUSI_SOURCE)")
+
+## The same stages with `dvc repro` alone, without Airflow.
+run-dvc: setup
 	$(BIN)/busi run-pipeline --profile $(PROFILE) $(if $(filter default,$(PROFILE)),--source "$(BUSI_SOURCE)")
 
 ## The local platform: MLflow and Airflow UIs on 127.0.0.1 (stop with `make down`).

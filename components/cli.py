@@ -27,12 +27,13 @@ COMMANDS = {
     "files, merge the good ones and make a new data version",
     "reproduce": "rebuild a past MLflow run from its code commit, data version and params, "
     "and compare the metrics",
+    "run-training": "import the data and run the busi_training DAG end to end through Airflow",
     "up": "start the local platform: MLflow server and Airflow, on 127.0.0.1",
     "down": "stop the local platform started by `busi up`",
 }
 
 # A command whose module is not named after it.
-MODULES = {"up": "platform", "down": "platform"}
+MODULES = {"up": "platform", "down": "platform", "run-training": "orchestrate"}
 
 
 def _usage() -> str:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name = MODULES.get(command, command.replace("-", "_"))
     module = importlib.import_module(f"components.{module_name}")
-    entry = getattr(module, f"main_{command}", None) or module.main
+    entry = getattr(module, f"main_{command.replace('-', '_')}", None) or module.main
     try:
         return int(entry(rest) or 0)
     except BusiError as exc:
