@@ -42,6 +42,7 @@ from components.ingest_data import (
     default_remote_url,
     list_tree,
     recorded_version,
+    require_recorded,
 )
 from components.validate_data import (
     FILE_REASONS,
@@ -493,13 +494,7 @@ def _require_recorded(dvc: Dvc, workspace: Path) -> str:
             f"{workspace / DVC_FILE} records no data version: run `busi ingest-data SOURCE` "
             "first; ingest-batch adds to an existing dataset"
         )
-    status = dvc("status", str(DVC_FILE), "--json").stdout.strip()
-    if status not in ("{}", ""):
-        raise BusiError(
-            f"{workspace / DATA_DIR} has changes not recorded in {DVC_FILE} ({status}); "
-            f"run `dvc commit {DVC_FILE}` to keep them or `dvc checkout {DVC_FILE}` to drop "
-            "them, then run ingest-batch again"
-        )
+    require_recorded(dvc, workspace / DATA_DIR, then=", then run ingest-batch again")
     return version
 
 

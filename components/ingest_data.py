@@ -147,6 +147,17 @@ class Dvc:
         return name if proc.returncode == 0 and name else None
 
 
+def require_recorded(dvc: Dvc, data_dir: Path, then: str = "") -> None:
+    """Refuse to touch ``data_dir`` while it holds changes that data.dvc does not record."""
+    status = dvc("status", str(DVC_FILE), "--json").stdout.strip()
+    if status not in ("{}", ""):
+        raise BusiError(
+            f"{data_dir} has changes not recorded in {DVC_FILE} ({status}); "
+            f"run `dvc commit {DVC_FILE}` to keep them or `dvc checkout {DVC_FILE}` to drop "
+            f"them{then}"
+        )
+
+
 def recorded_version(dvc_file: Path) -> str | None:
     if not dvc_file.is_file():
         return None
@@ -184,13 +195,7 @@ def ingest(
                 f"{data_dir} exists but is not versioned by {DVC_FILE}; move it away first so "
                 "nothing unversioned is overwritten"
             )
-        status = dvc("status", str(DVC_FILE), "--json").stdout.strip()
-        if status not in ("{}", ""):
-            raise BusiError(
-                f"{data_dir} has changes not recorded in {DVC_FILE} ({status}); "
-                f"run `dvc commit {DVC_FILE}` to keep them or "
-                f"`dvc checkout {DVC_FILE}` to drop them"
-            )
+        require_recorded(dvc, data_dir)
 
     with tempfile.TemporaryDirectory(prefix="busi-ingest-") as tmp:
         if source.is_file():
