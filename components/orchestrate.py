@@ -46,6 +46,35 @@ DATA_ASSET_NAME = "busi_data"
 DATA_ASSET_URI = "busi://data/busi"
 
 
+def dag_settings(execution_timeout_minutes: int) -> dict:
+    """What every busi DAG shares: owner, retries with backoff, one run at a time, and the
+    ``profile`` param. Keyword arguments for ``@dag``."""
+    from datetime import timedelta
+
+    from airflow.sdk import Param
+
+    return {
+        "start_date": None,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {
+            "owner": "busi-pipeline",
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=10),
+            "execution_timeout": timedelta(minutes=execution_timeout_minutes),
+        },
+        "params": {
+            "profile": Param(
+                None,
+                type=["null", "string"],
+                description="default (real data) or a profile (smoke); empty: $BUSI_PROFILE",
+            )
+        },
+    }
+
+
 def project_dir() -> Path:
     env = os.environ.get("BUSI_PROJECT_DIR")
     return Path(env).resolve() if env else Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 
-from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI
+from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI, dag_settings
 
 DOC = """
 ### busi_new_data
@@ -27,25 +27,9 @@ merged (no batch ready, or every file bad) the task is skipped: no Asset event, 
 @dag(
     dag_id="busi_new_data",
     schedule=timedelta(minutes=5),
-    start_date=None,
-    catchup=False,
-    max_active_runs=1,
     tags=["busi", "data", "dvc"],
     doc_md=DOC,
-    default_args={
-        "owner": "busi-pipeline",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "execution_timeout": timedelta(minutes=30),
-    },
-    params={
-        "profile": Param(
-            None,
-            type=["null", "string"],
-            description="default (real data) or a profile (smoke); empty: $BUSI_PROFILE",
-        )
-    },
+    **dag_settings(execution_timeout_minutes=30),
 )
 def busi_new_data():
     @task(task_id="ingest_batch", outlets=[Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from airflow.sdk import Asset, dag, task
 
-from airflow.sdk import Asset, Param, dag, task
-
-from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI, TRAINING_STEPS
+from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI, TRAINING_STEPS, dag_settings
 
 DOC = """
 ### busi_training
@@ -48,27 +46,10 @@ def _step(step: str):
 @dag(
     dag_id="busi_training",
     schedule=[Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)],
-    start_date=None,
-    catchup=False,
-    max_active_runs=1,
     tags=["busi", "training", "mlflow", "dvc"],
     doc_md=DOC,
-    default_args={
-        "owner": "busi-pipeline",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "execution_timeout": timedelta(hours=2),
-    },
-    params={
-        "profile": Param(
-            None,
-            type=["null", "string"],
-            description="default (real data) or a profile (smoke); empty: $BUSI_PROFILE",
-        )
-    },
     on_failure_callback=_on_failure,
+    **dag_settings(execution_timeout_minutes=120),
 )
 def busi_training():
     previous = None

@@ -3,6 +3,8 @@ model, better, worse, tie, guard, manual rollback, and the history of every deci
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from components import registry
@@ -67,10 +69,8 @@ def fake_register(uri: str, figures: dict, split: str = "s1") -> int:
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = {}
     for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
-        try:
+        with contextlib.suppress(Exception):
             c.create_registered_model(name)
-        except Exception:
-            pass
         mv = c.create_model_version(name, source="file:///dev/null")
         versions[name] = mv.version
         for key, value in figures.items():

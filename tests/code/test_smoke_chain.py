@@ -8,17 +8,11 @@ import sys
 
 import pytest
 
+from components.orchestrate import DVC_STAGES
+
 pytestmark = pytest.mark.slow
 
-STEPS = [
-    "validate_data",
-    "split_data",
-    "augment_data",
-    "train_unet",
-    "crop_rois",
-    "train_classifier",
-    "evaluate_models",
-]
+STEPS = list(DVC_STAGES)
 
 
 def test_every_stage_ran_and_wrote_its_outputs(smoke_run):

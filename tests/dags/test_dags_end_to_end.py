@@ -13,22 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from components.orchestrate import TRAINING_STEPS as STEPS
 from components.synthetic import synth_pair
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = [
-    "validate_data",
-    "split_data",
-    "augment_data",
-    "train_unet",
-    "crop_rois",
-    "train_classifier",
-    "evaluate_models",
-    "register_model",
-    "promote_model",
-]
 
 
 @pytest.fixture(scope="module")
