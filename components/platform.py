@@ -7,6 +7,11 @@ Settings (read by `busi up`, never at import):
 - ``BUSI_MLFLOW_PORT`` (5000), ``BUSI_AIRFLOW_PORT`` (8080): the two UI ports on 127.0.0.1.
 - ``BUSI_MLFLOW_BACKEND_URI`` (``sqlite:///<project>/mlflow.db``) and ``BUSI_MLFLOW_ARTIFACTS``
   (``<project>/mlartifacts``): the project's local store, so runs logged before `up` show.
+  ``postgresql+psycopg2://...`` and ``s3://bucket/prefix`` move them to Postgres and S3
+  (the bucket is created if missing; the endpoint is ``MLFLOW_S3_ENDPOINT_URL``, else
+  ``BUSI_S3_ENDPOINT_URL``); the server proxies the artifacts, so clients need no S3 keys.
+- ``BUSI_AIRFLOW_DB_URI`` (SQLite in the Airflow home): Airflow's metadata database, e.g.
+  ``postgresql+psycopg2://user:password@host:5432/airflow``.
 - ``BUSI_AIRFLOW_PARALLELISM`` (2): task slots of the LocalExecutor (one worker process each).
 - ``BUSI_PLATFORM_DIR`` (``<project>/.platform``): ``state.json``, ``logs/``, the Airflow home.
 
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.errors import BusiError
+from components.storage import ensure_bucket, s3_endpoint
 
 HOST = "127.0.0.1"
 DEFAULT_MLFLOW_PORT = 5000
@@ -185,7 +191,11 @@ def airflow_env(
         "BUSI_PROJECT_DIR": str(project),
         "DVC_NO_ANALYTICS": "1",
         "PATH": f"{bin_dir}{os.pathsep}{path}" if path else str(bin_dir),
-    }
+    } | (
+        {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base["BUSI_AIRFLOW_DB_URI"]}
+        if base.get("BUSI_AIRFLOW_DB_URI")
+        else {}
+    )
 
 
 def _executable(name: str, env: Mapping[str, str]) -> str:
@@ -243,6 +253,8 @@ def mlflow_service(settings: Settings, base: Mapping[str, str]) -> Service:
         **base,
         "PATH": f"{venv_bin()}{os.pathsep}{base.get('PATH', os.defpath)}",
     }
+    if settings.artifacts.startswith("s3://") and s3_endpoint(base):
+        env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint(base)  # one endpoint setting for both
     return Service(
         name="mlflow",
         argv=mlflow_command(settings, _executable("mlflow", env)),
@@ -603,6 +615,8 @@ def _start(settings: Settings, timeout: float, out) -> dict:
         write_state(settings.state_dir, state)
 
     try:
+        if settings.artifacts.startswith("s3://"):
+            ensure_bucket(settings.artifacts, s3_endpoint())
         # MLflow boots while Airflow's database is migrated.
         launch(mlflow_service(settings, os.environ))
         out(f"migrating the Airflow database in {settings.airflow_home} ...")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -216,3 +217,83 @@ def moto_server():
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+class SmokeChampion:
+    """The smoke run's models registered into their own SQLite store, version 1 made
+    champion. ``register_new`` adds a version (same weights, other crop settings, so another
+    fingerprint) and ``promote`` moves the champion alias by hand."""
+
+    def __init__(self, smoke_run: dict, base: Path):
+        self.workspace = Path(smoke_run["workspace"])
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        self.version = self.register_new()
+        self.promote(self.version)
+
+    def _tracking_env(self):
+        from unittest import mock
+
+        return mock.patch.dict(
+            os.environ, {"BUSI_TRACKING": "on", "MLFLOW_TRACKING_URI": self.tracking_uri}
+        )
+
+    def register_new(self, margin: float | None = None) -> int:
+        import json
+
+        from components.register_model import register
+
+        ws = self.workspace
+        summary = ws / "data/rois/summary.json"
+        if margin is not None:
+            content = json.loads(summary.read_text())
+            content["config"]["margin"] = margin
+            summary = self.base / f"summary-margin-{margin}.json"
+            summary.write_text(json.dumps(content))
+        with self._tracking_env():
+            result = register(
+                ws / "models/unet.keras",
+                ws / "models/classifier.keras",
+                summary,
+                ws / "metrics/evaluation.json",
+                ws / "data/splits.csv",
+                self.tracking_uri,
+            )
+        return result.pipeline_version
+
+    def promote(self, version: int) -> None:
+        from components.promote_model import promote_by_hand
+
+        with self._tracking_env():
+            promote_by_hand(version, self.tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def smoke_champion(smoke_run, tmp_path_factory) -> SmokeChampion:
+    """A shared store with the smoke models as champion v1. Read it, don't move its aliases:
+    a test that promotes or registers takes ``fresh_smoke_champion``."""
+    return SmokeChampion(smoke_run, tmp_path_factory.mktemp("smoke-champion"))
+
+
+@pytest.fixture(scope="module")
+def fresh_smoke_champion(smoke_run, tmp_path_factory) -> SmokeChampion:
+    """Like ``smoke_champion``, in a store of this test module's own, free to change."""
+    return SmokeChampion(smoke_run, tmp_path_factory.mktemp("smoke-champion-own"))
+
+
+@contextlib.contextmanager
+def started_service(service, cwd: Path, timeout: float = 120.0):
+    """Run one ``components.platform.Service`` (as `busi up` starts it) until the block ends,
+    then stop its whole process group; fails with the tail of its log if it does not get
+    ready."""
+    from components import platform
+
+    proc, record = platform.start_service(service, cwd)
+    try:
+        platform.wait_ready({service.name: (service, proc)}, timeout)
+        yield record
+    finally:
+        platform.stop_services({service.name: record}, timeout=20)
+        proc.wait(timeout=10)

@@ -126,6 +126,29 @@ def test_mlflow_command(tmp_path):
     assert service.health_url == "http://127.0.0.1:5123/health"
 
 
+def test_the_platform_gives_mlflow_the_s3_endpoint(tmp_path):
+    s = plat.settings_from_env(
+        tmp_path, {"BUSI_MLFLOW_ARTIFACTS": "s3://busi/mlflow", "BUSI_PLATFORM_DIR": str(tmp_path)}
+    )
+    env = plat.mlflow_service(s, {"PATH": "/usr/bin", "BUSI_S3_ENDPOINT_URL": "http://m:9000"}).env
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://m:9000"
+    assert plat.mlflow_command(s)[-2:] == ["--artifacts-destination", "s3://busi/mlflow"]
+    # A local store gets no endpoint.
+    local = plat.settings_from_env(tmp_path, {"BUSI_PLATFORM_DIR": str(tmp_path)})
+    env = plat.mlflow_service(local, {"PATH": "/usr/bin", "BUSI_S3_ENDPOINT_URL": "http://m"}).env
+    assert "MLFLOW_S3_ENDPOINT_URL" not in env
+
+
+def test_airflow_metadata_db_from_the_settings(tmp_path):
+    uri = "postgresql+psycopg2://busi:change-me@db:5432/airflow"
+    env = plat.airflow_env(tmp_path, tmp_path, "http://x", base={"BUSI_AIRFLOW_DB_URI": uri})
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == uri
+    # Unset: Airflow's own default (SQLite in AIRFLOW_HOME), so nothing is forced.
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in plat.airflow_env(
+        tmp_path, tmp_path, "http://x", base={}
+    )
+
+
 def test_airflow_services_listen_on_localhost_only(tmp_path):
     s = settings(tmp_path, BUSI_AIRFLOW_PORT="8123")
     services = {svc.name: svc for svc in plat.airflow_services(s, plat.platform_airflow_env(s))}
