@@ -88,8 +88,51 @@ def synthetic_source(project: Path, profile: str, ws: Path) -> Path | None:
     return source
 
 
-def run(profile: str, source: Path | None, project: Path, workspace: Path | None = None) -> dict:
+def repro_under_parent(
+    ws: Path, profile: str, tags: dict[str, str] | None = None, force: bool = False
+) -> tuple[str | None, dict]:
+    """`dvc repro` in ``ws`` under a new MLflow parent run ``pipeline-<profile>``, which gets
+    the headline metrics, the lineage tags (``tags`` set over them, at the start and the end)
+    and the files that define the run. ``force`` reruns every stage, even one the run cache
+    could restore. Returns the parent run's id (None with tracking off) and
+    metrics/evaluation.json."""
     from components import tracking
+
+    os.environ["BUSI_PROFILE"] = profile
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
+    cwd = Path.cwd()
+    os.chdir(ws)  # the lineage tags (data.dvc, dvc.lock, git) are read from the workspace
+    try:
+        with tracking.pipeline_run(f"pipeline-{profile}") as parent:
+            if parent is not None:
+                import mlflow
+
+                env["BUSI_PARENT_RUN_ID"] = parent.info.run_id
+                if tags:
+                    mlflow.set_tags(tags)
+            proc = subprocess.run(cmd, cwd=ws, env=env)
+            if proc.returncode != 0:
+                raise BusiError(f"`dvc repro` failed in {ws} (exit {proc.returncode}); see above")
+            evaluation = ws / "metrics" / "evaluation.json"
+            summary = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+            if parent is not None:
+                tracking.log_metrics(summary.get("headline", {}))
+                # dvc.lock as it is after the run
+                mlflow.set_tags({**tracking.lineage_tags(), **(tags or {})})
+                for path in (ws / "dvc.lock", ws / "params.yaml", evaluation):
+                    if path.is_file():
+                        mlflow.log_artifact(str(path))
+    finally:
+        os.chdir(cwd)
+    return (parent.info.run_id if parent is not None else None), summary
+
+
+def run(profile: str, source: Path | None, project: Path, workspace: Path | None = None) -> dict:
     from components.ingest_data import ingest
 
     project = project.resolve()
@@ -104,37 +147,11 @@ def run(profile: str, source: Path | None, project: Path, workspace: Path | None
     logger.info("data version %s (%s)", result.version, "new" if result.changed else "unchanged")
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws / 'mlflow.db'}")
-    os.environ["BUSI_PROFILE"] = profile
-    env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    cwd = Path.cwd()
-    os.chdir(ws)  # the lineage tags (data.dvc, dvc.lock, git) are read from the workspace
-    try:
-        with tracking.pipeline_run(f"pipeline-{profile}") as parent:
-            if parent is not None:
-                env["BUSI_PARENT_RUN_ID"] = parent.info.run_id
-            proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env)
-            if proc.returncode != 0:
-                raise BusiError(f"`dvc repro` failed in {ws} (exit {proc.returncode}); see above")
-            evaluation = ws / "metrics" / "evaluation.json"
-            summary = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
-            if parent is not None:
-                import mlflow
-
-                tracking.log_metrics(summary.get("headline", {}))
-                mlflow.set_tags(tracking.lineage_tags())  # dvc.lock as it is after the run
-                for path in (ws / "dvc.lock", ws / "params.yaml", evaluation):
-                    if path.is_file():
-                        mlflow.log_artifact(str(path))
-    finally:
-        os.chdir(cwd)
+    parent_run_id, summary = repro_under_parent(ws, profile)
     return {
         "workspace": str(ws),
         "data_version": result.version,
-        "parent_run_id": parent.info.run_id if parent is not None else None,
+        "parent_run_id": parent_run_id,
         "tracking_uri": os.environ["MLFLOW_TRACKING_URI"],
         "headline": summary.get("headline", {}),
     }
