@@ -40,13 +40,20 @@ def enabled() -> bool:
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+OUTPUT_PATHS = tuple(
+    f":(exclude){p}" for p in ("dvc.lock", "data.dvc", "data", "metrics", "plots", "reports")
+)
+
+
 def git_commit(cwd: Path = PROJECT_ROOT) -> str | None:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # Dirty means changed code or settings: the pipeline's own outputs (dvc.lock, the
+        # metrics, plots and reports it rewrites, data.dvc, versioned apart) do not count.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHS],
             cwd=cwd,
             capture_output=True,
             text=True,
