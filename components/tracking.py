@@ -143,7 +143,7 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Any]:
         # A retry of the same step in the same pipeline run (Airflow retries a failed task):
         # continue its run instead of adding a second one.
         logger.info("resuming the MLflow run %s of %s", unfinished, step)
-        context = mlflow.start_run(run_id=unfinished)
+        context = mlflow.start_run(run_id=unfinished, nested=mlflow.active_run() is not None)
     else:
         context = mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent)
     with context as run:

@@ -31,3 +31,31 @@ def test_dirty_means_changed_code_not_pipeline_outputs(tmp_path):
 
 def test_outside_a_repository_there_is_no_commit(tmp_path):
     assert git_commit(tmp_path) is None
+
+
+def test_a_retried_step_continues_its_run_instead_of_adding_one(tmp_path, monkeypatch):
+    """An Airflow retry of a failed task: the step's run under the same parent resumes."""
+    import mlflow
+    import pytest
+
+    from components import tracking
+
+    monkeypatch.setenv("BUSI_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    with tracking.pipeline_run("pipeline-test") as parent:
+        with pytest.raises(RuntimeError), tracking.step_run("train_unet", {"epochs": 2}):
+            raise RuntimeError("killed by the first attempt")
+        with tracking.step_run("train_unet", {"epochs": 2}) as second:
+            tracking.log_metrics({"val_dice": 0.5})
+        with tracking.step_run("train_classifier", {}) as other:
+            pass
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    steps = sorted(r.data.tags["step"] for r in children)
+    assert steps == ["train_classifier", "train_unet"]
+    unet = next(r for r in children if r.data.tags["step"] == "train_unet")
+    assert unet.info.run_id == second.info.run_id
+    assert unet.info.status == "FINISHED" and unet.data.metrics["val_dice"] == 0.5
+    assert other.info.run_id != second.info.run_id
