@@ -10,9 +10,19 @@ PROFILE ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run run-dvc test lint lock bench clean-venv up down
+.PHONY: setup browser run run-dvc test lint lock bench clean-venv up down app
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+## Debian's Chromium for the browser test (Playwright drives it; no `playwright install`).
+## Installed when missing and running as root (part of setup, so `make test` has it);
+## otherwise the test says why it skips.
+browser:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); \
+	else \
+	  command -v chromium >/dev/null || echo "chromium missing and not root: the browser test will skip"; \
+	fi
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -37,6 +47,10 @@ up: setup
 
 down:
 	$(BIN)/busi down
+
+## The Streamlit page on http://127.0.0.1:8501 (the registry's champion; MLFLOW_TRACKING_URI).
+app: setup
+	$(BIN)/busi app
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -28,12 +28,23 @@ COMMANDS = {
     "reproduce": "rebuild a past MLflow run from its code commit, data version and params, "
     "and compare the metrics",
     "run-training": "import the data and run the busi_training DAG end to end through Airflow",
+    "serve": "serve the champion model over REST on 127.0.0.1 (follows promotions and "
+    "rollbacks without a restart)",
+    "predict": "print the champion's answer for image files, one JSON line per image",
+    "app": "the Streamlit page: upload an image, see the lesion outline, ROI and class",
     "up": "start the local platform: MLflow server and Airflow, on 127.0.0.1",
     "down": "stop the local platform started by `busi up`",
 }
 
 # A command whose module is not named after it.
-MODULES = {"up": "platform", "down": "platform", "run-training": "orchestrate"}
+MODULES = {
+    "up": "platform",
+    "down": "platform",
+    "run-training": "orchestrate",
+    "serve": "serve_model",
+    "predict": "predict_images",
+    "app": "app",
+}
 
 
 def _usage() -> str:

@@ -153,6 +153,26 @@ def wait_for_http(url: str, timeout: float = 60.0, proc=None) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+@contextlib.contextmanager
+def service_process(command: list[str], health_url: str, log_path: Path, env=None, timeout=120.0):
+    """A server process (``busi serve``, ``busi app``...) in its own session, its output in
+    ``log_path``; yields it once ``health_url`` answers 200 and stops it afterwards."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_for_http(health_url, timeout=timeout, proc=proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real MLflow tracking server process on 127.0.0.1 (SQLite backend, artifacts proxied
