@@ -261,6 +261,11 @@ def main_app(argv: list[str] | None = None) -> int:
         description="the Streamlit page on 127.0.0.1: upload an image, see lesion, ROI and class",
     )
     parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0 only inside a container behind its own network)",
+    )
     parser.add_argument("--model-uri", default=None, help=f"default {DEFAULT_MODEL_URI}")
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)
@@ -276,7 +281,7 @@ def main_app(argv: list[str] | None = None) -> int:
         "run",
         str(Path(__file__).resolve()),
         "--server.address",
-        "127.0.0.1",
+        args.host,
         "--server.port",
         str(args.port),
         "--server.headless",

@@ -97,6 +97,26 @@ def rows_from_chain(images: list[np.ndarray], chain) -> list[dict]:
     return rows
 
 
+class DirectPredict:
+    """A Keras model whose ``predict`` runs ``predict_on_batch`` for inputs that fit one
+    batch: the same computation without Keras' per-call set-up of ``predict`` (about 100 ms
+    a call on 2 CPU cores, three calls an image), which dominates single-image serving."""
+
+    def __init__(self, model, batch_size: int = 32):
+        self.model = model
+        self.batch_size = batch_size
+
+    @property
+    def input_shape(self):
+        return self.model.input_shape
+
+    def predict(self, x, batch_size: int | None = None, verbose: int = 0):
+        size = batch_size or self.batch_size
+        if len(x) <= size:
+            return np.asarray(self.model.predict_on_batch(x))
+        return self.model.predict(x, batch_size=size, verbose=verbose)
+
+
 class BusiPipeline(mlflow.pyfunc.PythonModel):
     """The pyfunc: loads both Keras models and the crop settings from its artifacts."""
 
@@ -106,10 +126,10 @@ class BusiPipeline(mlflow.pyfunc.PythonModel):
         from components.crop_rois import CropConfig
         from components.train_unet import CUSTOM_OBJECTS
 
-        self.unet = keras.models.load_model(
-            context.artifacts["unet"], custom_objects=CUSTOM_OBJECTS
+        self.unet = DirectPredict(
+            keras.models.load_model(context.artifacts["unet"], custom_objects=CUSTOM_OBJECTS)
         )
-        self.classifier = keras.models.load_model(context.artifacts["classifier"])
+        self.classifier = DirectPredict(keras.models.load_model(context.artifacts["classifier"]))
         self.crop = CropConfig(**json.loads(Path(context.artifacts["chain"]).read_text()))
 
     def predict(self, context, model_input, params=None):

@@ -464,6 +464,11 @@ def main_serve(argv: list[str] | None = None) -> int:
     _add_model_args(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0 only inside a container behind its own network)",
+    )
+    parser.add_argument(
         "--refresh-seconds",
         type=float,
         default=DEFAULT_REFRESH_SECONDS,
@@ -478,5 +483,5 @@ def main_serve(argv: list[str] | None = None) -> int:
     holder = ModelHolder(args.model_uri, args.tracking_uri)
     holder.connect()  # an unreachable registry fails here, not in the background
     app = create_app(holder, max_bytes=args.max_bytes, refresh_seconds=args.refresh_seconds)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

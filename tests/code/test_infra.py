@@ -311,11 +311,6 @@ def test_the_busi_commands_take_the_options_given():
             helps[argv[1]] = proc.stdout
         flags = {a.split("=")[0] for a in argv[2:] if a.startswith("--")}
         missing += [(where, argv[1], f) for f in sorted(flags) if f not in helps[argv[1]]]
-    if missing and {flag for _, _, flag in missing} == {"--host"}:
-        pytest.xfail(
-            "busi app / busi serve listen on 127.0.0.1 only (no --host): a container "
-            f"cannot publish them until they take --host {sorted({m[:2] for m in missing})}"
-        )
     assert not missing
 
 
