@@ -58,8 +58,7 @@ def client(tracking_uri: str | None = None):
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the fluent API (log_model) registers there too
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         c.search_experiments(max_results=1)

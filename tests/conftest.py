@@ -16,12 +16,39 @@ from components.synthetic import make_busi_like
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+MLFLOW_PROCESS_SETTINGS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+
+
 @pytest.fixture(autouse=True)
 def _no_tracking_by_default(monkeypatch):
     """Steps track to MLflow unless told not to; tests opt in with their own store."""
     monkeypatch.setenv("BUSI_TRACKING", "off")
     monkeypatch.delenv("BUSI_PARENT_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = {k: os.environ.get(k) for k in MLFLOW_PROCESS_SETTINGS}
+    yield
+    # mlflow.set_tracking_uri / set_registry_uri are process-wide (module globals, exported to
+    # the environment too) and beat the environment: a URI set by one test (or by the code
+    # under test) must not leak into the next.
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        from mlflow.tracking import _model_registry, _tracking_service
+
+        _tracking_service.utils._tracking_uri = None
+        _model_registry.utils._registry_uri = None
 
 
 @pytest.fixture

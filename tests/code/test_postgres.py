@@ -221,7 +221,7 @@ def test_mlflow_server_on_postgres_keeps_runs_and_model_versions(postgres, tmp_p
         assert back.data.params == {"epochs": "3"}
         assert back.data.metrics == {"val_dice": 0.61}
         champion = client.get_model_version_by_alias("busi-postgres-model", "champion")
-        assert (champion.version, champion.run_id) == ("1", run.info.run_id)
+        assert (str(champion.version), champion.run_id) == ("1", run.info.run_id)
 
     # It is all in Postgres, not in a SQLite file beside the project.
     assert _rows(postgres, "mlflow", "SELECT run_uuid FROM runs") == [(run.info.run_id,)]

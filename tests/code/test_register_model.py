@@ -50,7 +50,7 @@ def test_register_makes_three_linked_versions_and_a_retry_makes_none(smoke_run, 
     assert not first.reused and first.pipeline_version == 1
     c = _client(store)
     for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
-        assert c.get_model_version_by_alias(name, "challenger").version == "1"
+        assert str(c.get_model_version_by_alias(name, "challenger").version) == "1"
     tags = c.get_model_version(registry.PIPELINE_MODEL, "1").tags
     evaluation = json.loads((ws / "metrics/evaluation.json").read_text())
     assert float(tags["metric.macro_f1"]) == pytest.approx(evaluation["headline"]["macro_f1"])
