@@ -81,7 +81,7 @@ def evaluation_figures(evaluation: dict) -> dict[str, float]:
 def version_tags(
     figures: dict[str, float], lineage: dict[str, str], extra: dict[str, str]
 ) -> dict[str, str]:
-    tags = {f"{registry.METRIC_PREFIX}{k}": f"{v:.6f}" for k, v in figures.items()}
+    tags = {f"{registry.METRIC_PREFIX}{k}": f"{v:.12g}" for k, v in figures.items()}
     return {**tags, **lineage, **{k: v for k, v in extra.items() if v}}
 
 
