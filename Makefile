@@ -19,7 +19,8 @@ setup: $(VENV)/.installed browser
 ## otherwise the test says why it skips.
 browser:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); \
+	  command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    || echo "could not install chromium with apt-get: the browser test will skip"; \
 	else \
 	  command -v chromium >/dev/null || echo "chromium missing and not root: the browser test will skip"; \
 	fi
