@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.metrics import largest_component, remove_small_components
+from components.metrics import keep_components
 from components.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
 
 
@@ -50,10 +50,7 @@ def clean_mask(prob: np.ndarray, cfg: RoiConfig) -> np.ndarray:
     """Threshold, drop components below ``min_area``, keep the largest if asked."""
     mask = prob >= cfg.threshold
     min_px = int(np.ceil(cfg.min_area * mask.size))
-    mask = remove_small_components(mask, max(min_px, 1))
-    if cfg.keep == "largest":
-        mask = largest_component(mask)
-    return mask
+    return keep_components(mask, max(min_px, 1), largest_only=cfg.keep == "largest")
 
 
 def roi_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -115,8 +112,12 @@ def predict_proba(classifier, x: np.ndarray) -> np.ndarray:
     return proba / proba.sum(axis=1, keepdims=True)
 
 
-def rois_from_masks(images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig):
-    """Crops, mask crops, boxes and shape features for images with their (cleaned) masks."""
+def rois_from_masks(
+    images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig, features: bool = True
+):
+    """Crops, mask crops, boxes and (unless ``features`` is false: an empty list) shape
+    features for images with their (cleaned) masks."""
+    want_features = features
     crops, mask_crops, boxes, features = [], [], [], []
     for image, mask in zip(images, masks, strict=True):
         box = roi_box(mask, cfg.margin)
@@ -124,7 +125,8 @@ def rois_from_masks(images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiC
         crops.append(crop)
         mask_crops.append(mask_crop)
         boxes.append(box)
-        features.append(shape_features(mask))
+        if want_features:
+            features.append(shape_features(mask))
     return (
         np.stack(crops).astype(np.uint8),
         np.stack(mask_crops).astype(np.uint8),
@@ -149,6 +151,6 @@ def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tt
     used by evaluation and serving, with the crop settings the classifier was trained with."""
     probs = segment(unet, images, unet.input_shape[1], tta_flip)
     masks = [clean_mask(p, roi) for p in probs]
-    crops, mask_crops, boxes, _features = rois_from_masks(images, masks, roi)
+    crops, mask_crops, boxes, _ = rois_from_masks(images, masks, roi, features=False)
     proba = predict_proba(classifier, classifier_input(crops, mask_crops))
     return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)

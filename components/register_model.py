@@ -49,8 +49,17 @@ def file_md5(path: Path) -> str:
 
 
 def fingerprint(unet: Path, classifier: Path, crop_config: dict) -> str:
-    """Identifies what is registered: the two model files and the chain settings."""
-    parts = [file_md5(unet), file_md5(classifier), json.dumps(crop_config, sort_keys=True)]
+    """Identifies what is registered: the two model files, the chain settings and the
+    layout of the pyfunc package (so a new layout, e.g. one adding the LiteRT copies, makes
+    a new version of the same models)."""
+    from components.pipeline_model import PACKAGE_FORMAT
+
+    parts = [
+        file_md5(unet),
+        file_md5(classifier),
+        json.dumps(crop_config, sort_keys=True),
+        PACKAGE_FORMAT,
+    ]
     return hashlib.md5("|".join(parts).encode()).hexdigest()
 
 

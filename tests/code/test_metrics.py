@@ -14,6 +14,7 @@ from components.metrics import (
     dice,
     expected_calibration_error,
     iou,
+    keep_components,
     largest_component,
     remove_small_components,
     segmentation_metrics,
@@ -333,6 +334,25 @@ def test_remove_small_components_drops_specks_with_8_connectivity():
 def test_empty_mask_in_empty_mask_out(fn):
     out = fn(np.zeros((5, 7), dtype=bool))
     assert out.dtype == bool and out.shape == (5, 7) and not out.any()
+
+
+@pytest.mark.parametrize("largest_only", [True, False])
+def test_keep_components_equals_the_two_step_clean_up(largest_only):
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        mask = rng.random((24, 31)) < rng.uniform(0.05, 0.6)
+        min_px = int(rng.integers(0, 12))
+        expected = remove_small_components(mask, max(min_px, 1))
+        if largest_only:
+            expected = largest_component(expected)
+        got = keep_components(mask, min_px, largest_only)
+        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}, min_px {min_px}")
+    # Ties go to the first blob in row-major order, as in largest_component.
+    tie = np.zeros((6, 6), dtype=bool)
+    tie[0, 4:6] = tie[4, 0:2] = True
+    assert keep_components(tie, 1, True)[0, 4] and not keep_components(tie, 1, True)[4, 0]
+    # A largest blob below the minimum area leaves nothing.
+    assert not keep_components(tie, 3, True).any()
 
 
 # --- to_jsonable --------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ def test_registered_pyfunc_predicts_like_the_evaluation(smoke_run, store):
     images = [synth_pair(rng, cls, 90, 120)[0] for cls in ("benign", "malignant", "normal")]
     out = model.predict(pd.DataFrame({"image": [png_bytes(i) for i in images]}))
     assert list(out["class"]) and set(out["class"]) <= {"benign", "malignant", "normal"}
-    probs = out[["prob_benign", "prob_malignant", "prob_normal"]].to_numpy()
+    probs_cols = ["prob_benign", "prob_malignant", "prob_normal"]
+    probs = out[probs_cols].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert all(h == 90 and w == 120 for h, w in zip(out["height"], out["width"], strict=True))
 
@@ -114,6 +115,16 @@ def test_registered_pyfunc_predicts_like_the_evaluation(smoke_run, store):
     chain = predict_chain(images, unet, classifier, crop.roi, crop.tta_flip)
     np.testing.assert_allclose(probs, chain.proba, atol=1e-5)
     assert [list(b) for b in chain.boxes] == list(out["box"])
+
+    # It ran the LiteRT copies; asking for the Keras runtime gives the same answer.
+    assert model.unwrap_python_model().runtime == "lite"
+    keras_model = mlflow.pyfunc.load_model(
+        f"models:/{registry.PIPELINE_MODEL}@challenger", model_config={"runtime": "keras"}
+    )
+    assert keras_model.unwrap_python_model().runtime == "keras"
+    again = keras_model.predict(pd.DataFrame({"image": [png_bytes(i) for i in images]}))
+    np.testing.assert_allclose(again[probs_cols].to_numpy(), probs, atol=1e-5)
+    assert list(again["mask_png"]) == list(out["mask_png"])
 
 
 @pytest.mark.parametrize(
