@@ -293,29 +293,18 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 8-connected blob; on a tie, the first in row-major order."""
-    labelled, n = _label(mask)
-    if n == 0:
-        return np.zeros(labelled.shape, dtype=bool)
-    sizes = np.bincount(labelled.ravel())[1:]
-    return labelled == int(np.argmax(sizes)) + 1
+    return keep_components(mask, 1, largest_only=True)
 
 
 def remove_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
     """Drop 8-connected blobs with fewer than ``min_area_px`` pixels; keep the rest."""
-    if min_area_px < 0:
-        raise ValueError(f"min_area_px must be >= 0, got {min_area_px}")
-    labelled, n = _label(mask)
-    if n == 0:
-        return np.zeros(labelled.shape, dtype=bool)
-    sizes = np.bincount(labelled.ravel())
-    keep = sizes >= min_area_px
-    keep[0] = False
-    return keep[labelled]
+    return keep_components(mask, min_area_px, largest_only=False)
 
 
 def keep_components(mask: np.ndarray, min_area_px: int, largest_only: bool) -> np.ndarray:
-    """``remove_small_components`` then, if ``largest_only``, ``largest_component``, with one
-    labelling pass instead of two (the chain runs this on every full-size prediction)."""
+    """Drop 8-connected blobs below ``min_area_px`` pixels and, if ``largest_only``, keep
+    only the largest of the rest (ties: the first in row-major order). One labelling pass:
+    the chain runs this on every full-size prediction."""
     if min_area_px < 0:
         raise ValueError(f"min_area_px must be >= 0, got {min_area_px}")
     labelled, n = _label(mask)

@@ -337,17 +337,23 @@ def test_empty_mask_in_empty_mask_out(fn):
 
 
 @pytest.mark.parametrize("largest_only", [True, False])
-def test_keep_components_equals_the_two_step_clean_up(largest_only):
+def test_keep_components_matches_a_brute_force_clean_up(largest_only):
+    from scipy import ndimage
+
     rng = np.random.default_rng(3)
     for trial in range(40):
         mask = rng.random((24, 31)) < rng.uniform(0.05, 0.6)
         min_px = int(rng.integers(0, 12))
-        expected = remove_small_components(mask, max(min_px, 1))
-        if largest_only:
-            expected = largest_component(expected)
+        # Brute force: each 8-connected blob by itself, in label (row-major) order.
+        labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        blobs = [labelled == i for i in range(1, n + 1)]
+        kept = [b for b in blobs if b.sum() >= max(min_px, 1)]
+        if largest_only and kept:
+            kept = [max(kept, key=lambda b: b.sum())]  # max() keeps the first on a tie
+        expected = np.logical_or.reduce(kept) if kept else np.zeros_like(mask)
         got = keep_components(mask, min_px, largest_only)
         np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}, min_px {min_px}")
-    # Ties go to the first blob in row-major order, as in largest_component.
+    # Ties go to the first blob in row-major order.
     tie = np.zeros((6, 6), dtype=bool)
     tie[0, 4:6] = tie[4, 0:2] = True
     assert keep_components(tie, 1, True)[0, 4] and not keep_components(tie, 1, True)[4, 0]
