@@ -28,6 +28,7 @@ COMMANDS = {
     "reproduce": "rebuild a past MLflow run from its code commit, data version and params, "
     "and compare the metrics",
     "run-training": "import the data and run the busi_training DAG end to end through Airflow",
+    "run-step": "run one step of a busi_training DAG run (what a Kubernetes pod runs)",
     "serve": "serve the champion model over REST on 127.0.0.1 (follows promotions and "
     "rollbacks without a restart)",
     "predict": "print the champion's answer for image files, one JSON line per image",
@@ -41,6 +42,7 @@ MODULES = {
     "up": "platform",
     "down": "platform",
     "run-training": "orchestrate",
+    "run-step": "orchestrate",
     "serve": "serve_model",
     "predict": "predict_images",
     "app": "app",

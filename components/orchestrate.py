@@ -8,6 +8,17 @@ Settings (environment of the Airflow workers, set by ``busi up``):
 - ``MLFLOW_TRACKING_URI``: default the workspace's ``mlflow.db``.
 - ``BUSI_LANDING``: the landing zone of new data (a folder, or ``s3://bucket/prefix``);
   default ``<project>/landing``.
+- ``BUSI_EXECUTION``: ``local`` (default: tasks run in the Airflow worker) or ``kubernetes``
+  (DVC stages run as pods from ``BUSI_IMAGE``; see ``pod_settings``).
+- ``BUSI_DVC_SYNC``: ``1`` makes each task pull its inputs from the DVC remote and push its
+  outputs, so consecutive tasks may run on different workers; on by default with
+  ``BUSI_EXECUTION=kubernetes``.
+
+With DVC sync, what DVC does not store in its remote travels with the DAG run's MLflow
+parent run, under the artifact folder ``run_state/``: ``dvc.lock`` (which stages ran on what)
+and the stages' ``cache: false`` outputs (split, reports, metrics, plots). Each task
+restores it before it runs and saves it after, so a worker holding only the git checkout
+continues where the previous one stopped.
 
 Each DVC stage runs as ``dvc repro --single-item <stage>``: DVC skips it when its inputs
 did not change and records what ran in ``dvc.lock``. The registry steps run their ``busi``
@@ -40,6 +51,13 @@ DVC_STAGES = (
 )
 REGISTRY_STEPS = ("register_model", "promote_model")
 TRAINING_STEPS = DVC_STAGES + REGISTRY_STEPS
+# What register_model reads from the DVC stages' cached outputs (the models, the crop
+# settings); promote_model reads only the registry.
+REGISTRY_INPUTS = {"register_model": ("crop_rois", "train_unet", "train_classifier")}
+EXECUTIONS = ("local", "kubernetes")
+# Steps that use an accelerator when there is one: pod execution puts them on GPU nodes.
+GPU_STEPS = ("train_unet", "train_classifier")
+RUN_STATE = "run_state"
 # The dataset's version, as an Airflow Asset: busi_new_data updates it, busi_training
 # is scheduled on it.
 DATA_ASSET_NAME = "busi_data"
@@ -73,6 +91,101 @@ def dag_settings(execution_timeout_minutes: int) -> dict:
             )
         },
     }
+
+
+def execution_mode(environ=None) -> str:
+    """``BUSI_EXECUTION``: where the training tasks run (``local`` or ``kubernetes``)."""
+    from components.errors import BusiError
+
+    value = (os.environ if environ is None else environ).get("BUSI_EXECUTION") or "local"
+    if value not in EXECUTIONS:
+        raise BusiError(f"BUSI_EXECUTION={value!r}: expected one of {', '.join(EXECUTIONS)}")
+    return value
+
+
+def dvc_sync(environ=None) -> bool:
+    """``BUSI_DVC_SYNC``: whether each task pulls its inputs and pushes its outputs (default:
+    on for pod execution, where every task may land on another node)."""
+    from components.errors import BusiError
+
+    environ = os.environ if environ is None else environ
+    value = (environ.get("BUSI_DVC_SYNC") or "").strip().lower()
+    if not value:
+        return execution_mode(environ) == "kubernetes"
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise BusiError(f"BUSI_DVC_SYNC={value!r}: expected 1 or 0")
+
+
+def step_commands(step: str, sync: bool) -> tuple[list[list[str]], list[str], list[list[str]]]:
+    """What one task runs for ``step``: commands before, the step's own, commands after.
+    With ``sync`` a DVC stage pulls what it lacks (``repro --pull``: its inputs, or its
+    outputs when nothing changed) and pushes its outputs; register_model pulls the models."""
+    main = step_command(step)
+    if not sync:
+        return [], main, []
+    dvc = [sys.executable, "-m", "dvc"]
+    if step in DVC_STAGES:
+        return [], [*dvc, "repro", "--single-item", "--pull", step], [[*dvc, "push", step]]
+    if step in REGISTRY_INPUTS:
+        return [[*dvc, "pull", *REGISTRY_INPUTS[step]]], main, []
+    return [], main, []
+
+
+def uncached_outputs(dvc_yaml: Path) -> list[str]:
+    """The outputs, metrics and plots that ``dvc.yaml`` marks ``cache: false``: DVC keeps
+    them out of its cache and remote (they are committed to git instead)."""
+    import yaml
+
+    stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
+    paths = []
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                if isinstance(entry, dict):
+                    for path, options in entry.items():
+                        if isinstance(options, dict) and options.get("cache") is False:
+                            paths.append(path)
+    return paths
+
+
+def restore_run_state(client, parent: str, ws: Path) -> list[str]:
+    """Copy the DAG run's ``run_state/`` artifacts of the parent run into the workspace;
+    returns the paths restored (none on the first task)."""
+    import shutil
+    import tempfile
+
+    if not client.list_artifacts(parent, RUN_STATE):
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(parent, RUN_STATE, tmp))
+        restored = []
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            rel = path.relative_to(local)
+            (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, ws / rel)
+            restored.append(rel.as_posix())
+    return restored
+
+
+def save_run_state(client, parent: str, ws: Path) -> list[str]:
+    """Log ``dvc.lock``, ``data.dvc`` (so every task of the run trains on the data version
+    the first one saw) and the uncached outputs present in the workspace to the parent run
+    under ``run_state/`` (replacing what an earlier task logged)."""
+    saved = []
+    for rel in ["dvc.lock", "data.dvc", *uncached_outputs(ws / "dvc.yaml")]:
+        path = ws / rel
+        folder = Path(RUN_STATE, rel).parent.as_posix()
+        if path.is_file():
+            client.log_artifact(parent, str(path), folder)
+        elif path.is_dir():
+            client.log_artifacts(parent, str(path), Path(RUN_STATE, rel).as_posix())
+        else:
+            continue
+        saved.append(rel)
+    return saved
 
 
 def project_dir() -> Path:
@@ -183,11 +296,29 @@ def run_step(step: str, airflow_run_id: str, dag_id: str, profile: str | None = 
         "BUSI_PROFILE": profile,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    command = step_command(step)
+    sync = dvc_sync()
+    client = None
+    if sync:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if os.environ.get("BUSI_DVC_REMOTE"):
+            from components.ingest_data import Dvc
+            from components.storage import s3_endpoint
+
+            Dvc(ws).configure_remote(os.environ["BUSI_DVC_REMOTE"], s3_endpoint())
+        restored = restore_run_state(client, parent, ws)
+        logger.info("%s: restored %s from the DAG run's MLflow run", step, restored or "nothing")
+    before, command, after = step_commands(step, sync)
     logger.info("%s: %s (in %s, MLflow parent run %s)", step, " ".join(command), ws, parent)
-    proc = subprocess.run(command, cwd=ws, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{step} failed (exit {proc.returncode}): see the log above")
+    for cmd in [*before, command, *after]:
+        proc = subprocess.run(cmd, cwd=ws, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{step} failed (exit {proc.returncode} from {' '.join(cmd[2:])}): see the log"
+            )
+    if sync:
+        save_run_state(client, parent, ws)
     if step == TRAINING_STEPS[-1]:
         finish_parent(parent, uri, ws)
     return {"step": step, "workspace": str(ws), "mlflow_parent_run_id": parent}
@@ -308,3 +439,113 @@ def main_run_training(argv: list[str] | None = None) -> int:
             "where this run shows."
         )
     return 0
+
+
+def main_run_step(argv: list[str] | None = None) -> int:
+    """``busi run-step STEP --airflow-run-id ID``: one task of busi_training outside the
+    Airflow worker (what a Kubernetes pod runs)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="busi run-step", description="run one step of a busi_training DAG run"
+    )
+    parser.add_argument("step", choices=TRAINING_STEPS)
+    parser.add_argument("--airflow-run-id", required=True, help="the DAG run's run_id")
+    parser.add_argument("--dag-id", default="busi_training")
+    parser.add_argument("--profile", default=None, help="default: $BUSI_PROFILE or default")
+    args = parser.parse_args(argv)
+    out = run_step(args.step, args.airflow_run_id, args.dag_id, args.profile or None)
+    print(json.dumps(out))
+    return 0
+
+
+# What a pod of BUSI_EXECUTION=kubernetes gets (settings, with their defaults).
+POD_SETTINGS = {
+    "BUSI_IMAGE": "busi-pipeline:latest",
+    "BUSI_K8S_NAMESPACE": "busi",
+    # The ConfigMap and Secret of infra/k8s that hold the settings and the S3 keys.
+    "BUSI_K8S_CONFIGMAP": "busi-config",
+    "BUSI_K8S_SECRET": "busi-s3",
+    "BUSI_K8S_GPU_NODE_SELECTOR": "nvidia.com/gpu.present=true",
+}
+
+
+def pod_settings(step: str, environ=None) -> dict:
+    """Keyword arguments of the ``KubernetesPodOperator`` that runs ``step`` (pure: settings
+    in, arguments out). The pod runs ``busi run-step`` from the project image with DVC sync
+    on; its settings come from the ConfigMap and Secret of ``infra/k8s``. GPU steps ask for
+    one ``nvidia.com/gpu`` and go to GPU nodes."""
+    environ = os.environ if environ is None else environ
+    if step not in TRAINING_STEPS:
+        raise ValueError(f"unknown step '{step}'; the steps are {TRAINING_STEPS}")
+
+    def setting(name: str) -> str:
+        return environ.get(name) or POD_SETTINGS[name]
+
+    gpu = step in GPU_STEPS
+    requests = (
+        {"cpu": "2", "memory": "8Gi"}
+        if gpu or step == "crop_rois"
+        else {
+            "cpu": "1",
+            "memory": "2Gi",
+        }
+    )
+    limits = {"memory": "16Gi" if gpu else "4Gi", **({"nvidia.com/gpu": "1"} if gpu else {})}
+    selector = {}
+    if gpu:
+        key, _, value = setting("BUSI_K8S_GPU_NODE_SELECTOR").partition("=")
+        selector = {key: value}
+    return {
+        "name": f"busi-{step.replace('_', '-')}",
+        "namespace": setting("BUSI_K8S_NAMESPACE"),
+        "image": setting("BUSI_IMAGE"),
+        "cmds": ["busi"],
+        "arguments": [
+            "run-step",
+            step,
+            "--airflow-run-id",
+            "{{ run_id }}",
+            "--dag-id",
+            "{{ dag.dag_id }}",
+            "--profile",
+            "{{ params.profile or '' }}",
+        ],
+        "env_vars": {"BUSI_DVC_SYNC": "1", "BUSI_EXECUTION": "kubernetes"},
+        "configmaps": [setting("BUSI_K8S_CONFIGMAP")],
+        "secrets_names": [setting("BUSI_K8S_SECRET")],
+        "requests": requests,
+        "limits": limits,
+        "node_selector": selector,
+        "tolerations": (
+            [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if gpu else []
+        ),
+    }
+
+
+def pod_operator(step: str):
+    """The KubernetesPodOperator task of ``step`` for ``BUSI_EXECUTION=kubernetes``."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.cncf.kubernetes.secret import Secret
+    from kubernetes.client import models as k8s
+
+    cfg = pod_settings(step)
+    return KubernetesPodOperator(
+        task_id=step,
+        name=cfg["name"],
+        namespace=cfg["namespace"],
+        image=cfg["image"],
+        cmds=cfg["cmds"],
+        arguments=cfg["arguments"],
+        env_vars=cfg["env_vars"],
+        configmaps=cfg["configmaps"],
+        secrets=[Secret("env", None, name) for name in cfg["secrets_names"]],
+        container_resources=k8s.V1ResourceRequirements(
+            requests=cfg["requests"], limits=cfg["limits"]
+        ),
+        node_selector=cfg["node_selector"] or None,
+        tolerations=[k8s.V1Toleration(**t) for t in cfg["tolerations"]] or None,
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+    )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from components.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI, TRAINING_STEPS, dag_settings
+from components.orchestrate import (
+    DATA_ASSET_NAME,
+    DATA_ASSET_URI,
+    DVC_STAGES,
+    TRAINING_STEPS,
+    dag_settings,
+    execution_mode,
+)
 
 DOC = """
 ### busi_training
@@ -17,6 +24,10 @@ Trains and evaluates the BUSI chain and promotes the model only if it is better.
   `busi-pipeline`, alias `challenger`.
 - `promote_model`: `busi promote-model` moves `champion` if the rule in
   `params.yaml: promote_model` says so.
+
+`BUSI_EXECUTION=kubernetes` runs the DVC stages as Kubernetes pods (the project image,
+`busi run-step`; the training steps on GPU nodes), each pulling its inputs from the DVC
+remote and pushing its outputs; the registry steps stay in the Airflow worker.
 
 Runs when `busi_new_data` publishes a new data version (Asset `busi_data`), or by hand.
 One run at a time. All tasks of a run share one MLflow parent run (tag `airflow_run_id`);
@@ -52,9 +63,15 @@ def _step(step: str):
     **dag_settings(execution_timeout_minutes=120),
 )
 def busi_training():
+    in_pods = execution_mode() == "kubernetes"
     previous = None
     for step in TRAINING_STEPS:
-        current = _step(step)
+        if in_pods and step in DVC_STAGES:
+            from components.orchestrate import pod_operator
+
+            current = pod_operator(step)
+        else:
+            current = _step(step)
         if previous is not None:
             previous >> current
         previous = current

@@ -90,3 +90,51 @@ def test_dag_files_import_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1:] in ([""], []), proc.stdout
+
+
+def test_kubernetes_execution_runs_the_dvc_stages_as_pods(monkeypatch):
+    """BUSI_EXECUTION=kubernetes: each DVC stage is a KubernetesPodOperator running
+    `busi run-step` with DVC sync on; the training steps ask for a GPU on GPU nodes; the
+    registry steps stay Python tasks; the chain is unchanged."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    from components.orchestrate import DVC_STAGES, GPU_STEPS, REGISTRY_STEPS, TRAINING_STEPS
+
+    monkeypatch.setenv("BUSI_EXECUTION", "kubernetes")
+    monkeypatch.setenv("BUSI_IMAGE", "registry.example.com/busi-pipeline:0.1.0")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "busi_training.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["busi_training"]
+    for before, after in itertools.pairwise(TRAINING_STEPS):
+        assert dag.get_task(after).upstream_task_ids == {before}
+    for step in DVC_STAGES:
+        op = dag.get_task(step)
+        assert isinstance(op, KubernetesPodOperator), step
+        assert op.image == "registry.example.com/busi-pipeline:0.1.0"
+        assert op.cmds == ["busi"] and op.arguments[:2] == ["run-step", step]
+        assert op.retries >= 1 and op.owner == "busi-pipeline"
+        pod = op.build_pod_request_obj(dry_run=True)  # the pod spec, without a cluster
+        container = pod.spec.containers[0]
+        env = {e.name: e.value for e in container.env}
+        assert env["BUSI_DVC_SYNC"] == "1"
+        sources = [s.config_map_ref or s.secret_ref for s in container.env_from]
+        assert {s.name for s in sources} == {"busi-config", "busi-s3"}  # infra/k8s names
+        gpu = "nvidia.com/gpu" in (container.resources.limits or {})
+        assert gpu == (step in GPU_STEPS), step
+        if gpu:
+            assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+            assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
+        else:
+            assert not pod.spec.node_selector
+    for step in REGISTRY_STEPS:
+        assert not isinstance(dag.get_task(step), KubernetesPodOperator)
+
+
+def test_a_wrong_execution_setting_is_a_clear_import_error(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("BUSI_EXECUTION", "slurm")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "busi_training.py"))
+    (message,) = bag.import_errors.values()
+    assert "BUSI_EXECUTION='slurm': expected one of local, kubernetes" in message

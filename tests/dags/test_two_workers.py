@@ -1,0 +1,94 @@
+"""Tasks on different workers (issue: scale-out): the training steps of one DAG run
+alternate between two workspaces that share nothing but the DVC remote (S3 on a moto
+server) and the MLflow server, as pods on different nodes would. Each task pulls what it
+lacks, pushes what it made, and hands dvc.lock and the uncached outputs on through the DAG
+run's MLflow parent run."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.orchestrate import DVC_STAGES, RUN_STATE, TRAINING_STEPS
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_dag_run_alternating_between_two_workers(
+    tmp_path, mlflow_server, moto_server, monkeypatch
+):
+    import boto3
+    import mlflow
+
+    from components.ingest_data import ingest
+    from components.orchestrate import run_step
+    from components.run_pipeline import prepare_workspace, synthetic_source
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "BUSI_S3_ENDPOINT_URL": moto_server,
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "BUSI_PROJECT_DIR": str(REPO),
+        "BUSI_PROFILE": "smoke",
+        "BUSI_TRACKING": "on",
+        "BUSI_DVC_SYNC": "1",
+        "BUSI_DVC_REMOTE": "s3://busi/dvc",
+        "DVC_NO_ANALYTICS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("BUSI_PARENT_RUN_ID", raising=False)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="busi")
+
+    workers = [prepare_workspace(REPO, "smoke", tmp_path / name) for name in ("a", "b")]
+    ingest(synthetic_source(REPO, "smoke", workers[0]), workers[0], "s3://busi/dvc", moto_server)
+    # What git would carry to the other worker: the data version, not the data.
+    shutil.copy(workers[0] / "data.dvc", workers[1] / "data.dvc")
+    assert not (workers[1] / "data" / "busi").exists()
+
+    run_id = "manual__two-workers"
+    ran_on = {}
+    for i, step in enumerate(TRAINING_STEPS):
+        ws = workers[i % 2]
+        monkeypatch.setenv("BUSI_WORKSPACE", str(ws))
+        out = run_step(step, run_id, "busi_training", "smoke")
+        assert Path(out["workspace"]) == ws
+        ran_on[step] = ws
+
+    a, b = workers
+    # train_unet ran on b; crop_rois on a used that very model, pulled from S3.
+    assert ran_on["train_unet"] == b and ran_on["crop_rois"] == a
+    assert md5(a / "models/unet.keras") == md5(b / "models/unet.keras")
+    # train_classifier ran on b; evaluate_models on a scored it.
+    assert md5(a / "models/classifier.keras") == md5(b / "models/classifier.keras")
+    # register_model ran on b with the evaluation that a made (carried by the parent run).
+    assert (b / "metrics/evaluation.json").read_text() == (
+        a / "metrics/evaluation.json"
+    ).read_text()
+    objects = s3.list_objects_v2(Bucket="busi", Prefix="dvc/")["KeyCount"]
+    assert objects > 10
+
+    client = mlflow.MlflowClient(mlflow_server)
+    (parent,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.airflow_run_id = '{run_id}' and tags.kind = 'pipeline'",
+    )
+    assert parent.info.status == "FINISHED"
+    state = Path(client.download_artifacts(parent.info.run_id, RUN_STATE, str(tmp_path / "s")))
+    lock = yaml.safe_load((state / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(DVC_STAGES)
+    assert (state / "data.dvc").read_text() == (a / "data.dvc").read_text()
+    champion = client.get_model_version_by_alias("busi-pipeline", "champion")
+    assert champion.tags["pipeline_run_id"] == parent.info.run_id
