@@ -65,12 +65,12 @@ def airflow(env, *args, timeout=1200) -> subprocess.CompletedProcess:
     return proc
 
 
-def land_batch(landing: Path, name: str) -> None:
+def land_batch(landing: Path, name: str, seed: int = 7) -> None:
     """Two good images (benign with its mask, normal) and two bad files."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     for cls, number in (("benign", 1), ("normal", 1)):
         folder = landing / name / cls
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,38 @@ def test_nothing_new_is_skipped_without_an_asset_event(platform):
     with airflow_db(env) as db:
         events = db.execute("SELECT count(*) FROM asset_event").fetchone()[0]
     assert events == 1
+
+
+def test_new_data_on_an_s3_prefix_is_versioned_too(platform, moto_server, tmp_path, monkeypatch):
+    """The same DAG watching an S3 landing zone (a moto server): the batch is merged, its
+    bad files quarantined in the bucket, and a second Asset event queues training."""
+    import boto3
+
+    env = {
+        **platform["env"],
+        "BUSI_LANDING": "s3://clinic/incoming",
+        "BUSI_S3_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, env[key])
+    ws = platform["ws"]
+    before = (ws / "data.dvc").read_text()
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="clinic")
+    land_batch(tmp_path, "batch-s3", seed=11)  # other images: the same ones are duplicates
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), "clinic", f"incoming/{path.relative_to(tmp_path).as_posix()}")
+    airflow(env, "dags", "test", "busi_new_data")
+    assert (ws / "data.dvc").read_text() != before, "no new data version from S3"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="clinic")["Contents"]}
+    assert "incoming/_quarantine/batch-s3/report.json" in keys
+    assert not any(k.startswith("incoming/batch-s3/") for k in keys), "the batch stayed"
+    with airflow_db(env) as db:
+        events = db.execute("SELECT count(*) FROM asset_event").fetchone()[0]
+    assert events == 2
 
 
 def test_training_dag_trains_registers_and_promotes(platform):
