@@ -466,7 +466,7 @@ POD_SETTINGS = {
     "BUSI_K8S_NAMESPACE": "busi",
     # The ConfigMap and Secret of infra/k8s that hold the settings and the S3 keys.
     "BUSI_K8S_CONFIGMAP": "busi-config",
-    "BUSI_K8S_SECRET": "busi-s3",
+    "BUSI_K8S_S3_CREDENTIALS": "busi-s3",
     "BUSI_K8S_GPU_NODE_SELECTOR": "nvidia.com/gpu.present=true",
 }
 
@@ -514,7 +514,7 @@ def pod_settings(step: str, environ=None) -> dict:
         ],
         "env_vars": {"BUSI_DVC_SYNC": "1", "BUSI_EXECUTION": "kubernetes"},
         "configmaps": [setting("BUSI_K8S_CONFIGMAP")],
-        "secrets_names": [setting("BUSI_K8S_SECRET")],
+        "secrets_names": [setting("BUSI_K8S_S3_CREDENTIALS")],
         "requests": requests,
         "limits": limits,
         "node_selector": selector,
