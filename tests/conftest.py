@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -330,3 +333,139 @@ def started_service(service, cwd: Path, timeout: float = 120.0):
     finally:
         platform.stop_services({service.name: record}, timeout=20)
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- a throwaway PostgreSQL server
+
+PG_USER = "busi"
+PG_DATABASES = ("airflow", "mlflow")
+
+
+def _pg_bin() -> Path | None:
+    """The folder of initdb/pg_ctl: on PATH, else the newest /usr/lib/postgresql/<v>/bin."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    return Path(candidates[-1]).parent if candidates else None
+
+
+class Postgres:
+    """A PostgreSQL server of our own: data and unix socket in a temporary folder, TCP on
+    127.0.0.1 only, password authentication."""
+
+    def __init__(self, bin_dir: Path, base: Path, port: int, run_as: tuple[int, int] | None):
+        self.bin_dir, self.base, self.port, self.run_as = bin_dir, base, port, run_as
+        self.password = secrets.token_urlsafe(16)  # made per run, never written in the tree
+        self.data, self.socket_dir = base / "data", base / "socket"
+
+    def _run(self, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+        user = {"user": self.run_as[0], "group": self.run_as[1]} if self.run_as else {}
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, cwd=self.base, **user, **kwargs, timeout=120
+        )
+        assert proc.returncode == 0, f"{argv[0]} failed: {proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def start(self) -> None:
+        self.socket_dir.mkdir()
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self.run_as:
+            for path in (self.base, self.socket_dir, pwfile):
+                os.chown(path, *self.run_as)
+        self._run(
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            PG_USER,
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        )
+        pwfile.unlink()
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=60"
+        )
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+
+    def create_database(self, name: str) -> None:
+        conn = self.connect("postgres")
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {name}")
+        finally:
+            conn.close()
+
+    def uri(self, db: str, driver: str = "postgresql") -> str:
+        return f"{driver}://{PG_USER}:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def connect(self, db: str):
+        import psycopg2
+
+        return psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=PG_USER, password=self.password, dbname=db
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
+            "/usr/lib/postgresql/*/bin: install postgresql to run these tests"
+        )
+    run_as = None
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user for initdb to run as")
+        run_as = (entry.pw_uid, entry.pw_gid)
+    # Not under pytest's tmp folder: that one is private to root, the server user can't enter.
+    base = Path(tempfile.mkdtemp(prefix="busi-pg-"))
+    server = Postgres(bin_dir, base, free_port(), run_as)
+    try:
+        server.start()
+        for db in PG_DATABASES:
+            server.create_database(db)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pg_rows(server: Postgres, db: str, sql: str, *args) -> list[tuple]:
+    conn = server.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    finally:
+        conn.close()

@@ -1,19 +1,23 @@
-"""Tasks on different workers (issue: scale-out): the training steps of one DAG run
-alternate between two workspaces that share nothing but the DVC remote (S3 on a moto
-server) and the MLflow server, as pods on different nodes would. Each task pulls what it
-lacks, pushes what it made, and hands dvc.lock and the uncached outputs on through the DAG
-run's MLflow parent run."""
+"""Tasks on different workers, on the scaled-out settings (issue: scale-out): the training
+steps of one DAG run alternate between two workspaces that share nothing but the DVC
+remote (S3 on a moto server) and an MLflow server whose backend store is PostgreSQL and
+whose artifacts go to S3, as pods on different nodes would. Each task pulls what it lacks,
+pushes what it made, and hands dvc.lock and the uncached outputs on through the DAG run's
+MLflow parent run."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from components import platform as plat
 from components.orchestrate import DVC_STAGES, RUN_STATE, TRAINING_STEPS
+from tests.conftest import free_port, pg_rows, started_service
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +28,16 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_a_dag_run_alternating_between_two_workers(
-    tmp_path, mlflow_server, moto_server, monkeypatch
+def test_a_dag_run_alternating_between_two_workers_on_s3_and_postgres(
+    tmp_path, postgres, moto_server, monkeypatch
 ):
     import boto3
-    import mlflow
-
-    from components.ingest_data import ingest
-    from components.orchestrate import run_step
-    from components.run_pipeline import prepare_workspace, synthetic_source
 
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "BUSI_S3_ENDPOINT_URL": moto_server,
-        "MLFLOW_TRACKING_URI": mlflow_server,
         "BUSI_PROJECT_DIR": str(REPO),
         "BUSI_PROFILE": "smoke",
         "BUSI_TRACKING": "on",
@@ -51,6 +49,32 @@ def test_a_dag_run_alternating_between_two_workers(
     monkeypatch.delenv("BUSI_PARENT_RUN_ID", raising=False)
     s3 = boto3.client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket="busi")
+    postgres.create_database("mlflow_workers")
+    settings = plat.settings_from_env(
+        tmp_path,
+        {
+            "BUSI_PLATFORM_DIR": str(tmp_path / "platform"),
+            "BUSI_MLFLOW_PORT": str(free_port()),
+            "BUSI_MLFLOW_BACKEND_URI": postgres.uri("mlflow_workers", "postgresql+psycopg2"),
+            "BUSI_MLFLOW_ARTIFACTS": "s3://busi/mlflow",
+        },
+    )
+    with started_service(plat.mlflow_service(settings, dict(os.environ)), tmp_path, timeout=180):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
+        _two_workers(tmp_path, s3, settings.tracking_uri, moto_server, monkeypatch)
+    # The runs and the model versions are in Postgres, the artifacts in the bucket.
+    assert pg_rows(postgres, "mlflow_workers", "SELECT count(*) FROM runs")[0][0] >= 10
+    versions = pg_rows(postgres, "mlflow_workers", "SELECT name FROM model_versions")
+    assert {name for (name,) in versions} == {"busi-unet", "busi-classifier", "busi-pipeline"}
+    assert s3.list_objects_v2(Bucket="busi", Prefix="mlflow/")["KeyCount"] > 10
+
+
+def _two_workers(tmp_path, s3, mlflow_uri: str, moto_server: str, monkeypatch) -> None:
+    import mlflow
+
+    from components.ingest_data import ingest
+    from components.orchestrate import run_step
+    from components.run_pipeline import prepare_workspace, synthetic_source
 
     workers = [prepare_workspace(REPO, "smoke", tmp_path / name) for name in ("a", "b")]
     ingest(synthetic_source(REPO, "smoke", workers[0]), workers[0], "s3://busi/dvc", moto_server)
@@ -80,7 +104,7 @@ def test_a_dag_run_alternating_between_two_workers(
     objects = s3.list_objects_v2(Bucket="busi", Prefix="dvc/")["KeyCount"]
     assert objects > 10
 
-    client = mlflow.MlflowClient(mlflow_server)
+    client = mlflow.MlflowClient(mlflow_uri)
     (parent,) = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.airflow_run_id = '{run_id}' and tags.kind = 'pipeline'",
