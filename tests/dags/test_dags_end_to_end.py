@@ -1,6 +1,7 @@
-"""The DAGs end to end on the smoke profile, through Airflow (`airflow dags test`) against a
-real MLflow server process: new data lands, is validated and versioned, the Asset event
-queues the training DAG, and the training DAG trains, registers and promotes."""
+"""The DAGs end to end on the quick profile (smoke data, 3 epochs), through Airflow
+(`airflow dags test`) against a real MLflow server process: new data lands, is validated
+and versioned, the Asset event queues the training DAG, and the training DAG trains,
+registers and promotes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from components.synthetic import synth_pair
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+# The wiring is under test, not the models: the smoke profile with 3 training epochs.
+PROFILE = "quick"
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +31,8 @@ def platform(tmp_path_factory, mlflow_server):
     from components.run_pipeline import prepare_workspace, synthetic_source
 
     base = tmp_path_factory.mktemp("airflow-e2e")
-    ws = prepare_workspace(REPO, "smoke", base / "workspace")
-    source = synthetic_source(REPO, "smoke", ws)
+    ws = prepare_workspace(REPO, PROFILE, base / "workspace")
+    source = synthetic_source(REPO, PROFILE, ws)
     ingest(source, ws, str(base / "dvc-remote"))
     env = {
         **os.environ,
@@ -38,7 +41,7 @@ def platform(tmp_path_factory, mlflow_server):
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MLFLOW_TRACKING_URI": mlflow_server,
         "BUSI_PROJECT_DIR": str(REPO),
-        "BUSI_PROFILE": "smoke",
+        "BUSI_PROFILE": PROFILE,
         "BUSI_WORKSPACE": str(ws),
         "BUSI_LANDING": str(base / "landing"),
         "BUSI_TRACKING": "on",
@@ -201,7 +204,7 @@ def test_rerunning_a_step_adds_no_run_and_no_version(platform):
     old = dict(os.environ)
     os.environ.update(env)
     try:
-        run_step("register_model", airflow_run_id, "busi_training", "smoke")
+        run_step("register_model", airflow_run_id, "busi_training", PROFILE)
     finally:
         os.environ.clear()
         os.environ.update(old)

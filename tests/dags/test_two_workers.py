@@ -22,6 +22,8 @@ from tests.conftest import free_port, pg_rows, started_service
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+# The wiring is under test, not the models: the smoke profile with 3 training epochs.
+PROFILE = "quick"
 
 
 def md5(path: Path) -> str:
@@ -39,7 +41,7 @@ def test_a_dag_run_alternating_between_two_workers_on_s3_and_postgres(
         "AWS_DEFAULT_REGION": "us-east-1",
         "BUSI_S3_ENDPOINT_URL": moto_server,
         "BUSI_PROJECT_DIR": str(REPO),
-        "BUSI_PROFILE": "smoke",
+        "BUSI_PROFILE": PROFILE,
         "BUSI_TRACKING": "on",
         "BUSI_DVC_SYNC": "1",
         "BUSI_DVC_REMOTE": "s3://busi/dvc",
@@ -76,8 +78,8 @@ def _two_workers(tmp_path, s3, mlflow_uri: str, moto_server: str, monkeypatch) -
     from components.orchestrate import run_step
     from components.run_pipeline import prepare_workspace, synthetic_source
 
-    workers = [prepare_workspace(REPO, "smoke", tmp_path / name) for name in ("a", "b")]
-    ingest(synthetic_source(REPO, "smoke", workers[0]), workers[0], "s3://busi/dvc", moto_server)
+    workers = [prepare_workspace(REPO, PROFILE, tmp_path / name) for name in ("a", "b")]
+    ingest(synthetic_source(REPO, PROFILE, workers[0]), workers[0], "s3://busi/dvc", moto_server)
     # What git would carry to the other worker: the data version, not the data.
     shutil.copy(workers[0] / "data.dvc", workers[1] / "data.dvc")
     assert not (workers[1] / "data" / "busi").exists()
@@ -87,7 +89,7 @@ def _two_workers(tmp_path, s3, mlflow_uri: str, moto_server: str, monkeypatch) -
     for i, step in enumerate(TRAINING_STEPS):
         ws = workers[i % 2]
         monkeypatch.setenv("BUSI_WORKSPACE", str(ws))
-        out = run_step(step, run_id, "busi_training", "smoke")
+        out = run_step(step, run_id, "busi_training", PROFILE)
         assert Path(out["workspace"]) == ws
         ran_on[step] = ws
 
