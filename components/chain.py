@@ -113,11 +113,10 @@ def predict_proba(classifier, x: np.ndarray) -> np.ndarray:
 
 
 def rois_from_masks(
-    images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig, features: bool = True
+    images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig, with_features: bool = True
 ):
-    """Crops, mask crops, boxes and (unless ``features`` is false: an empty list) shape
+    """Crops, mask crops, boxes and (unless ``with_features`` is false: an empty list) shape
     features for images with their (cleaned) masks."""
-    want_features = features
     crops, mask_crops, boxes, features = [], [], [], []
     for image, mask in zip(images, masks, strict=True):
         box = roi_box(mask, cfg.margin)
@@ -125,7 +124,7 @@ def rois_from_masks(
         crops.append(crop)
         mask_crops.append(mask_crop)
         boxes.append(box)
-        if want_features:
+        if with_features:
             features.append(shape_features(mask))
     return (
         np.stack(crops).astype(np.uint8),
@@ -151,6 +150,6 @@ def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tt
     used by evaluation and serving, with the crop settings the classifier was trained with."""
     probs = segment(unet, images, unet.input_shape[1], tta_flip)
     masks = [clean_mask(p, roi) for p in probs]
-    crops, mask_crops, boxes, _ = rois_from_masks(images, masks, roi, features=False)
+    crops, mask_crops, boxes, _ = rois_from_masks(images, masks, roi, with_features=False)
     proba = predict_proba(classifier, classifier_input(crops, mask_crops))
     return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)

@@ -56,6 +56,7 @@ class LiteModel:
         self._input = inp[0]["index"]
         self._output = out[0]["index"]
         self._sample_shape = tuple(int(d) for d in inp[0]["shape"][1:])
+        self._output_shape = tuple(int(d) for d in out[0]["shape"][1:])
         self._lock = threading.Lock()
 
     @property
@@ -73,7 +74,7 @@ class LiteModel:
                 self._interpreter.invoke()
                 outputs.append(self._interpreter.get_tensor(self._output)[0].copy())
         if not outputs:
-            return np.zeros((0,), dtype=np.float32)
+            return np.zeros((0, *self._output_shape), dtype=np.float32)
         return np.stack(outputs)
 
 

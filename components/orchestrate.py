@@ -177,9 +177,8 @@ def save_run_state(client, parent: str, ws: Path) -> list[str]:
     saved = []
     for rel in ["dvc.lock", "data.dvc", *uncached_outputs(ws / "dvc.yaml")]:
         path = ws / rel
-        folder = Path(RUN_STATE, rel).parent.as_posix()
         if path.is_file():
-            client.log_artifact(parent, str(path), folder)
+            client.log_artifact(parent, str(path), Path(RUN_STATE, rel).parent.as_posix())
         elif path.is_dir():
             client.log_artifacts(parent, str(path), Path(RUN_STATE, rel).as_posix())
         else:
@@ -484,14 +483,8 @@ def pod_settings(step: str, environ=None) -> dict:
         return environ.get(name) or POD_SETTINGS[name]
 
     gpu = step in GPU_STEPS
-    requests = (
-        {"cpu": "2", "memory": "8Gi"}
-        if gpu or step == "crop_rois"
-        else {
-            "cpu": "1",
-            "memory": "2Gi",
-        }
-    )
+    heavy = gpu or step == "crop_rois"
+    requests = {"cpu": "2", "memory": "8Gi"} if heavy else {"cpu": "1", "memory": "2Gi"}
     limits = {"memory": "16Gi" if gpu else "4Gi", **({"nvidia.com/gpu": "1"} if gpu else {})}
     selector = {}
     if gpu:

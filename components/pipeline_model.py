@@ -77,7 +77,8 @@ def mask_to_png(mask: np.ndarray) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    # Level 1: a two-valued mask compresses almost as well, 3x faster than the default.
+    # Level 1: measured on a 683x916 mask, 2.5 ms instead of 4.9 ms at the default level, for
+    # 5 KB instead of 2.5 KB.
     Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(
         buf, format="PNG", compress_level=1
     )
@@ -235,10 +236,13 @@ def log_pipeline_model(
     unet_path: Path,
     classifier_path: Path,
     crop_config,
+    keras_models: tuple,
     name: str = "busi-pipeline",
     registered_model_name: str | None = None,
 ):
-    """Log (and optionally register) the pyfunc on the active run; returns ModelInfo."""
+    """Log (and optionally register) the pyfunc on the active run; returns ModelInfo.
+    ``keras_models`` are the U-Net and classifier already loaded from the two paths: their
+    LiteRT copies are compiled and checked from them."""
     import tempfile
 
     import keras
@@ -246,7 +250,6 @@ def log_pipeline_model(
 
     from components.lite_runtime import compile_checked
     from components.tracking import PROJECT_ROOT
-    from components.train_unet import CUSTOM_OBJECTS
 
     with tempfile.TemporaryDirectory() as tmp:
         chain = Path(tmp) / "chain.json"
@@ -257,11 +260,8 @@ def log_pipeline_model(
             "chain": str(chain),
         }
         # The serving copies, each checked against its Keras model before anything is logged.
-        for key, path, custom in (
-            ("unet", unet_path, CUSTOM_OBJECTS),
-            ("classifier", classifier_path, None),
-        ):
-            content, _gap = compile_checked(keras.models.load_model(path, custom_objects=custom))
+        for key, model in zip(("unet", "classifier"), keras_models, strict=True):
+            content, _gap = compile_checked(model)
             lite = Path(tmp) / f"{key}.tflite"
             lite.write_bytes(content)
             artifacts[f"{key}_lite"] = str(lite)

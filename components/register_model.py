@@ -172,6 +172,7 @@ def register(
                 unet_path,
                 classifier_path,
                 CropConfig(**crop_config),
+                (unet, classifier),
                 registered_model_name=registry.PIPELINE_MODEL,
             )
             created.append((registry.PIPELINE_MODEL, str(pipe_info.registered_model_version)))

@@ -37,6 +37,7 @@ def test_the_compiled_copy_predicts_like_keras_one_image_or_many():
         lite.predict(flipped), np.asarray(model.predict_on_batch(flipped)), atol=1e-5
     )
     assert lite.predict(x[:1]).shape == (1, 16, 16, 1)
+    assert lite.predict(x[:0]).shape == (0, 16, 16, 1)
 
 
 def test_a_wrong_input_shape_is_explained():
