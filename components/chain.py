@@ -13,6 +13,8 @@ import numpy as np
 from components.metrics import keep_components
 from components.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
 
+MASK_CHANNELS = ("binary", "probability")
+
 
 @dataclass(frozen=True)
 class RoiConfig:
@@ -23,10 +25,16 @@ class RoiConfig:
     keep: str = "largest"  # largest | all
     margin: float = 0.15  # added on each side, as a share of the box's height/width
     crop_size: int = 128
+    # The classifier's second input channel over the crop: the cleaned ``binary`` mask, or
+    # the U-Net's lesion ``probability`` (which still shows a faint lesion the threshold
+    # dropped, so a missed lesion does not look like a normal image).
+    mask_channel: str = "binary"
 
     def __post_init__(self) -> None:
         if self.keep not in ("largest", "all"):
             raise ValueError("keep must be 'largest' or 'all'")
+        if self.mask_channel not in MASK_CHANNELS:
+            raise ValueError(f"mask_channel must be one of {MASK_CHANNELS}")
         if not 0 <= self.threshold <= 1 or self.margin < 0 or not 0 <= self.min_area < 1:
             raise ValueError("threshold and min_area must lie in [0, 1], margin >= 0")
 
@@ -99,8 +107,8 @@ def shape_features(mask: np.ndarray) -> dict[str, float]:
 
 
 def classifier_input(crops: np.ndarray, mask_crops: np.ndarray) -> np.ndarray:
-    """uint8 crops [N,C,C] and masks [N,C,C] -> float32 [N,C,C,2]: the crop in [0,1] and the
-    mask as a second channel."""
+    """uint8 crops [N,C,C] and second channels [N,C,C] in [0,1] (mask or probability crops)
+    -> float32 [N,C,C,2]: the crop in [0,1] and the second channel."""
     crops = np.asarray(crops, dtype=np.float32) / 255.0
     masks = np.asarray(mask_crops, dtype=np.float32)
     return np.stack([crops, masks], axis=-1)
@@ -113,14 +121,27 @@ def predict_proba(classifier, x: np.ndarray) -> np.ndarray:
 
 
 def rois_from_masks(
-    images: list[np.ndarray], masks: list[np.ndarray], cfg: RoiConfig, with_features: bool = True
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    cfg: RoiConfig,
+    with_features: bool = True,
+    probs: list[np.ndarray] | None = None,
 ):
-    """Crops, mask crops, boxes and (unless ``with_features`` is false: an empty list) shape
-    features for images with their (cleaned) masks."""
+    """Crops, second-channel crops, boxes and (unless ``with_features`` is false: an empty
+    list) shape features for images with their (cleaned) masks. The box comes from the
+    mask; the second channel is the mask crop (uint8 0/1) or, with ``mask_channel:
+    probability``, the crop of ``probs`` (float32 in [0, 1]) over the same box."""
+    if cfg.mask_channel == "probability" and probs is None:
+        raise ValueError("mask_channel 'probability' needs the probability maps (probs)")
+    soft = cfg.mask_channel == "probability"
     crops, mask_crops, boxes, features = [], [], [], []
-    for image, mask in zip(images, masks, strict=True):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         box = roi_box(mask, cfg.margin)
         crop, mask_crop = crop_roi(image, mask, box, cfg.crop_size)
+        if soft:
+            top, left, bottom, right = box
+            window = probs[i][top:bottom, left:right]
+            mask_crop = np.clip(resize_prob(window, cfg.crop_size, cfg.crop_size), 0.0, 1.0)
         crops.append(crop)
         mask_crops.append(mask_crop)
         boxes.append(box)
@@ -128,7 +149,7 @@ def rois_from_masks(
             features.append(shape_features(mask))
     return (
         np.stack(crops).astype(np.uint8),
-        np.stack(mask_crops).astype(np.uint8),
+        np.stack(mask_crops).astype(np.float32 if soft else np.uint8),
         np.array(boxes, dtype=np.int64),
         features,
     )
@@ -150,6 +171,8 @@ def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tt
     used by evaluation and serving, with the crop settings the classifier was trained with."""
     probs = segment(unet, images, unet.input_shape[1], tta_flip)
     masks = [clean_mask(p, roi) for p in probs]
-    crops, mask_crops, boxes, _ = rois_from_masks(images, masks, roi, with_features=False)
+    crops, mask_crops, boxes, _ = rois_from_masks(
+        images, masks, roi, with_features=False, probs=probs
+    )
     proba = predict_proba(classifier, classifier_input(crops, mask_crops))
     return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)

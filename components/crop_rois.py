@@ -10,8 +10,13 @@ lesion images get tight crops while normal images (empty masks) stay whole, and
 ground-truth crops of the train split as extra examples; val and test always use
 predicted masks.
 
+The classifier's second channel (``mask_channel``) is the cleaned ``binary`` mask, or the
+U-Net's lesion ``probability`` over the same box (the default: it keeps a faint lesion that
+the threshold dropped visible to the classifier, see bench/results/sweep.md).
+
 Core: ``rois_for_split`` (images, masks and a segmenter in; crops out). Shell: ``main``
-writes ``data/rois/{train,val,test}.npz``.
+writes ``data/rois/{train,val,test}.npz`` (crops, second channel, boxes, labels, ids,
+shape features).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class CropConfig:
     crop_size: int = 128
     tta_flip: bool = True
     train_masks: str = "predicted"  # predicted | ground_truth | both
+    # binary | probability; summaries written before this existed mean binary
+    mask_channel: str = "binary"
 
     def __post_init__(self) -> None:
         if self.train_masks not in ("predicted", "ground_truth", "both"):
@@ -49,7 +56,14 @@ class CropConfig:
 
     @property
     def roi(self) -> RoiConfig:
-        return RoiConfig(self.threshold, self.min_area, self.keep, self.margin, self.crop_size)
+        return RoiConfig(
+            self.threshold,
+            self.min_area,
+            self.keep,
+            self.margin,
+            self.crop_size,
+            self.mask_channel,
+        )
 
 
 def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, split: str) -> dict:
@@ -63,11 +77,12 @@ def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, sp
         sources.append(("ground_truth", [np.asarray(m, bool) for m in true_masks]))
     parts = []
     for source, masks in sources:
-        crops, mask_crops, boxes, features = rois_from_masks(images, masks, cfg.roi)
+        crops, channel, boxes, features = rois_from_masks(images, masks, cfg.roi, probs=probs)
         parts.append(
             {
                 "crops": crops,
-                "masks": mask_crops,
+                # the classifier's second channel: mask crops, or probability crops
+                "channel": channel.astype(np.float16),
                 "boxes": boxes,
                 "labels": np.asarray(labels, dtype=np.int64),
                 "ids": np.asarray(ids, dtype=str),

@@ -4,8 +4,9 @@ Backbones: ``small_cnn`` (default, trains in minutes on 2 CPU cores), and ``resn
 ``resnet101`` (the original work's choice) and ``densenet121`` from keras.applications,
 with ``weights: none | imagenet``. ImageNet weights are downloaded by Keras on first use,
 which needs internet access; the default (``none``) works offline, and the run records
-which weights were used. The input is the crop plus the predicted mask as a second channel
-(for the ImageNet backbones: crop, crop, mask as RGB). Class imbalance is handled with
+which weights were used. The input is the crop plus a second channel, the predicted mask
+or the U-Net's probability over the crop (``crop_rois.mask_channel``; for the ImageNet
+backbones: crop, crop, channel as RGB). Class imbalance is handled with
 balanced class weights; no image is dropped.
 
 Core: ``build_classifier``, ``class_weights`` and ``fit_classifier``. Shell: ``main``.
@@ -188,7 +189,9 @@ def load_rois(path: Path):
     if not path.is_file():
         raise BusiError(f"{path} not found: run `busi crop-rois` first")
     data = np.load(path)
-    return classifier_input(data["crops"], data["masks"]), data["labels"]
+    if "channel" not in data:
+        raise BusiError(f"{path} was written by an older crop-rois: run `busi crop-rois` again")
+    return classifier_input(data["crops"], data["channel"]), data["labels"]
 
 
 def main(argv: list[str] | None = None) -> int:

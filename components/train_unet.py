@@ -32,6 +32,8 @@ class UnetArch:
     depth: int
     dropout: float
     batchnorm: bool
+    # Each block adds a 1x1-convolution shortcut of its input (a residual U-Net).
+    residual: bool = False
 
 
 ARCHITECTURES = {
@@ -39,6 +41,7 @@ ARCHITECTURES = {
     "original": UnetArch(base_filters=64, depth=4, dropout=0.5, batchnorm=False),
     "compact": UnetArch(base_filters=16, depth=4, dropout=0.1, batchnorm=True),
     "wide": UnetArch(base_filters=32, depth=4, dropout=0.1, batchnorm=True),
+    "residual": UnetArch(base_filters=16, depth=4, dropout=0.1, batchnorm=True, residual=True),
 }
 
 
@@ -71,7 +74,8 @@ def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9):
     from keras import layers
 
     def block(x, filters: int, dropout: float = 0.0):
-        for _ in range(2):
+        shortcut = x
+        for i in range(2):
             x = layers.Conv2D(
                 filters,
                 3,
@@ -81,6 +85,9 @@ def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9):
             )(x)
             if arch.batchnorm:
                 x = layers.BatchNormalization(momentum=bn_momentum)(x)
+            if arch.residual and i == 1:
+                shortcut = layers.Conv2D(filters, 1, padding="same", use_bias=False)(shortcut)
+                x = layers.Add()([x, shortcut])
             x = layers.Activation("relu")(x)
         if dropout:
             x = layers.Dropout(dropout)(x)

@@ -74,8 +74,74 @@ def test_shape_features_and_classifier_input():
     assert x[0, ..., 0].max() == pytest.approx(1.0) and x[1, ..., 1].max() == 0.0
 
 
+def test_probability_channel_is_the_probability_over_the_mask_box():
+    image = np.arange(100 * 200, dtype=np.uint32).reshape(100, 200).astype(np.uint8)
+    mask = _mask()  # rows 40-59, cols 50-89
+    prob = np.zeros((100, 200), np.float32)
+    prob[40:60, 50:90] = 0.9
+    prob[45:50, 60:70] = 0.3  # a dip the threshold would cut: the channel keeps it
+    faint = np.zeros((100, 200), np.float32)
+    faint[10:20, 10:20] = 0.4  # a lesion below the threshold: no mask, whole image
+    cfg = RoiConfig(margin=0.0, crop_size=20, mask_channel="probability")
+    crops, channel, boxes, _ = rois_from_masks(
+        [image, image], [mask, np.zeros_like(mask)], cfg, probs=[prob, faint]
+    )
+    assert boxes.tolist() == [[40, 50, 60, 90], [0, 0, 100, 200]]
+    assert channel.dtype == np.float32 and channel.shape == (2, 20, 20)
+    plain = RoiConfig(margin=0.0, crop_size=20)
+    binary_crops, binary, _, _ = rois_from_masks([image], [mask], plain)
+    np.testing.assert_array_equal(crops[:1], binary_crops)  # same box, same image crop
+    assert binary[0].min() == 1  # the mask fills its own box ...
+    assert channel[0].max() == pytest.approx(0.9) and channel[0].min() < 0.5  # ... the dip shows
+    # The whole-image crop of the missed lesion still carries its faint probability.
+    assert 0.1 < channel[1].max() <= 0.4 and channel[1][10:, 10:].max() < 0.05
+    with pytest.raises(ValueError, match="probs"):
+        rois_from_masks([image], [mask], cfg)
+
+
 def test_bad_roi_settings_are_refused():
+    with pytest.raises(ValueError, match="mask_channel"):
+        RoiConfig(mask_channel="soft")
     with pytest.raises(ValueError):
         RoiConfig(keep="biggest")
     with pytest.raises(ValueError):
         RoiConfig(threshold=1.5)
+
+
+def test_crop_settings_written_before_the_channel_existed_mean_binary(tmp_path):
+    import json
+
+    from components.errors import BusiError
+    from components.evaluate_models import chain_settings
+    from components.train_classifier import load_rois
+
+    old = {"threshold": 0.5, "min_area": 0.002, "keep": "largest", "margin": 0.15}
+    (tmp_path / "summary.json").write_text(json.dumps({"config": old}))
+    assert chain_settings(tmp_path / "summary.json").roi.mask_channel == "binary"
+    # Crops written by an older crop-rois have no channel: say so rather than guess.
+    np.savez(tmp_path / "train.npz", crops=np.zeros((1, 4, 4)), masks=np.zeros((1, 4, 4)))
+    with pytest.raises(BusiError, match="older crop-rois"):
+        load_rois(tmp_path / "train.npz")
+
+
+def test_crop_rois_stores_the_probability_channel():
+    from components.crop_rois import CropConfig, rois_for_split
+
+    images = [np.full((40, 60), 120, np.uint8), np.full((50, 50), 80, np.uint8)]
+    truth = [np.zeros((40, 60), bool), np.zeros((50, 50), bool)]
+    truth[0][10:20, 20:40] = True
+
+    def predict(imgs):
+        probs = [np.zeros(i.shape, np.float32) for i in imgs]
+        probs[0][10:20, 20:40] = 0.8
+        probs[1][5:10, 5:10] = 0.3  # under the threshold: no lesion, a faint trace
+        return probs
+
+    cfg = CropConfig(crop_size=16, margin=0.0, mask_channel="probability", train_masks="both")
+    out = rois_for_split(images, truth, [0, 2], ["a", "b"], predict, cfg, "train")
+    assert out["channel"].shape == (4, 16, 16) and out["channel"].dtype == np.float16
+    assert out["mask_source"].tolist() == ["predicted"] * 2 + ["ground_truth"] * 2
+    assert float(out["channel"][0].max()) == pytest.approx(0.8, abs=1e-3)
+    assert 0 < float(out["channel"][1].max()) <= 0.3 and out["area"][1] == 0  # whole image
+    # The ground-truth crop's channel is still the U-Net's probability over its box.
+    assert float(out["channel"][2].min()) == pytest.approx(0.8, abs=1e-3)

@@ -20,6 +20,21 @@ def test_unet_shapes_and_the_original_size():
     assert 30_000_000 < original.count_params() < 32_000_000  # the notebook's 31 M
 
 
+def test_residual_unet_adds_a_shortcut_to_each_block():
+    plain = build_unet(32, ARCHITECTURES["compact"])
+    residual = build_unet(32, ARCHITECTURES["residual"])
+    adds = [layer for layer in residual.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 9  # 4 down, the bottleneck, 4 up
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    # Only the 1x1 shortcut convolutions (no bias) are extra: input channels x filters.
+    down = [(1, 16), (16, 32), (32, 64), (64, 128), (128, 256)]
+    up = [(256, 128), (128, 64), (64, 32), (32, 16)]  # the input is skip + upsampled
+    extra = sum(c_in * c_out for c_in, c_out in down + up)
+    assert residual.count_params() - plain.count_params() == extra
+    out = residual.predict(np.zeros((1, 32, 32, 1), np.float32), verbose=0)
+    assert out.shape == (1, 32, 32, 1)
+
+
 def test_losses_and_metrics_on_hand_made_masks():
     from components.train_unet import dice_metric, iou_metric, soft_dice_loss
 
