@@ -26,8 +26,8 @@ class RoiConfig:
     margin: float = 0.15  # added on each side, as a share of the box's height/width
     crop_size: int = 128
     # The classifier's second input channel over the crop: the cleaned ``binary`` mask, or
-    # the U-Net's lesion ``probability`` (which still shows a faint lesion the threshold
-    # dropped, so a missed lesion does not look like a normal image).
+    # the U-Net's lesion ``probability``, which keeps the confidence and the soft edge of
+    # the lesion that thresholding throws away (bench/results/sweep.md).
     mask_channel: str = "binary"
 
     def __post_init__(self) -> None:
