@@ -95,9 +95,9 @@ def stage_costs(tracking_uri: str, lookback: int = 20) -> dict:
             }
     latest = parents[0]
     total = (latest.info.end_time - latest.info.start_time) / 1000 if latest.info.end_time else None
-    order = ["validate_data", "split_data", "augment_data", "train_unet", "crop_rois",
-             "train_classifier", "evaluate_models", "register_model", "promote_model"]  # fmt: skip
-    steps = dict(sorted(steps.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+    from components.orchestrate import TRAINING_STEPS
+
+    steps = {step: steps[step] for step in TRAINING_STEPS if step in steps}
     return {"parent_run_id": latest.info.run_id, "pipeline_wall_s": total, "steps": steps}
 
 

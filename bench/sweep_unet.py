@@ -161,12 +161,13 @@ def train_trial_unet(trial: Trial, data):
     return model, curve, len(x), int(model.count_params())
 
 
-def _val_probs(model, data, size: int) -> list[np.ndarray]:
+def _probs(model, images: np.ndarray) -> list[np.ndarray]:
+    """Flip-TTA lesion probabilities of images already at the model's size, on the grid."""
     from components.preprocess import resize_prob
 
-    xv = _x(data[f"val_img_{size}"])
-    prob = model.predict(xv, batch_size=64, verbose=0)
-    prob = (prob + model.predict(xv[:, :, ::-1], batch_size=64, verbose=0)[:, :, ::-1]) / 2
+    x = _x(images)
+    prob = model.predict(x, batch_size=64, verbose=0)
+    prob = (prob + model.predict(x[:, :, ::-1], batch_size=64, verbose=0)[:, :, ::-1]) / 2
     return [resize_prob(p[..., 0], GRID, GRID) for p in prob]
 
 
@@ -190,25 +191,16 @@ def score_segmentation(probs, true_masks, classes, threshold: float, min_area: f
     }
 
 
-def _prob_crops(probs, boxes, size: int) -> np.ndarray:
-    from components.preprocess import resize_prob
-
-    out = []
-    for p, (top, left, bottom, right) in zip(probs, boxes, strict=True):
-        out.append(resize_prob(p[top:bottom, left:right], size, size))
-    return np.stack(out)
-
-
 def classifier_inputs(images, probs, masks, crop: int = 96, soft: bool = False):
-    """The pipeline's classifier input (crop + binary mask), or with ``soft`` the crop plus
-    the U-Net's probability map over the same box."""
+    """The pipeline's classifier input: the crop plus the binary mask, or with ``soft`` the
+    U-Net's probability over the same box (``mask_channel: probability``)."""
     from components.chain import RoiConfig, classifier_input, rois_from_masks
 
-    roi = RoiConfig(crop_size=crop)
-    crops, mask_crops, boxes, _ = rois_from_masks(list(images), masks, roi, with_features=False)
-    if not soft:
-        return classifier_input(crops, mask_crops)
-    return np.stack([crops.astype(np.float32) / 255.0, _prob_crops(probs, boxes, crop)], -1)
+    roi = RoiConfig(crop_size=crop, mask_channel="probability" if soft else "binary")
+    crops, channel, _, _ = rois_from_masks(
+        list(images), masks, roi, with_features=False, probs=probs
+    )
+    return classifier_input(crops, channel)
 
 
 def train_trial_classifier(x, y, xv, yv, seed: int = 0, epochs: int = 40, patience: int = 10):
@@ -257,11 +249,13 @@ def train_trial_classifier(x, y, xv, yv, seed: int = 0, epochs: int = 40, patien
 def run_trial(trial: Trial, data_path: Path, clf_epochs: int = 40) -> dict:
     import keras
 
+    from components.chain import RoiConfig, clean_mask
+
     data = dict(np.load(data_path))
     started = time.time()
     model, curve, n_train, n_params = train_trial_unet(trial, data)
     unet_s = time.time() - started
-    probs = _val_probs(model, data, trial.size)
+    probs = _probs(model, data[f"val_img_{trial.size}"])
     true = data[f"val_mask_{GRID}"]
     classes = data["val_class"]
     grid = [
@@ -271,15 +265,8 @@ def run_trial(trial: Trial, data_path: Path, clf_epochs: int = 40) -> dict:
     ]
     default = next(g for g in grid if g["threshold"] == 0.5 and g["min_area"] == 0.002)
     # Classifier on crops of predicted masks (the pipeline's train_masks: predicted).
-    from components.chain import RoiConfig, clean_mask
-
     roi = RoiConfig()
-    x_tr = _x(data[f"train_img_{trial.size}"])
-    prob_tr = model.predict(x_tr, batch_size=64, verbose=0)
-    prob_tr = (prob_tr + model.predict(x_tr[:, :, ::-1], batch_size=64, verbose=0)[:, :, ::-1]) / 2
-    from components.preprocess import resize_prob
-
-    probs_tr = [resize_prob(p[..., 0], GRID, GRID) for p in prob_tr]
+    probs_tr = _probs(model, data[f"train_img_{trial.size}"])
     masks_tr = [clean_mask(p, roi) for p in probs_tr]
     masks_v = [clean_mask(p, roi) for p in probs]
     img_tr, img_v = data[f"train_img_{GRID}"], data[f"val_img_{GRID}"]

@@ -106,12 +106,11 @@ def shape_features(mask: np.ndarray) -> dict[str, float]:
     }
 
 
-def classifier_input(crops: np.ndarray, mask_crops: np.ndarray) -> np.ndarray:
+def classifier_input(crops: np.ndarray, channel: np.ndarray) -> np.ndarray:
     """uint8 crops [N,C,C] and second channels [N,C,C] in [0,1] (mask or probability crops)
     -> float32 [N,C,C,2]: the crop in [0,1] and the second channel."""
     crops = np.asarray(crops, dtype=np.float32) / 255.0
-    masks = np.asarray(mask_crops, dtype=np.float32)
-    return np.stack([crops, masks], axis=-1)
+    return np.stack([crops, np.asarray(channel, dtype=np.float32)], axis=-1)
 
 
 def predict_proba(classifier, x: np.ndarray) -> np.ndarray:
@@ -131,17 +130,19 @@ def rois_from_masks(
     list) shape features for images with their (cleaned) masks. The box comes from the
     mask; the second channel is the mask crop (uint8 0/1) or, with ``mask_channel:
     probability``, the crop of ``probs`` (float32 in [0, 1]) over the same box."""
-    if cfg.mask_channel == "probability" and probs is None:
-        raise ValueError("mask_channel 'probability' needs the probability maps (probs)")
     soft = cfg.mask_channel == "probability"
+    if soft and probs is None:
+        raise ValueError("mask_channel 'probability' needs the probability maps (probs)")
     crops, mask_crops, boxes, features = [], [], [], []
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         box = roi_box(mask, cfg.margin)
-        crop, mask_crop = crop_roi(image, mask, box, cfg.crop_size)
         if soft:
             top, left, bottom, right = box
+            crop = resize_gray(image[top:bottom, left:right], cfg.crop_size)
             window = probs[i][top:bottom, left:right]
             mask_crop = np.clip(resize_prob(window, cfg.crop_size, cfg.crop_size), 0.0, 1.0)
+        else:
+            crop, mask_crop = crop_roi(image, mask, box, cfg.crop_size)
         crops.append(crop)
         mask_crops.append(mask_crop)
         boxes.append(box)

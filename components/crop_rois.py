@@ -11,9 +11,10 @@ ground-truth crops of the train split as extra examples; val and test always use
 predicted masks.
 
 The classifier's second channel (``mask_channel``) is the cleaned ``binary`` mask, or the
-U-Net's lesion ``probability`` over the same box (the default: it keeps the U-Net's
-confidence and the lesion's soft edge, and beat the binary mask on the val split with
-every U-Net of bench/results/sweep.md).
+U-Net's lesion ``probability`` over the same box (params.yaml's choice: it keeps the
+U-Net's confidence and the lesion's soft edge, and beat the binary mask on the val split
+with every U-Net of bench/results/sweep.md). The dataclass default stays ``binary``, which
+is what crop settings recorded before the option existed mean.
 
 Core: ``rois_for_split`` (images, masks and a segmenter in; crops out). Shell: ``main``
 writes ``data/rois/{train,val,test}.npz`` (crops, second channel, boxes, labels, ids,
