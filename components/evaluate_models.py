@@ -4,8 +4,14 @@ normal images, 3-class accuracy, macro-F1, per-class precision/recall, the confu
 matrix, malignant-vs-rest ROC AUC and calibration error. Pixel accuracy is reported only
 as a secondary figure: the background dominates it.
 
-Core: ``evaluate_chain`` (images, masks, labels and the two models in; metrics out).
-Shell: ``main`` writes ``metrics/evaluation.json`` and the plots.
+Each headline figure comes with a bootstrap interval (resampling near-duplicate groups,
+see components/uncertainty.py), and the figures are broken down per lesion size (share
+of the image: < 1 %, 1-5 %, >= 5 %) and per class. The per-image predictions are kept
+(``per_image.csv``) so that promote_model can compare two models image by image.
+
+Core: ``evaluate_chain`` (images, masks, labels and the two models in; metrics out),
+``per_image_table`` and ``uncertainty_report`` (per-image table in; intervals out).
+Shell: ``main`` writes ``metrics/evaluation.json``, ``per_image.csv`` and the plots.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from components.chain import RoiConfig, predict_chain
 from components.config import load_section
 from components.errors import BusiError
 from components.metrics import classification_metrics, segmentation_metrics, to_jsonable
 from components.preprocess import CLASSES
+from components.uncertainty import (
+    PER_IMAGE_COLUMNS,
+    BootstrapConfig,
+    figures_with_intervals,
+    per_class,
+    per_lesion_size,
+    reliability_bins,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +47,12 @@ class EvaluateConfig:
     split: str = "test"
     calibration_bins: int = 10
     overlay_examples: int = 12
+    bootstrap_samples: int = 2000  # group resamples behind each interval
+    interval_level: float = 0.95
+    bootstrap_seed: int = 0
+
+    def bootstrap(self) -> BootstrapConfig:
+        return BootstrapConfig(self.bootstrap_samples, self.interval_level, self.bootstrap_seed)
 
 
 def evaluate_chain(
@@ -77,6 +98,90 @@ def headline(result: dict) -> dict:
         "ece": cls["ece"],
         "pixel_accuracy": seg["pixel_accuracy"],
     }
+
+
+def per_image_table(ids, groups, labels, proba, seg_per_image) -> pd.DataFrame:
+    """One row per image (``uncertainty.PER_IMAGE_COLUMNS``): its group, true and predicted
+    class, the class probabilities and the segmentation counts."""
+    proba = np.asarray(proba, dtype=float)
+    rows = []
+    for i, g, y, p, s in zip(ids, groups, labels, proba, seg_per_image, strict=True):
+        rows.append(
+            {
+                "id": i,
+                "dup_group": g,
+                "class": CLASSES[y],
+                "predicted": CLASSES[int(np.argmax(p))],
+                **{f"prob_{c}": float(p[j]) for j, c in enumerate(CLASSES)},
+                **{k: s[k] for k in PER_IMAGE_COLUMNS if k in s},
+            }
+        )
+    return pd.DataFrame(rows, columns=list(PER_IMAGE_COLUMNS))
+
+
+def uncertainty_report(table: pd.DataFrame, cfg: EvaluateConfig) -> dict:
+    """Intervals of the headline figures, figures per lesion size and per class, and the
+    reliability diagram's bins, from the per-image table."""
+    boot = cfg.bootstrap()
+    return {
+        "intervals": {
+            "method": "percentile bootstrap over near-duplicate groups (dup_group)",
+            "level": boot.level,
+            "samples": boot.samples,
+            "n_groups": int(table["dup_group"].nunique()),
+            "figures": figures_with_intervals(table, boot, n_bins=cfg.calibration_bins),
+        },
+        "per_lesion_size": per_lesion_size(table, boot),
+        "per_class": per_class(table, boot),
+        "calibration": {"bins": reliability_bins(table, cfg.calibration_bins)},
+    }
+
+
+def interval_metrics(report: dict) -> dict[str, float]:
+    """Flat MLflow metrics: ``<figure>_ci_low``/``_ci_high``, and per size and class."""
+    out = {}
+    for name, entry in report["intervals"]["figures"].items():
+        for end in ("low", "high"):
+            if entry[end] is not None:
+                out[f"{name}_ci_{end}"] = entry[end]
+    for bucket, entry in report["per_lesion_size"].items():
+        out[f"size.{bucket}.n_missed"] = entry["n_missed"]
+        for figure in ("lesion_dice", "accuracy"):
+            if entry.get(figure, {}).get("value") is not None:
+                out[f"size.{bucket}.{figure}"] = entry[figure]["value"]
+    for cls, entry in report["per_class"].items():
+        for figure in ("precision", "recall", "f1"):
+            if entry[figure]["value"] is not None:
+                out[f"class.{cls}.{figure}"] = entry[figure]["value"]
+    return out
+
+
+def plot_reliability(bins: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    used = [b for b in bins if b["n_images"]]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
+    ax.bar(
+        [(b["low"] + b["high"]) / 2 for b in used],
+        [b["accuracy"] for b in used],
+        width=[b["high"] - b["low"] for b in used],
+        edgecolor="black",
+        alpha=0.6,
+        label="accuracy in bin",
+    )
+    ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", color="red")
+    ax.set_xlabel("top-1 confidence")
+    ax.set_ylabel("share correct")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_confusion(matrix, path: Path) -> None:
@@ -193,21 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     true_masks = [p[1] for p in pairs]
     labels = [CLASSES.index(c) for c in part["class"]]
     ids = part["id"].to_list()
+    groups = part["dup_group"].astype(str).to_list()
 
     with tracking.step_run("evaluate_models", asdict(cfg) | {"chain": asdict(crop)}):
         result = evaluate_chain(
             images, true_masks, labels, unet, classifier, crop.roi, crop.tta_flip, cfg
         )
         seg, cls = result["segmentation"], result["classification"]
-        per_image = [
-            {
-                "id": i,
-                "class": CLASSES[y],
-                "predicted": CLASSES[int(np.argmax(p))],
-                **{k: v for k, v in s.items()},
-            }
-            for i, y, p, s in zip(ids, labels, result["proba"], seg["per_image"], strict=True)
-        ]
+        table = per_image_table(ids, groups, labels, result["proba"], seg["per_image"])
         report = {
             "split": cfg.split,
             "n_images": len(images),
@@ -217,13 +315,13 @@ def main(argv: list[str] | None = None) -> int:
             "chain": asdict(crop),
             "lesion_definition": f"a connected predicted component covering >= {crop.min_area:.3%} "
             "of the image (smaller ones are dropped)",
+            **uncertainty_report(table, cfg),
         }
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
         args.metrics.write_text(json.dumps(to_jsonable(report), indent=2, allow_nan=False) + "\n")
         args.plots.mkdir(parents=True, exist_ok=True)
-        (args.plots / "per_image.json").write_text(
-            json.dumps(to_jsonable(per_image), indent=1, allow_nan=False) + "\n"
-        )
+        table.to_csv(args.plots / "per_image.csv", index=False)
+        plot_reliability(report["calibration"]["bins"], args.plots / "reliability.png")
         plot_confusion(cls["confusion_matrix"], args.plots / "confusion_matrix.png")
         roc = cls.get("roc_curve") or {}
         auc = report["headline"]["malignant_auc"]
@@ -250,14 +348,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg.overlay_examples,
             args.plots / "overlays.png",
         )
-        tracking.log_metrics(to_jsonable(report["headline"]))
+        tracking.log_metrics(to_jsonable(report["headline"]) | interval_metrics(report))
         tracking.log_step_outputs({}, artifacts=[args.metrics, *sorted(args.plots.iterdir())])
-    head = report["headline"]
+    ci = report["intervals"]["figures"]
     print(
-        f"test split, {len(images)} images: lesion Dice {_fmt(head['lesion_dice'])}, "
-        f"IoU {_fmt(head['lesion_iou'])}, false lesion on normal "
-        f"{_fmt(head['normal_false_lesion_rate'])}; accuracy {_fmt(head['accuracy'])}, "
-        f"macro-F1 {_fmt(head['macro_f1'])}, malignant AUC {_fmt(head['malignant_auc'])}"
+        f"test split, {len(images)} images ({report['intervals']['n_groups']} groups), "
+        f"{report['intervals']['level']:.0%} intervals: lesion Dice {_ci(ci['lesion_dice'])}, "
+        f"IoU {_ci(ci['lesion_iou'])}, false lesion on normal "
+        f"{_ci(ci['normal_false_lesion_rate'])}; accuracy {_ci(ci['accuracy'])}, "
+        f"macro-F1 {_ci(ci['macro_f1'])}, malignant AUC {_ci(ci['malignant_auc'])}"
     )
     return 0
 
@@ -270,6 +369,10 @@ def chain_settings(summary_path: Path):
     if not summary_path.is_file():
         raise BusiError(f"{summary_path} not found: run `busi crop-rois` first")
     return from_dict(CropConfig, json.loads(summary_path.read_text())["config"], str(summary_path))
+
+
+def _ci(entry: dict) -> str:
+    return f"{_fmt(entry['value'])} [{_fmt(entry['low'])}, {_fmt(entry['high'])}]"
 
 
 def _fmt(value) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from components.preprocess import CLASSES
@@ -117,3 +118,50 @@ def make_busi_like(
                 mask_paths.append(path)
             written.append(SyntheticImage(f"{label}/{stem}", label, image_path, tuple(mask_paths)))
     return written
+
+
+def synthetic_predictions(
+    n_groups: int = 60,
+    accuracy: float = 0.75,
+    seed: int = 0,
+    group_size: int = 1,
+) -> pd.DataFrame:
+    """A per-image prediction table (``uncertainty.PER_IMAGE_COLUMNS``) of a made-up model
+    on ``n_groups`` near-duplicate groups of ``group_size`` images each, classes in turn:
+    the right class with probability ``accuracy``, lesions of 0.5-12 % of the image, one in
+    six lesions missed."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        label = CLASSES[g % len(CLASSES)]
+        right = rng.random() < accuracy
+        predicted = label if right else CLASSES[(CLASSES.index(label) + 1) % len(CLASSES)]
+        proba = np.full(len(CLASSES), 0.1)
+        proba[CLASSES.index(predicted)] = 0.8
+        area = 0.0 if label == "normal" else float(rng.uniform(0.005, 0.12))
+        missed = label != "normal" and g % 6 == 1
+        pixels = 10_000
+        true_px = int(area * pixels)
+        tp = 0 if missed else int(true_px * rng.uniform(0.5, 0.9))
+        fp = int(rng.integers(0, 40)) if (label == "normal" and g % 5 == 0) or tp else 0
+        fn = true_px - tp
+        dice = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+        iou = tp / (tp + fp + fn) if (tp + fp + fn) else float("nan")
+        for k in range(group_size):
+            rows.append(
+                {
+                    "id": f"{label}/{label} ({g}-{k})",
+                    "dup_group": f"group-{g}",
+                    "class": label,
+                    "predicted": predicted,
+                    **{f"prob_{c}": float(p) for c, p in zip(CLASSES, proba, strict=True)},
+                    "dice": dice,
+                    "iou": iou,
+                    "tp": tp,
+                    "fp": fp,
+                    "fn": fn,
+                    "true_area_fraction": area,
+                    "pred_area_fraction": (tp + fp) / pixels,
+                }
+            )
+    return pd.DataFrame(rows)
