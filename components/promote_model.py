@@ -1,22 +1,32 @@
 """promote_model: decide whether the challenger becomes the champion, and move the alias.
 
-The rule (``params.yaml: promote_model``) compares the challenger with the current
-champion on the same frozen test split, using the figures each version carries as tags:
+The rule (``params.yaml: promote_model``) is a paired comparison on the same frozen test
+images: both versions' per-image predictions (kept by evaluate_models, attached at
+registration) are resampled together, by near-duplicate group, ``bootstrap_samples`` times:
 
 - the first model becomes champion;
-- the challenger must not lose more than ``max_guard_drop`` on ``guard`` (malignant
-  recall: a missed cancer costs most);
-- and it must beat the champion by at least ``min_gain`` on ``primary`` (macro-F1), or on
-  ``secondary`` (lesion Dice) while not being worse on ``primary``;
-- anything else (a tie included) keeps the champion.
+- the guard (``guard``, malignant recall: a missed cancer costs most) must not fall by
+  more than ``max_guard_drop`` with probability at least ``probability``; where both
+  versions carry figures of an external evaluation (tags ``external.<set>.<guard>``, from
+  evaluate_external), the guard must hold there too;
+- and the gain on ``primary`` (macro-F1) must be positive with probability at least
+  ``probability`` (default 0.9);
+- anything else keeps the champion: a retrained model that differs only by its seed is
+  not better, whatever its point figure says.
 
-Every decision is recorded as tags on the challenger's version (``promotion.*``) and as a
-run in the experiment ``busi-promotions`` (the history, which survives alias moves).
-``busi promote-model --version N`` makes version N the champion by hand: a promotion or a
-rollback, recorded the same way. Moving the ``champion`` alias in the MLflow UI has the
-same effect on serving, which always loads ``models:/busi-pipeline@champion``.
+A version registered before the per-image predictions were kept cannot be paired: then the
+point figures are compared as before (``min_gain`` on ``primary``, or on ``secondary``
+while not worse on ``primary``), and the reason says so.
 
-Core: ``PromotionRule`` and ``decide`` (pure). Shell: ``promote``, ``promote_by_hand``.
+Every decision is recorded as tags on the challenger's version (``promotion.*``, the
+interval of each difference included) and as a run in the experiment ``busi-promotions``
+(the history, which survives alias moves). ``busi promote-model --version N`` makes version
+N the champion by hand: a promotion or a rollback, recorded the same way. Moving the
+``champion`` alias in the MLflow UI has the same effect on serving, which always loads
+``models:/busi-pipeline@champion``.
+
+Core: ``PromotionRule``, ``decide_paired`` and ``decide`` (pure). Shell: ``promote``,
+``promote_by_hand``.
 """
 
 from __future__ import annotations
@@ -26,11 +36,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from components import registry
 from components.config import load_section
 from components.errors import BusiError
+from components.uncertainty import BootstrapConfig, paired_differences, probability_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -38,27 +49,101 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PromotionRule:
     primary: str = "macro_f1"
+    guard: str = "malignant_recall"
+    probability: float = 0.9  # how sure the gain (and the guard) must be
+    max_guard_drop: float = 0.0
+    bootstrap_samples: int = 2000
+    seed: int = 0
+    # Only for versions without per-image predictions: the old point comparison.
     secondary: str = "lesion_dice"
     min_gain: float = 0.01
-    guard: str = "malignant_recall"
-    max_guard_drop: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_gain < 0 or self.max_guard_drop < 0:
             raise ValueError("min_gain and max_guard_drop must be >= 0")
+        if not 0.5 <= self.probability < 1:
+            raise ValueError(f"probability must be in [0.5, 1), got {self.probability}")
+
+    def bootstrap(self) -> BootstrapConfig:
+        return BootstrapConfig(samples=self.bootstrap_samples, seed=self.seed)
 
 
 @dataclass(frozen=True)
 class Decision:
     promote: bool
-    outcome: str  # first_model | promoted | rejected | already_champion
+    outcome: str  # first_model | promoted | rejected | already_champion | ...
     reason: str
+    # figure -> {value, low, high, p}: challenger minus champion, for the record.
+    differences: dict = field(default_factory=dict)
+
+
+def _words(name: str, diff: dict) -> str:
+    return f"{name} {diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+
+
+def decide_paired(challenger, champion, rule: PromotionRule, external=None) -> Decision:
+    """The paired rule on two per-image tables (uncertainty.PER_IMAGE_COLUMNS) of the same
+    test images. ``external``: {dataset: (challenger's guard, champion's guard)} from an
+    external evaluation, compared as point figures (no images to pair there)."""
+    try:
+        diffs = paired_differences(
+            challenger, champion, [rule.primary, rule.guard], rule.bootstrap()
+        )
+    except (ValueError, KeyError) as exc:
+        return Decision(False, "rejected", f"the two versions cannot be paired: {exc}")
+    gain, guard = diffs[rule.primary], diffs[rule.guard]
+    p_gain = probability_at_least(gain["draws"], 0.0, strict=True)
+    p_guard = probability_at_least(guard["draws"], -rule.max_guard_drop)
+    record = {
+        rule.primary: {k: gain[k] for k in ("value", "low", "high")} | {"p": p_gain},
+        rule.guard: {k: guard[k] for k in ("value", "low", "high")} | {"p": p_guard},
+    }
+    for dataset, (new, old) in sorted((external or {}).items()):
+        record[f"external.{dataset}.{rule.guard}"] = {"value": new - old}
+    if gain["value"] is None or guard["value"] is None:
+        return Decision(
+            False, "rejected", f"{rule.primary} or {rule.guard} is undefined here", record
+        )
+    level = f"{rule.probability:.2f}"
+    paired = f"on {diffs['n_images']} paired images ({diffs['n_groups']} groups)"
+    if p_guard < rule.probability:
+        return Decision(
+            False,
+            "rejected",
+            f"guard: P({rule.guard} change >= {-rule.max_guard_drop:+.3f}) = {p_guard:.2f} "
+            f"< {level}; {_words(rule.guard, guard)} {paired}",
+            record,
+        )
+    for dataset, (new, old) in sorted((external or {}).items()):
+        if new - old < -rule.max_guard_drop - 1e-12:
+            return Decision(
+                False,
+                "rejected",
+                f"guard on the external set {dataset}: {rule.guard} {old:.3f} -> {new:.3f} "
+                f"(allowed drop {rule.max_guard_drop:.3f})",
+                record,
+            )
+    words = f"{_words(rule.primary, gain)}, {_words(rule.guard, guard)} {paired}"
+    if p_gain >= rule.probability:
+        return Decision(
+            True,
+            "promoted",
+            f"P({rule.primary} gain > 0) = {p_gain:.2f} >= {level}: {words}",
+            record,
+        )
+    return Decision(
+        False,
+        "rejected",
+        f"not better: P({rule.primary} gain > 0) = {p_gain:.2f} < {level}: {words}",
+        record,
+    )
 
 
 def decide(
     challenger: dict[str, float], champion: dict[str, float] | None, rule: PromotionRule
 ) -> Decision:
-    """Whether figures ``challenger`` should replace ``champion`` (None: there is none)."""
+    """Whether figures ``challenger`` should replace ``champion`` (None: there is none), by
+    the point figures alone: the fallback for versions without per-image predictions."""
     if champion is None:
         return Decision(True, "first_model", "there is no champion yet")
     for name in {rule.primary, rule.secondary, rule.guard}:
@@ -111,6 +196,10 @@ def _record(
         "promotion.time": stamp,
         "promotion.by": by,
         "promotion.compared_with": str(champion_before.version) if champion_before else "none",
+        **{
+            f"promotion.diff.{name}": json.dumps(diff, sort_keys=True)
+            for name, diff in decision.differences.items()
+        },
     }.items():
         c.set_model_version_tag(name, str(challenger.version), key, value)
     exp = c.get_experiment_by_name(registry.PROMOTIONS_EXPERIMENT)
@@ -133,6 +222,12 @@ def _record(
     figures = {f"candidate.{k}": v for k, v in challenger.metrics().items()}
     if champion_before is not None:
         figures |= {f"champion.{k}": v for k, v in champion_before.metrics().items()}
+    for name, diff in decision.differences.items():
+        figures |= {
+            f"diff.{name}{'' if k == 'value' else '.' + k}": v
+            for k, v in diff.items()
+            if isinstance(v, int | float)
+        }
     for key, value in figures.items():
         c.log_metric(run.info.run_id, key, value)
     c.set_terminated(run.info.run_id, "FINISHED")
@@ -140,6 +235,37 @@ def _record(
         mlflow.set_tags(
             {"promotion.outcome": decision.outcome, "promotion.reason": decision.reason}
         )
+
+
+def compare(c, challenger: registry.VersionInfo, champion, rule: PromotionRule) -> Decision:
+    """The paired rule when both versions have per-image predictions, else the point rule
+    with a reason that says why."""
+    if champion is None:
+        return decide(challenger.metrics(), None, rule)
+    tables = {
+        who: registry.per_image_predictions(c, info)
+        for who, info in (("challenger", challenger), ("champion", champion))
+    }
+    lacking = [
+        f"v{info.version}"
+        for info, t in zip((challenger, champion), tables.values(), strict=True)
+        if t is None
+    ]
+    if lacking:
+        point = decide(challenger.metrics(), champion.metrics(), rule)
+        why = (
+            f"fallback to point figures: {' and '.join(lacking)} registered without per-image "
+            "predictions (before they were kept), so no paired comparison is possible; "
+        )
+        logger.warning("%s", why + point.reason)
+        return Decision(point.promote, point.outcome, why + point.reason)
+    new_ext, old_ext = challenger.external(), champion.external()
+    external = {
+        dataset: (new_ext[dataset][rule.guard], old_ext[dataset][rule.guard])
+        for dataset in sorted(set(new_ext) & set(old_ext))
+        if rule.guard in new_ext[dataset] and rule.guard in old_ext[dataset]
+    }
+    return decide_paired(tables["challenger"], tables["champion"], rule, external)
 
 
 def promote(rule: PromotionRule, tracking_uri: str | None = None) -> Decision:
@@ -165,7 +291,7 @@ def promote(rule: PromotionRule, tracking_uri: str | None = None) -> Decision:
             "after checking both",
         )
     else:
-        decision = decide(challenger.metrics(), champion.metrics() if champion else None, rule)
+        decision = compare(c, challenger, champion, rule)
     from components import tracking
 
     with tracking.step_run("promote_model", asdict(rule)):

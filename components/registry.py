@@ -28,6 +28,11 @@ CHALLENGER = "challenger"
 PROMOTIONS_EXPERIMENT = "busi-promotions"
 # Version tags holding the test-split figures the promotion rule compares.
 METRIC_PREFIX = "metric."
+# The version tag with the URI of the per-image predictions on the test split (a CSV of
+# uncertainty.PER_IMAGE_COLUMNS); versions registered before they were kept lack it.
+PER_IMAGE_TAG = "evaluation.per_image"
+# Figures of an external evaluation: ``external.<dataset>.<figure>`` (evaluate_external).
+EXTERNAL_PREFIX = "external."
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,37 @@ class VersionInfo:
                 except ValueError:
                     continue
         return out
+
+    def external(self) -> dict[str, dict[str, float]]:
+        """{dataset: {figure: value}} from the ``external.<dataset>.<figure>`` tags."""
+        out: dict[str, dict[str, float]] = {}
+        for key, value in self.tags.items():
+            if key.startswith(EXTERNAL_PREFIX) and key.count(".") >= 2:
+                dataset, figure = key.removeprefix(EXTERNAL_PREFIX).rsplit(".", 1)
+                try:
+                    out.setdefault(dataset, {})[figure] = float(value)
+                except ValueError:
+                    continue
+        return out
+
+
+def per_image_predictions(c, info: VersionInfo):
+    """The version's per-image predictions on the test split as a DataFrame, or None when
+    it was registered without them (before they were kept)."""
+    uri = info.tags.get(PER_IMAGE_TAG)
+    if not uri:
+        return None
+    import mlflow.artifacts
+    import pandas as pd
+
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=c.tracking_uri)
+    except Exception as exc:
+        raise BusiError(
+            f"{PIPELINE_MODEL} v{info.version}: its per-image predictions ({uri}) cannot be "
+            f"read ({type(exc).__name__}: {exc}); check the artifact store"
+        ) from exc
+    return pd.read_csv(local)
 
 
 def client(tracking_uri: str | None = None):

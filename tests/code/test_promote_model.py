@@ -4,12 +4,22 @@ model, better, worse, tie, guard, manual rollback, and the history of every deci
 from __future__ import annotations
 
 import contextlib
+import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from components import registry
 from components.errors import BusiError
-from components.promote_model import PromotionRule, decide, promote, promote_by_hand
+from components.promote_model import (
+    PromotionRule,
+    decide,
+    decide_paired,
+    promote,
+    promote_by_hand,
+)
+from components.synthetic import synthetic_predictions
 
 RULE = PromotionRule(min_gain=0.01, max_guard_drop=0.0)
 BASE = {"macro_f1": 0.70, "lesion_dice": 0.69, "malignant_recall": 0.78}
@@ -49,6 +59,89 @@ def test_rule_validates_its_settings():
         PromotionRule(min_gain=-0.1)
 
 
+# -- the paired rule ------------------------------------------------------------------
+
+PAIRED = PromotionRule(probability=0.9, max_guard_drop=0.0, bootstrap_samples=1000)
+
+
+def _set_prediction(table: pd.DataFrame, rows, correct: bool) -> pd.DataFrame:
+    """The same model with other answers on ``rows``: right (the true class) or wrong."""
+    table = table.copy()
+    for i in rows:
+        label = table.at[i, "class"]
+        classes = ["benign", "malignant", "normal"]
+        pred = label if correct else classes[(classes.index(label) + 1) % 3]
+        for c in classes:
+            table.at[i, f"prob_{c}"] = 0.8 if c == pred else 0.1
+        table.at[i, "predicted"] = pred
+    return table
+
+
+def _rows(table, correct: bool, label=None, exclude=()) -> list[int]:
+    right = table["predicted"] == table["class"]
+    keep = right if correct else ~right
+    if label is not None:
+        keep &= table["class"] == label
+    return [i for i in table.index[keep] if i not in exclude]
+
+
+@pytest.fixture(scope="module")
+def champion_table():
+    return synthetic_predictions(n_groups=120, accuracy=0.72, seed=11)
+
+
+def test_the_champion_retrained_with_another_seed_is_not_promoted(champion_table):
+    # Another seed: the same images right and wrong up to noise: a few flip either way
+    # (malignant ones left alone, so only the primary figure is at stake), and the
+    # point macro-F1 may even be a little higher.
+    rng = np.random.default_rng(0)
+    fixed = rng.choice(_rows(champion_table, False, "benign"), 3, replace=False)
+    broken = rng.choice(_rows(champion_table, True, "normal"), 2, replace=False)
+    seed2 = _set_prediction(_set_prediction(champion_table, fixed, True), broken, False)
+    d = decide_paired(seed2, champion_table, PAIRED)
+    assert d.differences["macro_f1"]["value"] > 0  # the old point rule would look at this
+    assert not d.promote and d.outcome == "rejected", d.reason
+    assert "not better" in d.reason
+    gain = d.differences["macro_f1"]
+    assert gain["low"] < 0 < gain["high"] and gain["p"] < 0.9
+
+
+def test_a_clearly_better_challenger_is_promoted(champion_table):
+    wrong = _rows(champion_table, False)
+    better = _set_prediction(champion_table, wrong[: len(wrong) * 2 // 3], True)
+    d = decide_paired(better, champion_table, PAIRED)
+    assert d.promote and d.outcome == "promoted", d.reason
+    assert d.differences["macro_f1"]["low"] > 0 and d.differences["macro_f1"]["p"] >= 0.9
+    assert d.differences["malignant_recall"]["value"] >= 0
+
+
+def test_the_guard_blocks_a_drop_in_malignant_recall(champion_table):
+    # Far better on benign and normal images, but four cancers the champion found are missed.
+    wrong = [
+        i for i in _rows(champion_table, False) if champion_table.at[i, "class"] != "malignant"
+    ]
+    better = _set_prediction(champion_table, wrong, True)
+    missed = _rows(champion_table, True, "malignant")[:4]
+    worse = _set_prediction(better, missed, False)
+    d = decide_paired(worse, champion_table, PAIRED)
+    assert d.differences["macro_f1"]["value"] > 0.1  # far better on the primary figure
+    assert not d.promote and d.reason.startswith("guard"), d.reason
+    assert d.differences["malignant_recall"]["high"] <= 0
+
+
+def test_an_external_set_joins_the_guard(champion_table):
+    better = _set_prediction(champion_table, _rows(champion_table, False), True)
+    assert decide_paired(better, champion_table, PAIRED, {"site-b": (0.80, 0.80)}).promote
+    d = decide_paired(better, champion_table, PAIRED, {"site-b": (0.70, 0.80)})
+    assert not d.promote and "external set site-b" in d.reason
+
+
+def test_tables_without_common_images_are_not_compared(champion_table):
+    other = champion_table.assign(id=champion_table["id"] + "x")
+    d = decide_paired(other, champion_table, PAIRED)
+    assert not d.promote and "cannot be paired" in d.reason
+
+
 # -- against a real MLflow store ------------------------------------------------------
 
 
@@ -61,9 +154,10 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
-def fake_register(uri: str, figures: dict, split: str = "s1") -> int:
+def fake_register(uri: str, figures: dict, split: str = "s1", table=None) -> int:
     """What register_model leaves in the registry, without training models: one version of
-    each model, tagged alike, the pipeline version linked to its parts, alias challenger."""
+    each model, tagged alike, the pipeline version linked to its parts, alias challenger;
+    with ``table``, its per-image predictions attached as register_model attaches them."""
     from mlflow import MlflowClient
 
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -83,6 +177,18 @@ def fake_register(uri: str, figures: dict, split: str = "s1") -> int:
     c.set_model_version_tag(
         registry.PIPELINE_MODEL, pv, "classifier_version", versions[registry.CLASSIFIER_MODEL]
     )
+    if table is not None:
+        import tempfile
+        from pathlib import Path
+
+        exp = c.get_experiment_by_name("Default") or c.get_experiment("0")
+        run = c.create_run(exp.experiment_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "per_image.csv"
+            table.to_csv(path, index=False)
+            c.log_artifact(run.info.run_id, str(path), "evaluation")
+        uri_tag = f"runs:/{run.info.run_id}/evaluation/per_image.csv"
+        c.set_model_version_tag(registry.PIPELINE_MODEL, pv, registry.PER_IMAGE_TAG, uri_tag)
     registry.set_alias_all(
         c, registry.CHALLENGER, registry.version_info(c, registry.PIPELINE_MODEL, pv)
     )
@@ -135,6 +241,30 @@ def test_promotion_sequence_and_history(store):
     assert tags["promotion.outcome"] == "rejected"
     assert history[2]["metrics"]["candidate.macro_f1"] == pytest.approx(0.60)
     assert history[2]["metrics"]["champion.macro_f1"] == pytest.approx(0.75)
+
+
+def test_paired_promotion_through_the_registry_and_the_fallback(store, champion_table):
+    from mlflow import MlflowClient
+
+    fake_register(store, BASE, table=champion_table)
+    promote(PAIRED)
+    better = _set_prediction(champion_table, _rows(champion_table, False), True)
+    v2 = fake_register(store, {**BASE, "macro_f1": 0.9}, table=better)
+    d = promote(PAIRED)
+    assert d.outcome == "promoted" and d.reason.startswith("P(macro_f1 gain > 0)"), d.reason
+    assert champion(store) == v2
+    c = MlflowClient(tracking_uri=store, registry_uri=store)
+    tags = c.get_model_version(registry.PIPELINE_MODEL, str(v2)).tags
+    recorded = json.loads(tags["promotion.diff.macro_f1"])
+    assert recorded["low"] > 0 and recorded["p"] >= 0.9
+    assert "promotion.diff.malignant_recall" in tags
+    assert registry.promotion_history(c)[0]["metrics"]["diff.macro_f1.low"] > 0
+
+    # An older version without per-image predictions: the point rule, and the reason says so.
+    fake_register(store, {**BASE, "macro_f1": 0.95})
+    d = promote(PAIRED)
+    assert d.outcome == "promoted" and d.reason.startswith("fallback to point figures"), d.reason
+    assert "v3 registered without per-image predictions" in d.reason
 
 
 def test_challenger_that_is_champion_changes_nothing(store):
