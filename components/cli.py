@@ -23,6 +23,7 @@ COMMANDS = {
     "in MLflow as the challenger",
     "promote-model": "make the challenger (or --version N) the champion if the rule in "
     "params.yaml says so; roll back by hand",
+    "show-model": "print the model card of the champion (or --version N) of busi-pipeline",
     "ingest-batch": "validate a batch of new images from the landing zone, quarantine bad "
     "files, merge the good ones and make a new data version",
     "reproduce": "rebuild a past MLflow run from its code commit, data version and params, "
@@ -46,6 +47,7 @@ MODULES = {
     "serve": "serve_model",
     "predict": "predict_images",
     "app": "app",
+    "show-model": "model_card",
 }
 
 

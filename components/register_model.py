@@ -101,7 +101,13 @@ def register(
     evaluation_path: Path,
     splits_csv: Path,
     tracking_uri: str | None = None,
+    per_image: Path | None = None,
 ) -> RegisterResult:
+    """Register the models; ``per_image`` (default: evaluate_models' ``per_image.csv`` in
+    the project's plots/evaluation beside ``evaluation_path``'s metrics folder) is attached
+    so that promote_model can pair this version with another image by image."""
+    if per_image is None:
+        per_image = Path(evaluation_path).resolve().parents[1] / "plots/evaluation/per_image.csv"
     for path, step in (
         (unet_path, "train-unet"),
         (classifier_path, "train-classifier"),
@@ -194,9 +200,11 @@ def register(
                 except Exception:  # best effort: report the original failure
                     logger.exception("could not delete %s v%s", name, version)
             raise
+        _attach_per_image(c, run, str(pipe_info.registered_model_version), Path(per_image))
         pipeline = registry.version_info(
             c, registry.PIPELINE_MODEL, pipe_info.registered_model_version
         )
+        _write_card(c, run, pipeline, evaluation_path, splits_csv, Path(per_image).parent)
         registry.set_alias_all(c, registry.CHALLENGER, pipeline)
         if run is not None:
             import mlflow
@@ -211,6 +219,46 @@ def register(
     )
 
 
+def _attach_per_image(c, run, version: str, per_image: Path) -> None:
+    """Log the per-image predictions on the register run and point a version tag at them."""
+    if run is None or not per_image.is_file():
+        logger.warning(
+            "%s v%s has no per-image predictions (%s): promote_model will compare its point "
+            "figures only; run `busi evaluate-models` and register with tracking on",
+            registry.PIPELINE_MODEL,
+            version,
+            per_image if run is not None else "tracking is off",
+        )
+        return
+    c.log_artifact(run.info.run_id, str(per_image), "evaluation")
+    uri = f"runs:/{run.info.run_id}/evaluation/{per_image.name}"
+    c.set_model_version_tag(registry.PIPELINE_MODEL, version, registry.PER_IMAGE_TAG, uri)
+
+
+def _write_card(c, run, pipeline, evaluation_path: Path, splits_csv: Path, plots: Path):
+    """The model card: the version's description in the registry and an artifact."""
+    from components import model_card
+
+    reliability = plots / model_card.RELIABILITY_NAME
+    where = (
+        f"runs:/{run.info.run_id}/model_card/{model_card.RELIABILITY_NAME}"
+        if run is not None and reliability.is_file()
+        else None
+    )
+    inputs = model_card.card_inputs_from_files(
+        pipeline.version,
+        evaluation_path,
+        pipeline.tags,
+        splits_csv,
+        Path("params.yaml"),
+        model_card.collect_training_cost(c, pipeline.tags.get("pipeline_run_id")),
+        where,
+    )
+    model_card.publish_card(
+        c, run, str(pipeline.version), model_card.render_card(inputs), reliability
+    )
+
+
 def _int(value) -> int | None:
     return int(value) if value not in (None, "") else None
 
@@ -222,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rois", type=Path, default=Path("data/rois"))
     parser.add_argument("--evaluation", type=Path, default=Path("metrics/evaluation.json"))
     parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
+    parser.add_argument("--per-image", type=Path, default=Path("plots/evaluation/per_image.csv"))
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)
     result = register(
@@ -231,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         args.evaluation,
         args.splits,
         args.tracking_uri,
+        per_image=args.per_image,
     )
     verb = "already registered as" if result.reused else "registered"
     print(

@@ -85,6 +85,19 @@ def lineage_tags() -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
+def machine() -> str:
+    """The CPU the step runs on, with its core count: figures and costs differ across CPUs."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in params.items():
@@ -147,7 +160,7 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Any]:
     else:
         context = mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent)
     with context as run:
-        mlflow.set_tags({"step": step, **lineage_tags()})
+        mlflow.set_tags({"step": step, "machine": machine(), **lineage_tags()})
         if not unfinished:
             mlflow.log_params(_flatten(params))
         started = time.perf_counter()
