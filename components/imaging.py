@@ -17,6 +17,9 @@ from scipy.fft import dctn
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+# The shortest side an image needs to be used: validate-data's default ``min_side``, and the
+# limit serving applies (the models learned nothing from thumbnails).
+MIN_SIDE = 64
 
 # Modes we can turn into 8-bit grayscale without guessing, and what the conversion does.
 CONVERTIBLE_MODES = {
@@ -123,6 +126,14 @@ def decode_image(
     except _PIL_DECODE_ERRORS as exc:
         raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
     return DecodedImage(pixels=pixels, mode=mode, fmt=fmt, conversion=CONVERTIBLE_MODES[mode])
+
+
+def too_small(width: int, height: int, min_side: int) -> str | None:
+    """The ``too_small`` rule of validate-data and serving: why an image of this size is too
+    small to use, or None when it is not."""
+    if min(width, height) >= min_side:
+        return None
+    return f"{width}x{height} is below {min_side} px"
 
 
 def mask_to_binary(pixels: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -48,6 +48,7 @@ from components.validate_data import (
     FILE_REASONS,
     ImageFiles,
     ValidateConfig,
+    folder_entries,
     group_files,
     list_files,
     validate_corpus,
@@ -80,6 +81,7 @@ class IngestBatchConfig:
 BATCH_REASONS: dict[str, str] = {
     "already_in_dataset": "a byte-identical copy of an image already in the dataset",
     "symlink": "a symbolic link, not a file",
+    "label_conflict": "the same file is in this batch under another class too",
 }
 
 # What the uploader can do about each reason; a fixed file goes into a new batch.
@@ -94,6 +96,7 @@ FIXES: dict[str, str] = {
     "mask_size_mismatch": "export the mask from the same scan, at the image's size",
     "mask_not_binary": "save the mask with two values only: 0 for background, 255 for lesion",
     "empty_mask": "draw the lesion in the mask, or file the image under normal if it has none",
+    "full_mask": "mark only the lesion in the mask (white), the rest black; upload it again",
     "lesion_on_normal": "file the image under benign or malignant, or clear its mask",
     "exact_duplicate": "nothing to do: the batch holds this file twice and one copy was kept",
     "already_in_dataset": "nothing to do: this image is already in the dataset",
@@ -101,6 +104,8 @@ FIXES: dict[str, str] = {
     "unexpected_location": "put files directly in <batch>/<class>/ (no deeper folders, "
     "none beside the class folders)",
     "symlink": "upload the file itself, not a link to it",
+    "folder_named_like_image": "upload the image file itself, not a folder of that name",
+    "label_conflict": "decide which class is right and upload the image once, in that folder",
 }
 DEFAULT_FIX = "fix the file and upload it in a new batch"
 
@@ -116,6 +121,7 @@ class Batch:
     files: tuple[str, ...]
     links: tuple[str, ...] = ()
     newest: float = 0.0
+    folders: tuple[str, ...] = ()
 
 
 def is_ready(batch: Batch, cfg: IngestBatchConfig, now: float) -> bool:
@@ -188,6 +194,7 @@ def judge_batch(
     known: dict[str, str],
     next_free: dict[str, int],
     links: Iterable[str] = (),
+    folders: Iterable[str] = (),
 ) -> Verdict:
     """Validate a batch with validate-data's checks and decide its files' fates.
 
@@ -210,6 +217,10 @@ def judge_batch(
         verdict.quarantined.append(_entry(rel, [rel], [_file_reason("unexpected_location")]))
     for rel in links:
         verdict.quarantined.append(_entry(rel, [rel], [_file_reason("symlink")]))
+    # Nothing to move: files inside such a folder are quarantined on their own, and the
+    # emptied folder is tidied away with the batch.
+    for entry in folder_entries(folders):
+        verdict.quarantined.append(_entry(entry["path"], [], entry["reasons"]))
     if not images:
         return verdict
 
@@ -231,6 +242,14 @@ def judge_batch(
         cfg=cfg,
     )
     reasons_of = {entry["path"]: entry["reasons"] for entry in result.report["quarantined"]}
+    # The same bytes under two classes: which label is right is the uploader's call, so no
+    # copy is merged (validate-data would only note the conflict).
+    hashed = result.manifest[result.manifest["sha256"].notna()]
+    same_file = {
+        sha: list(group["path"])
+        for sha, group in hashed.groupby("sha256")
+        if group["class"].nunique() > 1
+    }
     original_id = {v.rsplit(".", 1)[0]: orig for v, orig in to_original.items()}
 
     def in_batch_words(text: str | None) -> str | None:
@@ -247,6 +266,15 @@ def judge_batch(
             {**r, "detail": in_batch_words(r.get("detail"))} if r.get("detail") else dict(r)
             for r in reasons_of.get(row["path"], [])
         ]
+        if isinstance(row["sha256"], str) and row["sha256"] in same_file:
+            others = [to_original[p] for p in same_file[row["sha256"]] if p != row["path"]]
+            reasons.append(
+                {
+                    "code": "label_conflict",
+                    "message": BATCH_REASONS["label_conflict"],
+                    "detail": f"same bytes as {', '.join(others)}",
+                }
+            )
         if isinstance(row["sha256"], str) and row["sha256"] in known:
             reasons.append(
                 {
@@ -294,11 +322,14 @@ class LocalLanding:
             if not path.is_dir() or path.is_symlink() or path.name.startswith(("_", ".")):
                 continue
             files, links = list_tree(path)
-            stamps = [path.lstat().st_mtime]
+            stamps, folders = [path.lstat().st_mtime], []
             for dirpath, dirnames, filenames in os.walk(path):
                 for name in dirnames + filenames:
                     stamps.append((Path(dirpath) / name).lstat().st_mtime)
-            found.append(Batch(path.name, tuple(files), tuple(links), max(stamps)))
+                folders += [(Path(dirpath) / d).relative_to(path).as_posix() for d in dirnames]
+            found.append(
+                Batch(path.name, tuple(files), tuple(links), max(stamps), tuple(sorted(folders)))
+            )
         return found
 
     def fetch(self, batch: Batch, rel: str, target: Path) -> None:
@@ -370,14 +401,16 @@ class S3Landing:
         for name in sorted(names):
             if name.startswith(("_", ".")):
                 continue
-            files, newest = [], 0.0
+            files, newest, folders = [], 0.0, []
             for page in self._objects(f"{self.base}{name}/"):
                 for obj in page.get("Contents", []):
                     newest = max(newest, obj["LastModified"].timestamp())
                     rel = obj["Key"][len(self.base) + len(name) + 1 :]
-                    if rel and not rel.endswith("/"):  # "folder/" keys are console placeholders
+                    if rel.endswith("/"):  # "folder/" keys are console placeholders
+                        folders.append(rel.rstrip("/"))
+                    elif rel:
                         files.append(rel)
-            found.append(Batch(name, tuple(sorted(files)), (), newest))
+            found.append(Batch(name, tuple(sorted(files)), (), newest, tuple(sorted(folders))))
         return found
 
     def _key(self, *parts: str) -> str:
@@ -641,6 +674,7 @@ def _merge(
                 known=known,
                 next_free=next_free,
                 links=batch.links,
+                folders=batch.folders,
             )
             # The next batch of this run sees these images as already in the dataset.
             for item in verdict.accepted:

@@ -23,12 +23,14 @@ import pandas as pd
 from components.config import load_section
 from components.errors import BusiError
 from components.imaging import (
+    MIN_SIDE,
     ImageDecodeError,
     decode_image,
     decode_mask,
     hamming_matrix,
     perceptual_hash,
     sha256_bytes,
+    too_small,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,13 @@ class ValidateConfig:
     lesion_classes: tuple[str, ...] = ("benign", "malignant")
     # File names as distributed: "benign (12).png"; masks add "_mask" or "_mask_<k>".
     name_pattern: str = r"^(?:benign|malignant|normal) \(\d+\)\.png$"
-    min_side: int = 64
+    min_side: int = MIN_SIDE
     max_pixels: int = 25_000_000  # decompression-bomb guard, checked from the header
     max_file_bytes: int = 50_000_000
     min_pixel_std: float = 1.0  # below this an image is (nearly) one flat colour
+    # A mask marking at least this share of its image is not a lesion outline (BUSI's
+    # largest lesion covers 56 % of its image).
+    max_lesion_fraction: float = 0.99
     # Near-duplicates: pHash Hamming distance (of 64 bits) at most max_distance, or at most
     # confirm_distance with thumbnails correlated at least min_correlation. See
     # bench/results/data.md for how these were chosen on BUSI.
@@ -62,6 +67,8 @@ class ValidateConfig:
             raise ValueError("near_duplicate_max_distance must be in [0, 63]")
         if self.min_side < 1 or self.max_pixels < 1:
             raise ValueError("min_side and max_pixels must be positive")
+        if not 0 < self.max_lesion_fraction <= 1:
+            raise ValueError("max_lesion_fraction must be in (0, 1]")
 
 
 # Every reason an image can be quarantined for, with the sentence the report shows.
@@ -77,6 +84,7 @@ REASONS: dict[str, str] = {
     "mask_size_mismatch": "a mask has another size than its image",
     "mask_not_binary": "a mask has more than two values (expected 0 and one lesion value)",
     "empty_mask": "the mask is empty although the class has a lesion",
+    "full_mask": "the mask covers (nearly) the whole image: it does not outline a lesion",
     "lesion_on_normal": "the mask marks a lesion although the class is normal",
     "exact_duplicate": "a byte-identical copy of another image of the same class",
 }
@@ -84,7 +92,9 @@ REASONS: dict[str, str] = {
 FILE_REASONS: dict[str, str] = {
     "orphan_mask": "a mask with no image of that name in its folder",
     "unexpected_location": "a file outside the '<class>/<file>' layout",
+    "folder_named_like_image": "a folder named like an image file; an image must be a file",
 }
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,16 @@ def group_files(relative_paths: Iterable[str]) -> tuple[list[ImageFiles], list[d
             masks = tuple(sorted(masks_of.get(Path(name).stem, []), key=_natural_key))
             images.append(ImageFiles(folder, name, masks))
     return images, stray, sorted(ignored)
+
+
+def folder_entries(folders: Iterable[str]) -> list[dict]:
+    """Quarantine entries for the folders named like an image (``benign (12).png/``): they hold
+    no image, and listing files alone would pass over them without a word."""
+    return [
+        {"path": rel, "reasons": [_reason("folder_named_like_image", FILE_REASONS)]}
+        for rel in folders
+        if rel.rstrip("/").lower().endswith(IMAGE_SUFFIXES)
+    ]
 
 
 def _reason(code: str, table: dict[str, str] = REASONS, detail: str | None = None) -> dict:
@@ -395,6 +415,12 @@ def _expectations(cfg: ValidateConfig) -> list:
             ),
             meta=meta("lesion_on_normal"),
         ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="lesion_area_fraction",
+            max_value=cfg.max_lesion_fraction,
+            strict_max=True,
+            meta=meta("full_mask"),
+        ),
         gxe.ExpectColumnValuesToBeNull(column="duplicate_of", meta=meta("exact_duplicate")),
         # Integrity of the manifest itself; a failure here is a bug, not a bad file.
         gxe.ExpectColumnValuesToBeUnique(column="id", meta={"integrity": True}),
@@ -454,11 +480,15 @@ def run_expectations(
 def _detail(code: str, row: pd.Series, cfg: ValidateConfig) -> str | None:
     details = {
         "undecodable": lambda: f"{row['decode_error']}: {row['decode_detail']}",
-        "too_small": lambda: f"{row['width']}x{row['height']} is below {cfg.min_side} px",
+        "too_small": lambda: too_small(row["width"], row["height"], cfg.min_side),
         "blank_image": lambda: f"pixel standard deviation {row['pixel_std']:.2f}",
         "mask_undecodable": lambda: row["mask_error"],
         "mask_size_mismatch": lambda: f"image is {row['width']}x{row['height']}",
         "exact_duplicate": lambda: f"same bytes as {row['duplicate_of']}",
+        "full_mask": lambda: (
+            f"the mask covers {row['lesion_area_fraction']:.1%} of the image; "
+            f"the limit is below {cfg.max_lesion_fraction:.0%}"
+        ),
         "name_class_mismatch": lambda: f"name says {row['name_class']}, folder says {row['class']}",
         "unknown_class": lambda: f"folder '{row['class']}', known: {', '.join(cfg.classes)}",
     }
@@ -492,9 +522,13 @@ def validate_corpus(
     size_of: Callable[[str], int],
     cfg: ValidateConfig,
     progress: Callable[[Iterable], Iterable] = iter,
+    folders: Iterable[str] = (),
 ) -> ValidationResult:
-    """The whole check: pair files, inspect pixels, group duplicates, run the GX suite."""
+    """The whole check: pair files, inspect pixels, group duplicates, run the GX suite.
+    ``folders``: the relative paths of the folders under the root (only those named like an
+    image are reported)."""
     images, stray, ignored = group_files(relative_paths)
+    stray += folder_entries(folders)
     manifest, thumbnails = inspect_corpus(images, read, size_of, cfg, progress)
     if manifest.empty:
         manifest = pd.DataFrame(columns=["id", "class", "path", "sha256", "phash", "decode_error"])
@@ -621,6 +655,15 @@ def list_files(root: Path) -> list[str]:
     return files
 
 
+def list_folders(root: Path) -> list[str]:
+    """Every folder under root (links not followed), as POSIX paths relative to it."""
+    return [
+        path.relative_to(root).as_posix()
+        for path in sorted(root.rglob("*"))
+        if path.is_dir() and not path.is_symlink()
+    ]
+
+
 def run(
     data_dir: Path, manifest_path: Path, report_path: Path, cfg: ValidateConfig
 ) -> ValidationResult:
@@ -639,6 +682,7 @@ def run(
         size_of=lambda rel: (data_dir / rel).stat().st_size,
         cfg=cfg,
         progress=lambda it: tqdm(it, desc="validate-data", unit="img", leave=False),
+        folders=list_folders(data_dir),
     )
     result.report["data_dir"] = data_dir.as_posix()
     problems = trainability_problems(result.report, cfg)

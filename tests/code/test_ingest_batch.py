@@ -267,6 +267,51 @@ def test_entirely_bad_batch_makes_no_version_and_says_why(ws):
     assert not bad.exists()
 
 
+def test_conflicting_labels_full_masks_and_image_named_folders_are_quarantined(ws):
+    """The same file under two classes of one batch (neither copy merged), a mask covering the
+    whole image, and folders named like images (empty, or holding the scan) each get their
+    reason; the good image of the batch is merged and no file is lost."""
+    landing = ws.parent / "landing"
+    b = landing / "clinic-c"
+    same = put_image(b, "benign/a.png", seed=31)
+    put(b, "malignant/b.png", same)
+    put(b, "malignant/b_mask.png", (b / "benign" / "a_mask.png").read_bytes())
+    full = put_image(b, "malignant/whole.png", seed=32)
+    put(b, "malignant/whole_mask.png", _png(np.full((90, 100), 255, np.uint8)))
+    (b / "benign" / "c (1).png").mkdir()
+    put_image(b, "normal/d.png/scan.png", seed=33)
+    good = put_image(b, "normal/n.png", seed=34)
+    ready(b)
+    sent = landing_files(landing)
+
+    result = ingest_batches(str(landing), ws)
+
+    assert result.accepted == 1 and data_files(ws)["normal/normal (4).png"] == good
+    quarantine = landing / "_quarantine" / "clinic-c"
+    report = json.loads((quarantine / "report.json").read_text())
+    by_path = {e["path"]: e for e in report["quarantined"]}
+    codes = {path: {r["code"] for r in e["reasons"]} for path, e in by_path.items()}
+    assert codes == {
+        "benign/a.png": {"label_conflict"},
+        "malignant/b.png": {"label_conflict"},
+        "malignant/whole.png": {"full_mask"},
+        "benign/c (1).png": {"folder_named_like_image"},
+        "normal/d.png": {"folder_named_like_image"},
+        "normal/d.png/scan.png": {"unexpected_location"},
+        "normal/d.png/scan_mask.png": {"unexpected_location"},
+    }
+    conflict = by_path["benign/a.png"]["reasons"][0]
+    assert conflict["detail"] == "same bytes as malignant/b.png" and conflict["fix"]
+    assert "100.0%" in by_path["malignant/whole.png"]["reasons"][0]["detail"]
+    assert all(r["fix"] for e in report["quarantined"] for r in e["reasons"])
+    assert (quarantine / "malignant" / "b.png").read_bytes() == same
+    assert (quarantine / "malignant" / "whole.png").read_bytes() == full
+    # Every file sent is in _done or the quarantine; only the emptied folders went.
+    moved = {rel.split("/", 2)[2] for rel in landing_files(landing)} - {"report.json"}
+    assert moved == {rel.split("/", 1)[1] for rel in sent}
+    assert not b.exists()
+
+
 def test_two_batches_are_both_merged_in_name_order_from_the_cli(ws, capsys):
     landing = ws.parent / "landing"
     # Created out of order; b-2 also repeats an image of b-1.
@@ -457,6 +502,8 @@ def test_s3_landing_zone_on_moto(ws, tmp_path, moto_server, monkeypatch):
     put_image(local / "later", "benign/l.png", seed=72)  # no marker, just uploaded
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         s3.upload_file(str(path), "clinic", f"incoming/{path.relative_to(local).as_posix()}")
+    # A console "folder" named like an image: an empty key ending in '/'.
+    s3.put_object(Bucket="clinic", Key="incoming/b1/benign/benign (9).png/", Body=b"")
     previous = md5_in_dvc(ws)
 
     result = ingest_batches("s3://clinic/incoming", ws)
@@ -477,7 +524,10 @@ def test_s3_landing_zone_on_moto(ws, tmp_path, moto_server, monkeypatch):
     } <= keys
     body = s3.get_object(Bucket="clinic", Key="incoming/_quarantine/b1/report.json")["Body"]
     report = json.loads(body.read())
-    assert report["quarantined"][0]["path"] == "benign/broken.png"
-    assert report["quarantined"][0]["reasons"][0]["code"] == "undecodable"
+    codes = {e["path"]: [r["code"] for r in e["reasons"]] for e in report["quarantined"]}
+    assert codes == {
+        "benign/broken.png": ["undecodable", "missing_mask"],
+        "benign/benign (9).png": ["folder_named_like_image"],
+    }
     assert "s3://clinic/incoming/_quarantine/b1/report.json" in result.reports
     assert json.loads(run_dvc(ws, "status", "-c", "--json", str(DVC_FILE)).stdout) == {}

@@ -95,6 +95,16 @@ def add_bad_files(root: Path) -> dict[str, set[str]]:
     )
     bad("benign/benign (115).png", good_png, "mask_undecodable", mask=b"\x89PNG\r\n\x1a\nbroken")
     bad("benign/notes.txt", b"remember to check benign 3", "odd_filename", "undecodable")
+    whole = np.ones_like(mask)
+    bad(
+        "benign/benign (116).png", _png(_pair("benign", 116)[0]), "full_mask", mask=_mask_png(whole)
+    )
+    nearly = whole.copy()
+    nearly[0, :50] = False  # 99.4 % of the image
+    scan = _png(_pair("malignant", 117)[0])
+    bad("malignant/malignant (117).png", scan, "full_mask", mask=_mask_png(nearly))
+    (root / "benign" / "benign (118).png").mkdir()  # a folder, as a bad unzip can leave
+    expected["benign/benign (118).png"] = {"folder_named_like_image"}
     # Files that are not image candidates at all.
     _write(root, "benign/benign (999)_mask.png", good_mask)
     expected["benign/benign (999)_mask.png"] = {"orphan_mask"}
