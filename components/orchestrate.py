@@ -75,6 +75,8 @@ def dag_settings(execution_timeout_minutes: int) -> dict:
         "start_date": None,
         "catchup": False,
         "max_active_runs": 1,
+        # Airflow creates DAGs paused by default; new data would then never train.
+        "is_paused_upon_creation": False,
         "default_args": {
             "owner": "busi-pipeline",
             "retries": 2,
@@ -375,18 +377,14 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
     from components import platform
     from components.errors import BusiError
     from components.ingest_data import ingest
-    from components.run_pipeline import prepare_workspace, synthetic_source
+    from components.run_pipeline import prepare_workspace, resolve_source
 
     project = (project or project_dir()).resolve()
     settings = platform.settings_from_env(project)
     state = platform.read_state(settings.state_dir)
     running = platform.running_services(state)
     ws = prepare_workspace(project, profile, None)
-    if profile == "default" and source is None:
-        raise BusiError(
-            "no data source: pass --source or set BUSI_SOURCE to the BUSI folder or zip"
-        )
-    source = source or synthetic_source(project, profile, ws)
+    source = resolve_source(project, profile, ws, source)
     remote = None if profile == "default" else str(ws.parent / f"{ws.name}.dvc-remote")
     result = ingest(Path(source), ws, remote)
     logger.info("data version %s (%s)", result.version, "new" if result.changed else "unchanged")
@@ -424,7 +422,9 @@ def main_run_training(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source",
         type=Path,
-        default=Path(os.environ["BUSI_SOURCE"]) if os.environ.get("BUSI_SOURCE") else None,
+        default=None,
+        help="BUSI folder or zip for the default profile (default $BUSI_SOURCE); profiles "
+        "with synthetic data (smoke, quick) make their own and ignore $BUSI_SOURCE",
     )
     args = parser.parse_args(argv)
     out = run_training(args.profile, args.source)

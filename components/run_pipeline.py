@@ -88,6 +88,30 @@ def synthetic_source(project: Path, profile: str, ws: Path) -> Path | None:
     return source
 
 
+def resolve_source(project: Path, profile: str, ws: Path, source: Path | None) -> Path:
+    """The data a profile's run imports. A profile that makes its own synthetic data
+    (``synthetic:`` in its file) always uses it: ``BUSI_SOURCE``, which points at the real
+    data in a user's shell after ``make run``, is ignored for it, and an explicit source is
+    refused, so a smoke run can never train on, or record, the real data. Any other profile
+    takes ``source``, else ``BUSI_SOURCE``."""
+    synthetic = synthetic_source(project, profile, ws)
+    if synthetic is not None:
+        if source is not None:
+            raise BusiError(
+                f"profile '{profile}' makes its own synthetic data (profiles/{profile}.yaml: "
+                f"synthetic); drop --source {source}, or run the default profile on it"
+            )
+        if os.environ.get("BUSI_SOURCE"):
+            logger.info("profile %s: BUSI_SOURCE is ignored, it uses its synthetic data", profile)
+        return synthetic
+    source = source or (Path(os.environ["BUSI_SOURCE"]) if os.environ.get("BUSI_SOURCE") else None)
+    if source is None:
+        raise BusiError(
+            "no data source: pass --source or set BUSI_SOURCE to the BUSI folder or zip"
+        )
+    return Path(source)
+
+
 def repro_under_parent(
     ws: Path, profile: str, tags: dict[str, str] | None = None, force: bool = False
 ) -> tuple[str | None, dict]:
@@ -137,11 +161,7 @@ def run(profile: str, source: Path | None, project: Path, workspace: Path | None
 
     project = project.resolve()
     ws = prepare_workspace(project, profile, workspace)
-    source = source or synthetic_source(project, profile, ws)
-    if source is None:
-        raise BusiError(
-            "no data source: pass --source or set BUSI_SOURCE to the BUSI folder or zip"
-        )
+    source = resolve_source(project, profile, ws, source)
     remote = None if profile == "default" else str(ws.parent / f"{ws.name}.dvc-remote")
     result = ingest(Path(source), ws, remote)
     logger.info("data version %s (%s)", result.version, "new" if result.changed else "unchanged")
@@ -167,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source",
         type=Path,
-        default=Path(os.environ["BUSI_SOURCE"]) if os.environ.get("BUSI_SOURCE") else None,
-        help="BUSI folder or zip (default $BUSI_SOURCE; synthetic for smoke)",
+        default=None,
+        help="BUSI folder or zip for the default profile (default $BUSI_SOURCE); profiles "
+        "with synthetic data (smoke, quick) make their own and ignore $BUSI_SOURCE",
     )
     parser.add_argument(
         "--workspace",

@@ -54,6 +54,34 @@ def _no_tracking_by_default(monkeypatch):
         _model_registry.utils._registry_uri = None
 
 
+# What `make run` leaves in the project (the real data, its version, models, metrics, the
+# local MLflow store). The suite runs the same before and after `make run`: no test reads
+# these (each makes its own in a workspace of its own) and none may change them.
+PROJECT_STATE = (
+    "dvc.lock",
+    "data.dvc",
+    "params.yaml",
+    "data",
+    "metrics",
+    "plots",
+    "models",
+    "reports",
+    "mlflow.db",
+    "mlartifacts",
+    "mlruns",
+    ".dvc/cache",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _project_state_untouched():
+    before = _snapshot(REPO_ROOT, PROJECT_STATE)
+    yield
+    after = _snapshot(REPO_ROOT, PROJECT_STATE)
+    changed = sorted({k for k in before.keys() | after.keys() if before.get(k) != after.get(k)})
+    assert not changed, f"the tests changed the project's own state: {changed[:20]}"
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> tuple[Path, list]:
     """A clean synthetic corpus: 12 images per class, one with two masks, some RGB."""
@@ -100,20 +128,7 @@ def smoke_run(tmp_path_factory) -> dict:
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     env.pop("BUSI_PARENT_RUN_ID", None)
-    watched = (
-        "dvc.lock",
-        "data.dvc",
-        "params.yaml",
-        "data/splits.csv",
-        "metrics",
-        "plots",
-        "models",
-        "reports",
-        "data/prepared",
-        "data/rois",
-        "mlflow.db",
-    )
-    before = _snapshot(REPO_ROOT, watched)
+    before = _snapshot(REPO_ROOT, PROJECT_STATE)
     proc = subprocess.run(
         [
             sys.executable,
@@ -140,7 +155,7 @@ def smoke_run(tmp_path_factory) -> dict:
         "stdout": proc.stdout,
         "evaluation": json.loads((workspace / "metrics" / "evaluation.json").read_text()),
         "project_before": before,
-        "project_after": _snapshot(REPO_ROOT, watched),
+        "project_after": _snapshot(REPO_ROOT, PROJECT_STATE),
     }
 
 
