@@ -60,7 +60,6 @@ def _no_tracking_by_default(monkeypatch):
 PROJECT_STATE = (
     "dvc.lock",
     "data.dvc",
-    "params.yaml",
     "data",
     "metrics",
     "plots",
