@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from components.errors import BusiError
 from components.split_data import SplitConfig, run, split_manifest
 
 CFG = SplitConfig(seed=7, val_fraction=0.15, test_fraction=0.15)
@@ -135,3 +136,42 @@ def test_run_reads_the_previous_split_and_writes_atomically(tmp_path):
 def test_bad_fractions_are_rejected():
     with pytest.raises(ValueError, match="below 1"):
         SplitConfig(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_a_listed_train_image_is_excluded_and_the_test_split_stays():
+    """The known leak: one lesion imaged three times, two in the frozen test split and one
+    in train. The train member is listed and leaves; nothing else moves."""
+    first, _ = split_manifest(_manifest(), None, CFG)
+    train_id = first.loc[first["split"] == "train", "id"].iloc[3]
+    cfg = SplitConfig(seed=7, exclude={train_id: "same_lesion_as_test"})
+    second, report = split_manifest(_manifest(), first, cfg)
+    row = second.set_index("id").loc[train_id]
+    assert (row["split"], row["split_reason"]) == ("excluded", "listed: same_lesion_as_test")
+    assert {"id": train_id, "split_reason": "listed: same_lesion_as_test"} in report["excluded"]
+    others = second["id"] != train_id
+    assert second.loc[others, "split"].equals(first.loc[others, "split"])
+    again, _ = split_manifest(_manifest(), second, cfg)  # the rerun writes the same file
+    assert again.equals(second)
+
+
+def test_listing_a_frozen_test_image_is_refused():
+    first, _ = split_manifest(_manifest(), None, CFG)
+    test_id = first.loc[first["split"] == "test", "id"].iloc[0]
+    with pytest.raises(BusiError, match="frozen test split"):
+        split_manifest(_manifest(), first, SplitConfig(exclude={test_id: "leak"}))
+
+
+def test_the_project_excludes_the_known_leak_and_its_committed_split_agrees():
+    from pathlib import Path
+
+    from components.config import load_section
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_section(root / "params.yaml", "split_data", SplitConfig)
+    leak = "malignant/malignant (40)"
+    assert cfg.exclude.get(leak) == "same_lesion_as_test"
+    splits = pd.read_csv(root / "data" / "splits.csv").set_index("id")
+    assert splits.loc[leak, "split"] == "excluded"
+    assert set(splits.loc[["malignant/malignant (39)", "malignant/malignant (42)"], "split"]) == {
+        "test"
+    }
