@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from components import drift
 from components.config import load_section
 from components.errors import BusiError
 from components.imaging import sha256_bytes
@@ -69,12 +70,24 @@ PUSH_PENDING = Path(".dvc/tmp/busi-ingest-push-pending")  # .dvc/tmp is git-igno
 class IngestBatchConfig:
     settle_seconds: float = 60.0  # a batch with no ready marker is taken after this quiet time
     ready_marker: str = "_READY"
+    drift: str = "warn"  # warn | block | off: compare with the training data (drift.py)
+    drift_alpha: float = 0.01
+    drift_permutations: int = 500
+    drift_reference_size: int = 300
 
     def __post_init__(self) -> None:
         if self.settle_seconds < 0:
             raise ValueError("settle_seconds must be >= 0")
         if not self.ready_marker or "/" in self.ready_marker:
             raise ValueError("ready_marker must be a plain file name")
+        self.drift_config()  # validates the drift settings
+
+    def drift_config(self):
+        from components.drift import DriftConfig
+
+        return DriftConfig(
+            self.drift, self.drift_alpha, self.drift_permutations, self.drift_reference_size
+        )
 
 
 # Reasons of this step on top of validate-data's (same shape: code -> sentence).
@@ -469,6 +482,7 @@ class BatchOutcome:
     reports: tuple[str, ...]
     renamed: dict[str, str]  # original -> new path in data/busi, masks included
     reasons: dict[str, int]
+    drift: dict = field(default_factory=dict)  # drift.check_accepted's report
 
 
 @dataclass(frozen=True)
@@ -483,6 +497,7 @@ class IngestBatchResult:
     reasons: dict[str, int]  # quarantine reason -> count
     reports: tuple[str, ...]
     message: str
+    held: tuple[dict, ...] = ()  # batches left in the landing zone: drift with drift=block
 
     @property
     def version(self) -> str | None:
@@ -655,13 +670,15 @@ def _merge(
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
     known, next_free = _dataset_index(data_dir)
     plans: list[tuple[Batch, Verdict]] = []
+    drifts: dict[str, dict] = {}
+    held: list[dict] = []
     merged: list[Path] = []
     dvc_text = (workspace / DVC_FILE).read_text()
     try:
         # 1. Snapshot and judge every ready batch; nothing outside the staging folder changes.
         for batch in ready:
             snapshot = staging / batch.name
-            files = [f for f in batch.files if f != cfg.ready_marker]
+            files = [f for f in batch.files if f not in (cfg.ready_marker, drift.ACCEPT_MARKER)]
             # Validate and merge a copy, so what is merged is exactly what was checked.
             for rel in filter(is_read, files):
                 (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -676,6 +693,11 @@ def _merge(
                 links=batch.links,
                 folders=batch.folders,
             )
+            report = drift.check_accepted(workspace, snapshot, batch, verdict, cfg.drift_config())
+            if report.get("hold"):
+                held.append(drift.hold(zone, batch, verdict, report))
+                continue
+            drifts[batch.name] = report
             # The next batch of this run sees these images as already in the dataset.
             for item in verdict.accepted:
                 new_name = item["renamed"][item["path"]]
@@ -710,7 +732,9 @@ def _merge(
     outcomes = []
     try:
         for batch, verdict in plans:
-            outcomes.append(_file_away(zone, batch, verdict, new_version or previous))
+            outcomes.append(
+                _file_away(zone, batch, verdict, new_version or previous, drifts.get(batch.name))
+            )
     except Exception as exc:
         if new_version:
             _mark_unpushed(workspace, new_version)  # the next run pushes it
@@ -736,11 +760,15 @@ def _merge(
             + f"), see {o.reports[0]}"
             for o in outcomes
         )
-    return _result(previous, new_version, outcomes, waiting, message)
+    return drift.with_held(_result(previous, new_version, outcomes, waiting, message), held)
 
 
 def _file_away(
-    zone: LocalLanding | S3Landing, batch: Batch, verdict: Verdict, version: str | None
+    zone: LocalLanding | S3Landing,
+    batch: Batch,
+    verdict: Verdict,
+    version: str | None,
+    drift_report: dict | None = None,
 ) -> BatchOutcome:
     """Move a judged batch's bad files to _quarantine and the rest to _done, with reports."""
     dest = _free_name(zone, batch.name)
@@ -766,6 +794,7 @@ def _file_away(
             for item in verdict.accepted
         ],
         "quarantined": verdict.quarantined,
+        "drift": drift_report,
     }
     text = json.dumps(report, indent=2, default=str) + "\n"
     reports = []
@@ -796,6 +825,7 @@ def _file_away(
         reports=tuple(reports),
         renamed=renamed,
         reasons=dict(sorted(verdict.reasons.items())),
+        drift=drift_report or {},
     )
 
 
@@ -830,6 +860,8 @@ def summarize(result: IngestBatchResult, limit: int = 10) -> str:
         lines += [f"  {old} -> {new}" for old, new in pairs[:limit]]
         if len(pairs) > limit:
             lines.append(f"  ... {len(pairs) - limit} more in the report")
+        lines.append(f"  drift: {drift.words(outcome.drift)}")
+    lines += [f"batch {h['batch']} HELD in the landing zone: {h['why']}" for h in result.held]
     if result.waiting and result.batches:
         lines.append(f"not ready yet: {', '.join(result.waiting)}")
     if result.changed:
