@@ -1,7 +1,7 @@
 """split_data: a stratified, group-aware train/val/test split with a frozen test set.
 
 Near-duplicate groups from validate_data are the unit of assignment, so no group spans two
-splits. Images listed in ``exclude`` (id -> reason code, e.g. a known leak the hashes miss)
+splits. Images listed in ``exclude`` (id and reason code, e.g. a known leak the hashes miss)
 are kept out of every split; a listed image of the frozen test split is an error, since the
 test set never changes. Groups whose members carry different labels go to train only,
 never to test. Once a split exists, its images keep their side; new images go to train or
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +37,26 @@ class SplitConfig:
     seed: int = 42
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # id -> reason code: images kept out of every split (``excluded``, reason ``listed:
-    # <code>``), for leaks the near-duplicate hashes do not catch.
-    exclude: dict[str, str] = field(default_factory=dict)
+    # Images kept out of every split ({id, reason}: split ``excluded``, reason ``listed:
+    # <reason>``), for leaks the near-duplicate hashes do not catch.
+    exclude: tuple[dict, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.exclude, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in self.exclude.items()
+        if not all(
+            isinstance(e, dict)
+            and set(e) == {"id", "reason"}
+            and all(isinstance(v, str) and v.strip() for v in e.values())
+            for e in self.exclude
         ):
-            raise ValueError("exclude maps an image id to a non-empty reason code")
+            raise ValueError("each exclude entry is {id: <image id>, reason: <reason code>}")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1")
+
+    @property
+    def excluded(self) -> dict[str, str]:
+        return {e["id"]: e["reason"] for e in self.exclude}
 
     @property
     def fractions(self) -> dict[str, float]:
@@ -103,18 +110,19 @@ def split_manifest(
         before = dict(zip(kept["id"], kept["split"], strict=True))
         before_reason = dict(zip(kept["id"], kept["split_reason"].fillna(""), strict=True))
     frozen = any(s == "test" for s in before.values())
-    listed_in_test = sorted(i for i in cfg.exclude if before.get(i) == "test")
+    listed = cfg.excluded
+    listed_in_test = sorted(i for i in listed if before.get(i) == "test")
     if listed_in_test:
         raise BusiError(
             f"split_data.exclude lists images of the frozen test split {listed_in_test}: the "
             "test set does not change; exclude their train/val near-duplicates instead"
         )
-    unknown = sorted(set(cfg.exclude) - set(df["id"]))
+    unknown = sorted(set(listed) - set(df["id"]))
     if unknown:
         logger.warning("split_data.exclude: ids not in the manifest: %s", unknown)
     for i, image_id in enumerate(df["id"]):
-        if image_id in cfg.exclude:
-            split.iloc[i], reason.iloc[i] = EXCLUDED, f"listed: {cfg.exclude[image_id]}"
+        if image_id in listed:
+            split.iloc[i], reason.iloc[i] = EXCLUDED, f"listed: {listed[image_id]}"
 
     rng = np.random.default_rng(cfg.seed)
     group_names = sorted(df["dup_group"].unique())

@@ -143,7 +143,7 @@ def test_a_listed_train_image_is_excluded_and_the_test_split_stays():
     in train. The train member is listed and leaves; nothing else moves."""
     first, _ = split_manifest(_manifest(), None, CFG)
     train_id = first.loc[first["split"] == "train", "id"].iloc[3]
-    cfg = SplitConfig(seed=7, exclude={train_id: "same_lesion_as_test"})
+    cfg = SplitConfig(seed=7, exclude=({"id": train_id, "reason": "same_lesion_as_test"},))
     second, report = split_manifest(_manifest(), first, cfg)
     row = second.set_index("id").loc[train_id]
     assert (row["split"], row["split_reason"]) == ("excluded", "listed: same_lesion_as_test")
@@ -158,10 +158,11 @@ def test_listing_a_frozen_test_image_is_refused():
     first, _ = split_manifest(_manifest(), None, CFG)
     test_id = first.loc[first["split"] == "test", "id"].iloc[0]
     with pytest.raises(BusiError, match="frozen test split"):
-        split_manifest(_manifest(), first, SplitConfig(exclude={test_id: "leak"}))
+        split_manifest(_manifest(), first, SplitConfig(exclude=({"id": test_id, "reason": "x"},)))
 
 
 def test_the_project_excludes_the_known_leak_and_its_committed_split_agrees():
+    from dataclasses import asdict
     from pathlib import Path
 
     from components.config import load_section
@@ -169,7 +170,11 @@ def test_the_project_excludes_the_known_leak_and_its_committed_split_agrees():
     root = Path(__file__).resolve().parents[2]
     cfg = load_section(root / "params.yaml", "split_data", SplitConfig)
     leak = "malignant/malignant (40)"
-    assert cfg.exclude.get(leak) == "same_lesion_as_test"
+    assert cfg.excluded.get(leak) == "same_lesion_as_test"
+    # MLflow takes the section as step params (dict keys would become param names)
+    from components.tracking import _flatten
+
+    assert "exclude" in _flatten(asdict(cfg))
     splits = pd.read_csv(root / "data" / "splits.csv").set_index("id")
     assert splits.loc[leak, "split"] == "excluded"
     assert set(splits.loc[["malignant/malignant (39)", "malignant/malignant (42)"], "split"]) == {
