@@ -45,6 +45,10 @@ INSTRUCTIONS = (
     "gives the probability of each class (benign, malignant, normal). The image is processed "
     "in memory and not stored."
 )
+NO_CARD = (
+    "This version has no model card: it was registered before cards were written. "
+    "Register the models again (`busi register-model`) to make one."
+)
 OUTLINE_RGB = (255, 60, 60)
 BOX_RGB = (60, 200, 255)
 RESOLVE_TTL_S = 30
@@ -186,6 +190,28 @@ def load_cached(load_uri: str, tracking_uri: str):
     return load_pyfunc(load_uri, tracking_uri)
 
 
+@st.cache_data(ttl=RESOLVE_TTL_S, show_spinner=False)
+def model_card_cached(name: str, version: str, tracking_uri: str) -> str | None:
+    """The model card (the registered version's description), checked again every 30 s."""
+    from components.model_card import version_description
+
+    return version_description(name, version, tracking_uri)
+
+
+def render_model_card(ref: ModelRef, tracking: str) -> None:
+    """The served version's model card, folded under the caption."""
+    if not (ref.name and ref.version):
+        return
+    try:
+        card = model_card_cached(ref.name, ref.version, tracking)
+    except Exception as exc:  # the page still predicts without its card
+        logger.exception("reading the model card of %s failed", ref.label())
+        st.caption(f"The model card of {ref.label()} could not be read ({type(exc).__name__}).")
+        return
+    with st.expander(f"Model card of {ref.label()}: intended use, figures, failure modes"):
+        st.markdown(card or NO_CARD)
+
+
 def current_model() -> tuple[ModelRef, str]:
     from components.tracking import tracking_uri
 
@@ -236,6 +262,7 @@ def page() -> None:
         st.info(INSTRUCTIONS.format(mb=MAX_BYTES // 2**20))
         return
     st.caption(f"Model: {ref.label()}")
+    render_model_card(ref, tracking)
     upload = st.file_uploader(
         "Breast-ultrasound image (PNG or JPEG; the type is read from the content)",
         key="upload",

@@ -383,6 +383,14 @@ def card_of(c, version: int | None) -> tuple[int, str]:
     return int(version), mv.description
 
 
+def version_description(name: str, version: str, tracking_uri: str) -> str | None:
+    """A registered version's description (its card), or None when it has none."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return c.get_model_version(name, str(version)).description or None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="busi show-model", description="print the model card of a busi-pipeline version"

@@ -120,6 +120,11 @@ def test_page_without_upload_shows_instructions_and_disclaimer(smoke_champion, m
     assert "Upload a breast-ultrasound image" in _texts(at.info)
     assert "busi-pipeline v1 (champion)" in _texts(at.caption)
     assert not at.error and not at.subheader
+    # The served version's model card, folded under the caption.
+    (card,) = at.expander
+    assert card.label.startswith("Model card of busi-pipeline v1")
+    assert "# busi-pipeline v1: model card" in _texts(card.markdown)
+    assert "Known failure modes" in _texts(card.markdown)
 
 
 @pytest.mark.slow

@@ -118,3 +118,34 @@ def test_upload_shows_result_then_a_corrupt_file_shows_an_error(browser, app_url
         raise
     finally:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(smoke_champion, tmp_path_factory):
+    """An MLflow server (UI included) on the smoke champion's store, where register_model
+    wrote the model card as the version's description."""
+    port = free_port()
+    base = tmp_path_factory.mktemp("mlflow-ui")
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", smoke_champion.tracking_uri]
+    command += ["--artifacts-destination", str(base / "artifacts")]
+    url = f"http://127.0.0.1:{port}"
+    with service_process(command, f"{url}/health", base / "server.log", timeout=90):
+        yield url, smoke_champion.version
+
+
+def test_mlflow_ui_shows_the_model_card_on_the_version_page(browser, mlflow_ui):
+    url, version = mlflow_ui
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    try:
+        page.goto(f"{url}/#/models/busi-pipeline/versions/{version}", wait_until="domcontentloaded")
+        # The description is rendered Markdown: headings of the card, not its source.
+        page.get_by_role("heading", name="Intended use").wait_for(timeout=90_000)
+        page.get_by_role("heading", name="Known failure modes").wait_for(timeout=30_000)
+        assert page.get_by_text("not a diagnostic device").count() >= 1
+        assert page.get_by_text("## Intended use").count() == 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "mlflow_model_card.png"), full_page=True)
+    finally:
+        page.close()
