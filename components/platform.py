@@ -14,6 +14,12 @@ Settings (read by `busi up`, never at import):
   ``postgresql+psycopg2://user:password@host:5432/airflow``.
 - ``BUSI_AIRFLOW_PARALLELISM`` (2): task slots of the LocalExecutor (one worker process each).
 - ``BUSI_PLATFORM_DIR`` (``<project>/.platform``): ``state.json``, ``logs/``, the Airflow home.
+- ``BUSI_LANDING`` (``<project>/landing``): the landing zone the ``busi_new_data`` DAG
+  watches; `busi up` creates a local one, so the DAG finds it.
+
+Once Airflow is ready, `busi up` waits until the project's DAG files are parsed, unpauses
+their DAGs (Airflow creates DAGs paused unless told otherwise, and an older metadata
+database may hold them paused), and prints which are active and where new data goes.
 
 Airflow's components run as separate processes rather than `airflow standalone` because
 standalone's scheduler and triggerer serve task logs on 0.0.0.0:8793/8794; here they run with
@@ -50,6 +56,8 @@ DEFAULT_PARALLELISM = 2
 STATE_FILE = "state.json"
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
 AIRFLOW_HEALTH_PATH = "/api/v2/monitor/health"
+# How long `busi up` waits for the DAG processor to parse the project's DAG files.
+DAG_PARSE_SECONDS = 120.0
 # The Airflow components the api-server's health endpoint reports on.
 AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
@@ -306,6 +314,51 @@ class ProcStat:
     start_time: int  # clock ticks since boot: with the pid, names one process for good
 
 
+def dag_files(dags_folder: Path) -> list[str]:
+    """The files of a DAG folder Airflow parses (its safe mode: ``.py`` files that mention
+    both "airflow" and "dag"), relative to the folder."""
+    found = []
+    for path in sorted(Path(dags_folder).rglob("*.py")):
+        text = path.read_text(errors="replace").lower()
+        if "airflow" in text and "dag" in text:
+            found.append(path.relative_to(dags_folder).as_posix())
+    return found
+
+
+def unparsed(files: list[str], dags: list[dict], errors: list[dict]) -> list[str]:
+    """The DAG files that Airflow has neither DAGs nor an import error for yet (``dags`` and
+    ``errors`` as the REST API lists them)."""
+    seen = {d.get("relative_fileloc") for d in dags} | {e.get("filename") for e in errors}
+    return [f for f in files if f not in seen]
+
+
+def project_dags(files: list[str], dags: list[dict]) -> list[dict]:
+    """The DAGs defined in the project's files (a shared metadata database may hold others)."""
+    return [d for d in dags if d.get("relative_fileloc") in files and not d.get("is_stale")]
+
+
+def dag_lines(dags: list[dict], errors: list[dict], landing: str) -> list[str]:
+    """What `busi up` says about the DAGs and the landing zone."""
+    lines = ["DAGs active (unpaused: the scheduler runs them, nothing to switch on in the UI):"]
+    for d in sorted(dags, key=lambda d: d["dag_id"]):
+        # A timedelta schedule has no description, only a summary such as "0:05:00".
+        summary = d.get("timetable_summary")
+        when = d.get("timetable_description") or (f"every {summary}" if summary else "by hand")
+        lines.append(f"  {d['dag_id']:<16} {when}")
+    if not dags:
+        lines.append("  (none yet)")
+    for e in errors:
+        last = (e.get("stack_trace") or "").strip().splitlines()[-1:] or ["?"]
+        lines.append(f"  {e.get('filename')}: import error: {last[0]}")
+    return [
+        *lines,
+        f"landing zone: {landing}",
+        "  new data: a batch folder there (<batch>/<class>/<name>.png with <name>_mask.png),",
+        "  then an empty <batch>/_READY: busi_new_data merges it within 5 minutes, and the new",
+        "  data version starts busi_training (README, 'New data')",
+    ]
+
+
 def parse_proc_stat(text: str) -> ProcStat:
     """Parse /proc/<pid>/stat; the command name (in parentheses) may hold spaces or ')'."""
     pid, _, rest = text.partition(" (")
@@ -418,6 +471,57 @@ def _http_get(url: str) -> bytes | None:
             return resp.read() if resp.status == 200 else None
     except OSError:
         return None
+
+
+def airflow_token(url: str, password: str) -> str:
+    """A JWT for Airflow's REST API at ``url`` (the simple auth manager's admin)."""
+    request = urllib.request.Request(
+        f"{url}/auth/token",
+        data=json.dumps({"username": "admin", "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.load(resp)["access_token"]
+
+
+def airflow_api(url: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One JSON call to Airflow's REST API (``/api/v2`` + ``path``) at ``url``."""
+    request = urllib.request.Request(
+        f"{url}/api/v2{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.load(resp)
+
+
+def activate_dags(settings: Settings, timeout: float = DAG_PARSE_SECONDS) -> dict:
+    """Wait until Airflow has parsed the project's DAG files, unpause their DAGs, and return
+    {"dags": [...], "errors": [...], "unparsed": [...]} as the REST API lists them."""
+    url = settings.airflow_url
+    token = airflow_token(url, json.loads(settings.password_file.read_text())["admin"])
+    files = dag_files(settings.project / "dags")
+    deadline = time.monotonic() + timeout
+    while True:
+        dags = airflow_api(url, token, "GET", "/dags?limit=1000")["dags"]
+        errors = airflow_api(url, token, "GET", "/importErrors?limit=1000")["import_errors"]
+        missing = unparsed(files, dags, errors)
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    active = []
+    for dag in project_dags(files, dags):
+        if dag["is_paused"]:  # created before the DAGs said otherwise, or paused by hand
+            airflow_api(url, token, "PATCH", f"/dags/{dag['dag_id']}", {"is_paused": False})
+        keys = ("dag_id", "relative_fileloc", "timetable_description", "timetable_summary")
+        active.append({k: dag.get(k) for k in keys} | {"is_paused": False})
+    errors = [
+        {"filename": e["filename"], "stack_trace": e.get("stack_trace")}
+        for e in errors
+        if e.get("filename") in files
+    ]
+    return {"dags": active, "errors": errors, "unparsed": missing}
 
 
 def ensure_airflow_db(env: Mapping[str, str], log: Path | None = None) -> None:
@@ -638,6 +742,15 @@ def _start(settings: Settings, timeout: float, out) -> dict:
         settings.password_file.chmod(0o600)
         if not password_existed:
             password = json.loads(settings.password_file.read_text()).get("admin")
+    state["landing"] = _landing(settings)
+    out("waiting for Airflow to parse the project's DAGs ...")
+    try:
+        state["dags"] = activate_dags(settings)
+    except (OSError, ValueError, KeyError) as exc:  # the platform runs; say what to do by hand
+        out(
+            f"could not list or unpause the DAGs through {settings.airflow_url}/api/v2 ({exc}); "
+            "unpause busi_new_data and busi_training in the Airflow UI"
+        )
     state["ready_seconds"] = round(time.monotonic() - began, 1)
     write_state(settings.state_dir, state)
     out(f"up in {state['ready_seconds']} s")
@@ -654,7 +767,26 @@ def _print_summary(state: dict, out, password: str | None) -> None:
     else:
         out(f"Airflow admin password: in {state['password_file']}")
     out(f"logs:       {state['log_dir']}")
+    dags = state.get("dags") or {}
+    for line in dag_lines(dags.get("dags", []), dags.get("errors", []), state.get("landing", "?")):
+        out(line)
+    if dags.get("unparsed"):
+        out(
+            f"not parsed yet: {', '.join(dags['unparsed'])}; their DAGs are created active "
+            f"when parsed (see {state['log_dir']}/airflow-dag-processor.log)"
+        )
     out("stop with:  busi down   (or make down)")
+
+
+def _landing(settings: Settings) -> str:
+    """The landing zone the new-data DAG watches (the tasks inherit the environment of
+    `busi up`); a local one is created, so the DAG does not fail on a missing folder."""
+    from components.orchestrate import landing_zone
+
+    landing = landing_zone(settings.project)
+    if "://" not in landing:
+        Path(landing).mkdir(parents=True, exist_ok=True)
+    return landing
 
 
 def down(state_dir: Path, timeout: float = 30.0, out=print) -> bool:

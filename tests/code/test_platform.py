@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -178,6 +177,41 @@ def test_airflow_is_ready_when_every_component_is_healthy():
     body["triggerer"] = {"status": None}
     assert not plat.airflow_health_ready(json.dumps(body).encode())
     assert not plat.airflow_health_ready(b"<html>")
+
+
+def test_dag_files_are_those_airflow_parses(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a_dag.py").write_text("from airflow.sdk import dag\n")
+    (tmp_path / "sub" / "b.py").write_text("from airflow.sdk import DAG\n")
+    (tmp_path / "helpers.py").write_text("import os\n")  # no DAG: never parsed
+    (tmp_path / "README.md").write_text("airflow dag\n")
+    assert plat.dag_files(tmp_path) == ["a_dag.py", "sub/b.py"]
+
+
+def test_unparsed_files_and_the_project_dags():
+    files = ["a.py", "b.py", "c.py"]
+    dags = [
+        {"dag_id": "a1", "relative_fileloc": "a.py", "is_stale": False},
+        {"dag_id": "x", "relative_fileloc": "elsewhere.py", "is_stale": False},
+        {"dag_id": "old", "relative_fileloc": "c.py", "is_stale": True},
+    ]
+    assert plat.unparsed(files, dags, [{"filename": "b.py"}]) == []
+    assert plat.unparsed(files, dags, []) == ["b.py"]
+    assert [d["dag_id"] for d in plat.project_dags(files, dags)] == ["a1"]
+
+
+def test_up_names_the_active_dags_and_the_landing_zone():
+    dags = [
+        {"dag_id": "busi_training", "timetable_description": "Triggered by assets"},
+        {"dag_id": "busi_new_data", "timetable_description": "", "timetable_summary": "0:05:00"},
+    ]
+    errors = [{"filename": "broken.py", "stack_trace": "Traceback\nNameError: x"}]
+    text = "\n".join(plat.dag_lines(dags, errors, "/p/landing"))
+    assert "DAGs active" in text
+    assert text.index("busi_new_data") < text.index("busi_training")
+    assert "every 0:05:00" in text and "Triggered by assets" in text
+    assert "broken.py: import error: NameError: x" in text
+    assert "landing zone: /p/landing" in text and "_READY" in text
 
 
 def test_parse_proc_stat_with_an_awkward_command_name():
@@ -348,27 +382,6 @@ def platform_pids(state: dict) -> list[int]:
     ]
 
 
-def airflow_token(url: str, password: str) -> str:
-    request = urllib.request.Request(
-        f"{url}/auth/token",
-        data=json.dumps({"username": "admin", "password": password}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return json.load(resp)["access_token"]
-
-
-def airflow_api(url: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{url}/api/v2{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        return json.load(resp)
-
-
 def poll(probe, timeout: float):
     """The first truthy value of probe(), or its last value after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -390,6 +403,7 @@ def platform_project(tmp_path):
         "BUSI_MLFLOW_PORT": str(free_port()),
         "BUSI_AIRFLOW_PORT": str(free_port()),
     }
+    env.pop("BUSI_LANDING", None)  # the default: <project>/landing
     yield project, env
     state = plat.read_state(tmp_path / "platform")
     if plat.running_services(state):
@@ -435,7 +449,7 @@ def test_up_then_down(platform_project):
     password = json.loads(password_file.read_text())["admin"]
     assert first.stdout.count(password) == 1
     assert oct(password_file.stat().st_mode & 0o777) == "0o600"
-    token = airflow_token(airflow_url, password)
+    token = plat.airflow_token(airflow_url, password)
 
     again = busi("up", "--project", str(project), env=env)
     assert again.returncode == 0, again.stderr
@@ -443,15 +457,17 @@ def test_up_then_down(platform_project):
     assert password not in again.stdout and str(password_file) in again.stdout
     assert plat.read_state(state_dir)["services"] == state["services"]
 
-    # The project's dags/ is read, without Airflow's examples (the DB was migrated fresh).
-    def dag_ids():
-        return [d["dag_id"] for d in airflow_api(airflow_url, token, "GET", "/dags")["dags"]]
-
-    assert poll(dag_ids, timeout=60) == ["platform_envcheck"]
+    # The project's dags/ is read, without Airflow's examples (the DB was migrated fresh), and
+    # its DAG, created paused (it does not say otherwise), was unpaused and named by `up`;
+    # the landing zone the new-data DAG watches exists.
+    dags = plat.airflow_api(airflow_url, token, "GET", "/dags")["dags"]
+    assert [(d["dag_id"], d["is_paused"]) for d in dags] == [("platform_envcheck", False)]
+    assert "DAGs active" in first.stdout and "  platform_envcheck" in first.stdout
+    assert f"landing zone: {project / 'landing'}" in first.stdout
+    assert (project / "landing").is_dir()
 
     # A task run by the scheduler sees the tracking server, the project and the venv.
-    airflow_api(airflow_url, token, "PATCH", "/dags/platform_envcheck", {"is_paused": False})
-    airflow_api(
+    plat.airflow_api(
         airflow_url, token, "POST", "/dags/platform_envcheck/dagRuns", {"logical_date": None}
     )
     seen = project / "task_env.json"

@@ -39,6 +39,7 @@ def test_operational_settings(dagbag, dag_id):
     assert dag.tags and "busi" in dag.tags
     assert dag.doc_md and len(dag.doc_md) > 100
     assert not dag.catchup
+    assert dag.is_paused_upon_creation is False  # active as soon as the scheduler sees it
     for t in dag.tasks:
         assert t.retries >= 1, f"{t.task_id} has no retries"
         assert t.retry_exponential_backoff, f"{t.task_id} retries without backoff"
