@@ -64,13 +64,18 @@ def image_bytes(value) -> bytes:
 
 
 def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Grayscale uint8 pixels of a PNG/JPEG upload (type from the content, not the name)."""
-    from components.imaging import ImageDecodeError, decode_image
+    """Grayscale uint8 pixels of a PNG/JPEG upload (type from the content, not the name).
+    Images below validate-data's default ``min_side`` are refused by its ``too_small`` rule:
+    no such image was ever trained on."""
+    from components.imaging import MIN_SIDE, ImageDecodeError, decode_image, too_small
 
     try:
         return decode_image(data, max_pixels=max_pixels).pixels
     except ImageDecodeError as exc:
         raise InvalidImageError(f"{exc.reason}: {exc.detail}") from exc
+    if why := too_small(pixels.shape[1], pixels.shape[0], MIN_SIDE):
+        raise InvalidImageError(f"too_small: {why}; send the full-size scan")
+    return pixels
 
 
 def mask_to_png(mask: np.ndarray) -> str:

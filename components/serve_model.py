@@ -59,6 +59,10 @@ DEFAULT_MODEL_URI = f"models:/{PIPELINE_MODEL}@{CHAMPION}"
 DEFAULT_PORT = 5001
 DEFAULT_REFRESH_SECONDS = 30.0
 MAX_BYTES = 20 * 1024 * 1024
+# A body over the limit is still read (and thrown away) up to this size before the 413:
+# closing a connection the client is still sending on resets it, and the client would
+# see "connection reset" instead of the answer. Past this size the connection is cut.
+DRAIN_BYTES = 256 * 1024 * 1024
 # Images in one request: bounds the memory a single request can take while decoding.
 MAX_IMAGES = 32
 RAW_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/octet-stream")
@@ -299,6 +303,27 @@ def check_content_type(content_type: str | None) -> str:
     return kind
 
 
+async def read_body(chunks, max_bytes: int, drain_bytes: int = DRAIN_BYTES) -> bytes:
+    """The request body from its chunks, or PayloadError 413 once it is over ``max_bytes``:
+    after reading the rest (discarded, at most ``drain_bytes`` in all), so that the client,
+    which is still sending, can read the answer."""
+    body, size = bytearray(), 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size <= max_bytes:
+            body += chunk
+        elif size > drain_bytes:
+            break
+    if size > max_bytes:
+        raise PayloadError(
+            413,
+            f"the body is over the limit of {max_bytes} bytes"
+            f"{f' ({size} bytes read)' if size <= drain_bytes else ''}: send one image of "
+            "at most that size per request (the server's --max-bytes)",
+        )
+    return bytes(body)
+
+
 def images_from_payload(content_type: str | None, body: bytes) -> list[tuple[str | None, bytes]]:
     """(file name, image bytes) for each image in a request body, or PayloadError."""
     kind = check_content_type(content_type)
@@ -411,15 +436,22 @@ def create_app(holder: ModelHolder, *, max_bytes: int = MAX_BYTES, refresh_secon
         except PayloadError as exc:
             return error(exc.status, str(exc))
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            return error(413, f"the body has {declared} bytes; the limit is {max_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                return error(413, f"the body is over the limit of {max_bytes} bytes")
+        # A client waiting for "100 Continue" has sent nothing yet: answer at once. Any other
+        # is sending already, and read_body reads what it sends before the 413.
+        if (
+            declared
+            and declared.isdigit()
+            and int(declared) > max_bytes
+            and "100-continue" in request.headers.get("expect", "").lower()
+        ):
+            return error(
+                413,
+                f"the body has {declared} bytes; the limit is {max_bytes} (the server's "
+                "--max-bytes): send one image of at most that size per request",
+            )
         try:
-            images = images_from_payload(content_type, bytes(body))
+            body = await read_body(request.stream(), max_bytes)
+            images = images_from_payload(content_type, body)
             ref, rows = await run_in_threadpool(holder.predict, [data for _, data in images])
         except PayloadError as exc:
             return error(exc.status, str(exc))

@@ -154,9 +154,9 @@ def test_sixteen_bit_and_rgba_are_converted():
     import components.pipeline_model as pm
 
     sixteen = png_bytes((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
-    rgba = png_bytes(np.full((32, 32, 4), 200, np.uint8), mode="RGBA")
+    rgba = png_bytes(np.full((64, 64, 4), 200, np.uint8), mode="RGBA")
     assert pm.decode_upload(sixteen).dtype == np.uint8
-    assert pm.decode_upload(rgba).shape == (32, 32)
+    assert pm.decode_upload(rgba).shape == (64, 64)
 
 
 def test_missing_image_column_is_explained():

@@ -24,6 +24,13 @@ from tests.conftest import free_port, service_process
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 
 
+def tiny_png() -> bytes:
+    """A 1x1 PNG: decodable, but below validate-data's min_side."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def png(seed: int = 0, cls: str = "benign", h: int = 96, w: int = 128) -> bytes:
     image = synth_pair(np.random.default_rng(seed), cls, h, w)[0]
     buf = io.BytesIO()
@@ -155,6 +162,7 @@ def test_the_three_request_formats(client):
         ({"content": b"{", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
         ({"json": {"images": ["aGk="] * 40}}, 413, "at most"),
         ({"files": {"file": ("a.txt", b"just text", "text/plain")}}, 400, "unsupported_format"),
+        ({"content": tiny_png(), "headers": {"Content-Type": "image/png"}}, 400, "too_small"),
     ],
 )
 def test_bad_payloads_get_a_4xx_with_a_message(client, kwargs, status, message):
@@ -230,6 +238,36 @@ def test_server_refuses_bad_payloads_with_4xx(server):
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     wrong = requests.post(url, data=png(), headers={"Content-Type": "text/plain"})
     assert wrong.status_code == 415 and "image/png" in wrong.json()["detail"]
+    tiny = requests.post(url, data=tiny_png(), headers={"Content-Type": "image/png"})
+    assert tiny.status_code == 400
+    assert "too_small: 1x1 is below 64 px" in tiny.json()["detail"]
+    assert server["proc"].poll() is None
+
+
+@pytest.mark.slow
+def test_server_answers_an_oversized_body_with_413_not_a_reset(server):
+    """30 MB, over the 20 MB limit, from urllib (which asks to close the connection after the
+    answer: the case where replying before reading the body reset the connection)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    url = server["url"] + "/predict"
+    body = b"\0" * (30 * 2**20)
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "image/png"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "over the limit of 20971520 bytes" in json.loads(refused.value.read())["detail"]
+    # A client that waits for "100 Continue" gets the 413 before sending its body.
+    port = int(server["url"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413") and b"the body has 31457280 bytes" in answer
     assert server["proc"].poll() is None
 
 
