@@ -70,7 +70,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     from components.imaging import MIN_SIDE, ImageDecodeError, decode_image, too_small
 
     try:
-        return decode_image(data, max_pixels=max_pixels).pixels
+        pixels = decode_image(data, max_pixels=max_pixels).pixels
     except ImageDecodeError as exc:
         raise InvalidImageError(f"{exc.reason}: {exc.detail}") from exc
     if why := too_small(pixels.shape[1], pixels.shape[0], MIN_SIDE):
