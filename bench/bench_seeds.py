@@ -28,7 +28,6 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    import keras
 
     from components.augment_data import load_split_rows
     from components.config import from_dict
@@ -41,13 +40,13 @@ def main() -> int:
     )
     from components.preprocess import load_pair
     from components.train_classifier import ClassifierConfig, fit_classifier, load_rois
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     base = from_dict(ClassifierConfig, params["train_classifier"])
     x_train, y_train = load_rois(REPO / "data" / "rois" / "train.npz")
     x_val, y_val = load_rois(REPO / "data" / "rois" / "val.npz")
-    unet = keras.models.load_model(REPO / "models" / "unet.keras", custom_objects=CUSTOM_OBJECTS)
+    unet = load_unet(REPO / "models" / "unet.keras")
     crop = chain_settings(REPO / "data" / "rois" / "summary.json")
     rows = load_split_rows(REPO / "data" / "manifest.csv", REPO / "data" / "splits.csv")
     test = rows[rows["split"] == "test"]

@@ -112,9 +112,9 @@ def bench_naive(images: list[bytes]) -> dict:
     from components.chain import predict_chain
     from components.evaluate_models import chain_settings
     from components.pipeline_model import decode_upload
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
-    unet = keras.models.load_model(REPO / "models/unet.keras", custom_objects=CUSTOM_OBJECTS)
+    unet = load_unet(REPO / "models/unet.keras")
     classifier = keras.models.load_model(REPO / "models/classifier.keras")
     crop = chain_settings(REPO / "data/rois/summary.json")
     pixels = [decode_upload(d) for d in images]

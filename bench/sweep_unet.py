@@ -128,7 +128,12 @@ def _x(images: np.ndarray) -> np.ndarray:
 def train_trial_unet(trial: Trial, data):
     import keras
 
-    from components.train_unet import ARCHITECTURES, bce_dice_loss, build_unet, dice_metric
+    from components.train_unet import (
+        ARCHITECTURES,
+        bce_dice_loss,
+        build_unet,
+        lesion_dice_metric,
+    )
 
     keras.utils.set_random_seed(trial.seed)
     x, y = _augmented_train(data, trial.size, trial.copies)
@@ -141,7 +146,9 @@ def train_trial_unet(trial: Trial, data):
     if trial.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(trial.lr, decay_steps=steps, alpha=0.0)
     model = build_unet(trial.size, ARCHITECTURES[trial.arch], 0.9)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=bce_dice_loss, metrics=[dice_metric])
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr), loss=bce_dice_loss, metrics=[lesion_dice_metric()]
+    )
     rng = np.random.default_rng(trial.seed)
     curve, best, best_weights, wait = [], -1.0, None, 0
     for _epoch in range(trial.epochs):
@@ -149,7 +156,9 @@ def train_trial_unet(trial: Trial, data):
         xe = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
         ye = np.where(flip[:, None, None, None], y[:, :, ::-1], y)
         model.fit(xe, ye, batch_size=batch, epochs=1, shuffle=True, verbose=0)
-        score = float(model.evaluate(xv, yv, batch_size=64, verbose=0, return_dict=True)["dice"])
+        score = float(
+            model.evaluate(xv, yv, batch_size=64, verbose=0, return_dict=True)["lesion_dice"]
+        )
         curve.append(round(score, 4))
         if score > best:
             best, best_weights, wait = score, model.get_weights(), 0

@@ -109,13 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_section(args.params, "crop_rois", CropConfig)
     if not args.unet.is_file():
         raise BusiError(f"{args.unet} not found: run `busi train-unet` first")
-    import keras
 
     from components import tracking
     from components.augment_data import load_split_rows
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
-    unet = keras.models.load_model(args.unet, custom_objects=CUSTOM_OBJECTS)
+    unet = load_unet(args.unet)
     rows = load_split_rows(args.manifest, args.splits)
     with tracking.step_run("crop_rois", asdict(cfg)):
         summary = _crop_all(rows, unet, args, cfg)

@@ -214,9 +214,9 @@ def encoder(unet_path: Path):
     import keras
 
     from components.preprocess import prepare_image
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
-    unet = keras.models.load_model(unet_path, custom_objects=CUSTOM_OBJECTS)
+    unet = load_unet(unet_path)
     up = next(layer for layer in unet.layers if isinstance(layer, keras.layers.Conv2DTranspose))
     bottleneck = keras.Model(unet.inputs, up.input)
     size = unet.input_shape[1]

@@ -284,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     from components import tracking
     from components.augment_data import load_split_rows
     from components.preprocess import load_pair
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
-    unet = keras.models.load_model(args.unet, custom_objects=CUSTOM_OBJECTS)
+    unet = load_unet(args.unet)
     classifier = keras.models.load_model(args.classifier)
     crop = chain_settings(args.rois / "summary.json")
     rows = load_split_rows(args.manifest, args.splits)

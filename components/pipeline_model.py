@@ -151,11 +151,9 @@ class BusiPipeline(mlflow.pyfunc.PythonModel):
         else:
             import keras
 
-            from components.train_unet import CUSTOM_OBJECTS
+            from components.train_unet import load_unet
 
-            self.unet = DirectPredict(
-                keras.models.load_model(context.artifacts["unet"], custom_objects=CUSTOM_OBJECTS)
-            )
+            self.unet = DirectPredict(load_unet(context.artifacts["unet"]))
             self.classifier = DirectPredict(
                 keras.models.load_model(context.artifacts["classifier"])
             )

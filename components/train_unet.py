@@ -1,13 +1,21 @@
 """train_unet: train the U-Net lesion segmenter on the prepared TFRecords.
 
-Loss BCE + soft Dice; hard Dice and IoU as metrics; early stopping on validation Dice;
-a backup every epoch (Keras BackupAndRestore), so a killed run resumes where it stopped.
+Loss BCE + soft Dice. One Dice everywhere (``components.metrics``): the lesion Dice is the
+mean, over images whose true mask is non-empty, of 2TP / (2TP + FP + FN); an image with an
+empty true mask has no Dice (it is scored by the false-lesion rate instead). Training logs
+it on the raw thresholded masks (``lesion_dice_raw``, ``val_lesion_dice_raw``); after each
+epoch the validation split is scored as ``evaluate_models`` scores it (the chain's
+threshold, small-blob removal and largest component from ``crop_rois``):
+``val_lesion_dice``, ``val_false_lesion_rate`` and ``val_score`` (the Dice minus
+``false_lesion_weight`` times the rate). Early stopping watches ``monitor``, one of those,
+so what stops training is what is reported.
+A backup every epoch (Keras BackupAndRestore), so a killed run resumes where it stopped.
 ``architecture: original`` is the published notebook's U-Net (base 64 filters, 31 M
 parameters, dropout, no batch norm); ``compact`` is the default that fits the CPU budget.
 
-Core: ``build_unet``, ``bce_dice_loss``, ``dice_metric`` and ``fit_unet`` (datasets in,
-model and history out). Shell: ``main`` reads params and data and writes the model, the
-per-epoch history and MLflow records.
+Core: ``build_unet``, ``bce_dice_loss``, ``lesion_dice_metric``, ``chain_scores`` and
+``fit_unet`` (datasets in, model and history out). Shell: ``main`` reads params and data
+and writes the model, the per-epoch history and MLflow records.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ ARCHITECTURES = {
 }
 
 
+MONITORS = ("val_lesion_dice", "val_score")
+
+
 @dataclass(frozen=True)
 class UnetConfig:
     architecture: str = "compact"
@@ -56,12 +67,20 @@ class UnetConfig:
     batchnorm_momentum: float = 0.9
     shuffle_buffer: int = 4096
     seed: int = 0
+    # What early stopping (and the choice of the best epoch) watches: the validation split
+    # scored as evaluate_models scores it (see the module docstring).
+    monitor: str = "val_lesion_dice"
+    false_lesion_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"architecture '{self.architecture}' unknown; choose one of {sorted(ARCHITECTURES)}"
             )
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor '{self.monitor}' unknown; choose one of {MONITORS}")
+        if self.false_lesion_weight < 0:
+            raise ValueError("false_lesion_weight must be >= 0")
 
     @property
     def arch(self) -> UnetArch:
@@ -127,30 +146,71 @@ def bce_dice_loss(y_true, y_pred):
     return bce + soft_dice_loss(y_true, y_pred)
 
 
-def dice_metric(y_true, y_pred):
-    """Hard Dice at 0.5 per image; an image with empty truth and prediction counts as 1."""
+def lesion_dice_metric(threshold: float = 0.5):
+    """A Keras metric: the lesion Dice of ``components.metrics`` on the raw thresholded
+    masks, accumulated over an epoch (each lesion image counts once, whatever its batch)."""
+    import keras
     from keras import ops
 
-    pred = ops.cast(y_pred > 0.5, "float32")
-    axes = (1, 2, 3)
-    inter = ops.sum(y_true * pred, axis=axes)
-    total = ops.sum(y_true, axis=axes) + ops.sum(pred, axis=axes)
-    return ops.mean(ops.where(total > 0, 2.0 * inter / ops.maximum(total, 1e-9), 1.0))
+    class LesionDice(keras.metrics.Metric):
+        def __init__(self, name="lesion_dice_raw", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            truth = ops.cast(y_true > 0.5, "float32")
+            pred = ops.cast(y_pred >= threshold, "float32")
+            axes = (1, 2, 3)
+            tp = ops.sum(truth * pred, axis=axes)
+            size = ops.sum(truth, axis=axes) + ops.sum(pred, axis=axes)
+            lesion = ops.cast(ops.sum(truth, axis=axes) > 0, "float32")
+            per_image = 2.0 * tp / ops.maximum(size, 1e-9)
+            self.total.assign(self.total + ops.sum(per_image * lesion))
+            self.count.assign(self.count + ops.sum(lesion))
+
+        def result(self):
+            return ops.where(
+                self.count > 0, self.total / ops.maximum(self.count, 1.0), float("nan")
+            )
+
+    return LesionDice()
 
 
-def iou_metric(y_true, y_pred):
-    from keras import ops
+def chain_scores(probs, true_masks, labels, roi, false_lesion_weight: float) -> dict:
+    """The validation figures of one epoch, computed as evaluate_models computes them: each
+    probability map cleaned by the chain (``roi``: threshold, min_area, keep), then
+    ``segmentation_metrics``. ``labels`` are class names."""
+    import math
 
-    pred = ops.cast(y_pred > 0.5, "float32")
-    axes = (1, 2, 3)
-    inter = ops.sum(y_true * pred, axis=axes)
-    union = ops.sum(ops.maximum(y_true, pred), axis=axes)
-    return ops.mean(ops.where(union > 0, inter / ops.maximum(union, 1e-9), 1.0))
+    from components.chain import clean_mask
+    from components.metrics import segmentation_metrics
+
+    cleaned = [clean_mask(p, roi) for p in probs]
+    seg = segmentation_metrics(list(true_masks), cleaned, list(labels), lesion_min_area=0.0)
+    dice, rate = seg["dice_mean"], seg["normal_false_lesion_rate"]
+    rate_or_0 = 0.0 if math.isnan(rate) else rate
+    return {
+        "val_lesion_dice": dice,
+        "val_false_lesion_rate": rate,
+        "val_score": dice - false_lesion_weight * rate_or_0,
+    }
 
 
-dice_metric.__name__ = "dice"
-iou_metric.__name__ = "iou"
-CUSTOM_OBJECTS = {"bce_dice_loss": bce_dice_loss, "dice": dice_metric, "iou": iou_metric}
+def chain_validation(val_arrays, roi, false_lesion_weight: float, batch_size: int = 32):
+    """A Keras callback that adds ``chain_scores`` of the validation split to each epoch's
+    logs; listed before EarlyStopping and the loggers, which then see them."""
+    import keras
+
+    images, masks, labels = val_arrays
+
+    class ChainValidation(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            probs = self.model.predict(images, batch_size=batch_size, verbose=0)[..., 0]
+            if logs is not None:
+                logs.update(chain_scores(probs, masks, labels, roi, false_lesion_weight))
+
+    return ChainValidation()
 
 
 def compile_unet(model, learning_rate: float):
@@ -159,9 +219,31 @@ def compile_unet(model, learning_rate: float):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=bce_dice_loss,
-        metrics=[dice_metric, iou_metric],
+        metrics=[lesion_dice_metric()],
     )
     return model
+
+
+def load_unet(path: Path):
+    """A saved U-Net for inference (its training loss and metrics are not needed)."""
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def split_arrays(ds):
+    """(images [N,S,S,1], masks [N,S,S], class names) of an unbatched (image, mask, label)
+    dataset."""
+    import numpy as np
+
+    from components.preprocess import CLASSES
+
+    images, masks, labels = [], [], []
+    for image, mask, label in ds.as_numpy_iterator():
+        images.append(image)
+        masks.append(mask[..., 0] > 0.5)
+        labels.append(CLASSES[int(label)])
+    return np.stack(images), masks, labels
 
 
 def segmentation_dataset(path: Path, image_size: int, cfg: UnetConfig, training: bool):
@@ -213,10 +295,14 @@ def fit_unet(
     cfg: UnetConfig,
     backup_dir: Path,
     history_csv: Path,
+    val_arrays,
+    roi,
     extra_callbacks=(),
     fingerprint: str = "",
 ):
-    """Train (or resume) a U-Net. Returns the model with the best validation Dice weights."""
+    """Train (or resume) a U-Net. ``val_arrays`` (``split_arrays`` of the validation split)
+    are scored each epoch with the chain settings ``roi``. Returns the model with the
+    weights of the best epoch by ``cfg.monitor``."""
     import keras
     import tensorflow as tf
 
@@ -232,8 +318,9 @@ def fit_unet(
         # Saves model, optimizer and epoch after every epoch; on a rerun, training resumes
         # from the last completed epoch. Deleted once training ends normally.
         keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch"),
+        chain_validation(val_arrays, roi, cfg.false_lesion_weight, cfg.batch_size),
         keras.callbacks.EarlyStopping(
-            monitor="val_dice", mode="max", patience=cfg.patience, restore_best_weights=True
+            monitor=cfg.monitor, mode="max", patience=cfg.patience, restore_best_weights=True
         ),
         keras.callbacks.CSVLogger(str(history_csv), append=resuming),
         *extra_callbacks,
@@ -241,6 +328,21 @@ def fit_unet(
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing left to resume
     return model
+
+
+# The chain settings (params.yaml: crop_rois) that decide what a predicted lesion is.
+CHAIN_KEYS = ("threshold", "min_area", "keep")
+
+
+def chain_config(params_path: Path):
+    """The crop_rois settings that turn a probability map into a lesion, as the chain and
+    evaluate_models apply them (dvc.yaml lists these keys as train_unet params)."""
+    import yaml
+
+    from components.chain import RoiConfig
+
+    section = (yaml.safe_load(Path(params_path).read_text()) or {}).get("crop_rois") or {}
+    return RoiConfig(**{k: section[k] for k in CHAIN_KEYS if k in section})
 
 
 def _fingerprint(params: dict, train_records: Path) -> str:
@@ -259,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "train_unet", UnetConfig)
+    roi = chain_config(args.params)
     for split in ("train", "val"):
         if not (args.data / f"{split}.tfrecord").is_file():
             raise BusiError(f"{args.data}/{split}.tfrecord not found: run `busi augment-data`")
@@ -272,10 +375,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in (args.model, args.history, args.metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
-    params = asdict(cfg) | asdict(cfg.arch) | {"image_size": image_size}
+    chain = {f"chain_{k}": v for k, v in asdict(roi).items() if k in CHAIN_KEYS}
+    params = asdict(cfg) | asdict(cfg.arch) | {"image_size": image_size} | chain
     with tracking.step_run("train_unet", params) as run:
+        from components.augment_data import read_tfrecord
+
         train_ds = segmentation_dataset(args.data / "train.tfrecord", image_size, cfg, True)
         val_ds = segmentation_dataset(args.data / "val.tfrecord", image_size, cfg, False)
+        val_arrays = split_arrays(read_tfrecord(args.data / "val.tfrecord", image_size))
         model = fit_unet(
             train_ds,
             val_ds,
@@ -283,15 +390,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             args.backup_dir,
             args.history,
+            val_arrays,
+            roi,
             extra_callbacks=[tracking.epoch_logger()] if run else [],
             fingerprint=_fingerprint(params, args.data / "train.tfrecord"),
         )
         model.save(args.model)
-        scores = model.evaluate(val_ds, return_dict=True, verbose=0)
+        probs = model.predict(val_arrays[0], batch_size=cfg.batch_size, verbose=0)[..., 0]
+        scores = chain_scores(probs, val_arrays[1], val_arrays[2], roi, cfg.false_lesion_weight)
         summary = {
-            "val_dice": float(scores["dice"]),
-            "val_iou": float(scores["iou"]),
-            "val_loss": float(scores["loss"]),
+            **scores,
+            "monitor": cfg.monitor,
             "params": int(model.count_params()),
             "epochs_run": len(args.history.read_text().splitlines()) - 1,
         }
@@ -304,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             example=next(iter(val_ds))[0][:1].numpy(),
         )
     print(
-        f"U-Net {cfg.architecture}: val Dice {summary['val_dice']:.3f}, "
+        f"U-Net {cfg.architecture}: val lesion Dice {summary['val_lesion_dice']:.3f}, "
+        f"false lesion on {summary['val_false_lesion_rate']:.0%} of normal images, "
         f"{summary['params']:,} parameters, saved to {args.model}"
     )
     return 0

@@ -35,20 +35,66 @@ def test_residual_unet_adds_a_shortcut_to_each_block():
     assert out.shape == (1, 32, 32, 1)
 
 
-def test_losses_and_metrics_on_hand_made_masks():
-    from components.train_unet import dice_metric, iou_metric, soft_dice_loss
+def test_losses_and_the_lesion_dice_on_hand_made_masks():
+    from components.train_unet import lesion_dice_metric, soft_dice_loss
 
-    truth = np.zeros((2, 4, 4, 1), np.float32)
+    truth = np.zeros((3, 4, 4, 1), np.float32)
     truth[0, :2, :2] = 1  # 4 pixels
+    truth[2, 2:, 2:] = 1
     pred = np.zeros_like(truth)
     pred[0, :2, :1] = 0.9  # 2 of them found
     pred[0, 3, 3] = 0.8  # 1 false positive
-    # image 0: TP 2, FP 1, FN 2 -> Dice 4/7, IoU 2/5; image 1: empty and empty -> 1
-    assert float(dice_metric(truth, pred)) == pytest.approx((4 / 7 + 1) / 2, abs=1e-6)
-    assert float(iou_metric(truth, pred)) == pytest.approx((2 / 5 + 1) / 2, abs=1e-6)
+    pred[1, 0, 0] = 0.7  # a false lesion on an image without one
+    pred[2] = truth[2]
+    # image 0: TP 2, FP 1, FN 2 -> Dice 4/7; image 1 has no lesion, so no Dice (not 0, not 1);
+    # image 2: perfect -> 1
+    metric = lesion_dice_metric()
+    metric.update_state(truth[:2], pred[:2])  # two batches: each lesion image counts once
+    metric.update_state(truth[2:], pred[2:])
+    assert float(metric.result()) == pytest.approx((4 / 7 + 1) / 2, abs=1e-6)
     assert float(soft_dice_loss(truth, truth)) == pytest.approx(0.0, abs=1e-6)
     perfect = float(bce_dice_loss(truth, np.clip(truth, 1e-4, 1 - 1e-4)))
     assert perfect < 0.01 < float(bce_dice_loss(truth, pred))
+
+
+def test_the_training_lesion_dice_is_the_evaluation_one():
+    from components.metrics import segmentation_metrics
+    from components.train_unet import lesion_dice_metric
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((6, 16, 16, 1), np.float32)
+    for i in range(4):  # four lesion images, two without a lesion
+        top, left = rng.integers(0, 10, 2)
+        truth[i, top : top + 5, left : left + 6] = 1
+    pred = rng.random(truth.shape).astype(np.float32) * 0.6 + truth * 0.3
+    metric = lesion_dice_metric()
+    metric.update_state(truth, pred)
+    labels = ["benign"] * 4 + ["normal"] * 2
+    seg = segmentation_metrics(list(truth[..., 0] > 0), list(pred[..., 0] >= 0.5), labels)
+    assert float(metric.result()) == pytest.approx(seg["dice_mean"], abs=1e-6)
+
+
+def test_the_epoch_scores_are_evaluation_figures_of_the_cleaned_masks():
+    from components.chain import RoiConfig
+    from components.train_unet import chain_scores
+
+    truth = [np.zeros((20, 20), bool) for _ in range(3)]
+    truth[0][5:15, 5:15] = True
+    probs = [np.zeros((20, 20), np.float32) for _ in range(3)]
+    probs[0][5:15, 5:10] = 0.9  # half the lesion: Dice 2*50/(100+50) = 2/3
+    probs[0][0, 0] = 0.9  # a speck, dropped by the chain's clean-up
+    probs[1][2:8, 2:8] = 0.8  # a false lesion on the first normal image
+    probs[2][19, 19] = 0.9  # a speck below min_area: no lesion
+    roi = RoiConfig(threshold=0.5, min_area=0.01, keep="largest")
+    scores = chain_scores(probs, truth, ["benign", "normal", "normal"], roi, 0.5)
+    assert scores["val_lesion_dice"] == pytest.approx(2 / 3)
+    assert scores["val_false_lesion_rate"] == pytest.approx(0.5)
+    assert scores["val_score"] == pytest.approx(2 / 3 - 0.25)
+
+
+def test_an_unknown_monitor_is_refused():
+    with pytest.raises(ValueError, match="monitor 'val_dice' unknown"):
+        UnetConfig(monitor="val_dice")
 
 
 def test_augmentation_keeps_image_and_mask_aligned():

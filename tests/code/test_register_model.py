@@ -107,9 +107,9 @@ def test_registered_pyfunc_predicts_like_the_evaluation(smoke_run, store):
     # The same images through the evaluation's code path give the same answer.
     import keras
 
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
-    unet = keras.models.load_model(ws / "models/unet.keras", custom_objects=CUSTOM_OBJECTS)
+    unet = load_unet(ws / "models/unet.keras")
     classifier = keras.models.load_model(ws / "models/classifier.keras")
     crop = chain_settings(ws / "data/rois/summary.json")
     chain = predict_chain(images, unet, classifier, crop.roi, crop.tta_flip)

@@ -88,7 +88,7 @@ def test_mlflow_holds_the_run_tree_with_lineage_and_models(smoke_run):
     assert "dvc_lock_md5" in parent.data.tags
     assert "lesion_dice" in parent.data.metrics
     by_step = {r.data.tags["step"]: r for r in children}
-    unet_history = client.get_metric_history(by_step["train_unet"].info.run_id, "val_dice")
+    unet_history = client.get_metric_history(by_step["train_unet"].info.run_id, "val_lesion_dice")
     assert len(unet_history) >= 2  # per-epoch curves
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     names = {m.name for m in models}
