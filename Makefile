@@ -10,7 +10,7 @@ PROFILE ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser run run-dvc test lint lock bench clean-venv up down app
+.PHONY: setup browser run run-dvc test test-fast lint lock bench clean-venv up down app
 
 setup: $(VENV)/.installed browser
 
@@ -55,6 +55,10 @@ app: setup
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+## The unit tier only (no services, browsers or trained chains): a few minutes.
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not integration"
 
 lint: setup
 	$(BIN)/ruff check components tests bench dags

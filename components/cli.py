@@ -18,9 +18,13 @@ COMMANDS = {
     "crop-rois": "segment every image and crop the region of interest for the classifier",
     "train-classifier": "train the benign/malignant/normal classifier on the crops",
     "evaluate-models": "score the whole chain on the frozen test split",
+    "stress-test-models": "score the chain on the test split under shifts other sites bring "
+    "(field of view, pixel size, gain, blur, speckle, JPEG)",
     "run-pipeline": "run all stages (dvc repro) for a profile under one MLflow parent run",
     "register-model": "register the segmenter, the classifier and the two-stage pipeline model "
     "in MLflow as the challenger",
+    "evaluate-external": "score a registered version (default: the challenger) on the external "
+    "datasets in params.yaml; figures go on the version and into the promotion guard",
     "promote-model": "make the challenger (or --version N) the champion if the rule in "
     "params.yaml says so; roll back by hand",
     "show-model": "print the model card of the champion (or --version N) of busi-pipeline",

@@ -9,6 +9,10 @@ see components/uncertainty.py), and the figures are broken down per lesion size 
 of the image: < 1 %, 1-5 %, >= 5 %) and per class. The per-image predictions are kept
 (``per_image.csv``) so that promote_model can compare two models image by image.
 
+The behavioural checks (components/behaviour.py: a blank image and the split's normal
+images get no lesion, a flipped image the same answer, a dark lesion drawn on normal tissue
+is found) go into ``evaluation.json: behaviour``; the promotion guard reads them.
+
 Core: ``evaluate_chain`` (images, masks, labels and the two models in; metrics out),
 ``per_image_table`` and ``uncertainty_report`` (per-image table in; intervals out).
 Shell: ``main`` writes ``metrics/evaluation.json``, ``per_image.csv`` and the plots.
@@ -19,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from components.behaviour import BehaviourConfig, run_checks
 from components.chain import RoiConfig, predict_chain
-from components.config import load_section
+from components.config import from_dict, load_section
 from components.errors import BusiError
 from components.metrics import classification_metrics, segmentation_metrics, to_jsonable
 from components.preprocess import CLASSES
@@ -50,9 +55,16 @@ class EvaluateConfig:
     bootstrap_samples: int = 2000  # group resamples behind each interval
     interval_level: float = 0.95
     bootstrap_seed: int = 0
+    behaviour: dict = field(default_factory=dict)  # BehaviourConfig's keys
+
+    def __post_init__(self) -> None:
+        self.behaviour_config()  # a bad key or value fails when params are read
 
     def bootstrap(self) -> BootstrapConfig:
         return BootstrapConfig(self.bootstrap_samples, self.interval_level, self.bootstrap_seed)
+
+    def behaviour_config(self) -> BehaviourConfig:
+        return from_dict(BehaviourConfig, self.behaviour, "evaluate_models.behaviour")
 
 
 def evaluate_chain(
@@ -316,6 +328,15 @@ def main(argv: list[str] | None = None) -> int:
             "lesion_definition": f"a connected predicted component covering >= {crop.min_area:.3%} "
             "of the image (smaller ones are dropped)",
             **uncertainty_report(table, cfg),
+            "behaviour": run_checks(
+                unet,
+                classifier,
+                [img for img, y in zip(images, labels, strict=True) if CLASSES[y] == "normal"],
+                images,
+                crop.roi,
+                crop.tta_flip,
+                cfg.behaviour_config(),
+            ),
         }
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
         args.metrics.write_text(json.dumps(to_jsonable(report), indent=2, allow_nan=False) + "\n")
@@ -348,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg.overlay_examples,
             args.plots / "overlays.png",
         )
-        tracking.log_metrics(to_jsonable(report["headline"]) | interval_metrics(report))
+        tracking.log_metrics(
+            to_jsonable(report["headline"])
+            | interval_metrics(report)
+            | {"behaviour_passed": float(report["behaviour"]["passed"])}
+        )
         tracking.log_step_outputs({}, artifacts=[args.metrics, *sorted(args.plots.iterdir())])
     ci = report["intervals"]["figures"]
     print(
@@ -357,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         f"IoU {_ci(ci['lesion_iou'])}, false lesion on normal "
         f"{_ci(ci['normal_false_lesion_rate'])}; accuracy {_ci(ci['accuracy'])}, "
         f"macro-F1 {_ci(ci['macro_f1'])}, malignant AUC {_ci(ci['malignant_auc'])}"
+    )
+    checks = report["behaviour"]["checks"].values()
+    print(
+        "behavioural checks: "
+        + "; ".join(
+            f"{c['name']} {'passed' if c['passed'] else 'FAILED'} ({c['detail']})" for c in checks
+        )
     )
     return 0
 

@@ -281,6 +281,66 @@ def classification_metrics(
     }
 
 
+# --- robustness figures -------------------------------------------------------------------------
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    positive = np.asarray(positive, dtype=bool)
+    if not 0 < positive.sum() < len(positive):
+        return None
+    return float(skm.roc_auc_score(positive, score))
+
+
+def _share(flags: np.ndarray) -> float | None:
+    return float(np.mean(flags)) if len(flags) else None
+
+
+def robustness_figures(
+    true_masks: list[np.ndarray],
+    labels: Sequence[str],
+    pred_masks: list[np.ndarray],
+    proba: np.ndarray,
+    class_names: Sequence[str],
+) -> dict:
+    """What a shift or another site does to the chain, from its cleaned masks and class
+    probabilities (columns in ``class_names`` order):
+
+    - ``lesion_dice_mean`` / ``_median``: over images with a true lesion (as evaluation);
+    - ``lesion_not_found``: share of lesion images whose predicted mask is empty;
+    - ``lesion_called_normal``: share of lesion images classified normal;
+    - ``malignant_recall``: share of malignant images classified malignant;
+    - ``malignant_auc``: malignant vs rest over all images (evaluation's figure);
+      ``benign_malignant_auc``: on the lesion images only, by the malignant probability;
+    - ``normal_false_lesion_rate``: share of normal images with a predicted lesion;
+    - ``accuracy``. Undefined figures (no such images, one class only) are None.
+    """
+    labels = np.asarray(labels)
+    proba = np.asarray(proba, dtype=float)
+    predicted = np.asarray(class_names)[proba.argmax(axis=1)] if len(proba) else labels
+    seg = segmentation_metrics(true_masks, pred_masks, list(labels))
+    lesion = np.array([m.any() for m in true_masks], dtype=bool)
+    found = np.array([m.any() for m in pred_masks], dtype=bool)
+    malignant = labels == "malignant"
+    p_malignant = proba[:, list(class_names).index("malignant")]
+    benign_or_malignant = np.isin(labels, ("benign", "malignant"))
+    return {
+        "n_images": len(labels),
+        "n_lesion_images": int(lesion.sum()),
+        "n_normal": int((labels == "normal").sum()),
+        "lesion_dice_mean": None if math.isnan(seg["dice_mean"]) else seg["dice_mean"],
+        "lesion_dice_median": None if math.isnan(seg["dice_median"]) else seg["dice_median"],
+        "lesion_not_found": _share(~found[lesion]),
+        "lesion_called_normal": _share(predicted[lesion] == "normal"),
+        "malignant_recall": _share(predicted[malignant] == "malignant"),
+        "malignant_auc": _auc(malignant, p_malignant),
+        "benign_malignant_auc": _auc(
+            malignant[benign_or_malignant], p_malignant[benign_or_malignant]
+        ),
+        "normal_false_lesion_rate": _share(found[labels == "normal"]),
+        "accuracy": _share(predicted == labels),
+    }
+
+
 # --- mask post-processing -----------------------------------------------------------------------
 
 

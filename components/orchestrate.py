@@ -48,11 +48,12 @@ DVC_STAGES = (
     "crop_rois",
     "train_classifier",
     "evaluate_models",
+    "stress_test_models",
 )
-REGISTRY_STEPS = ("register_model", "promote_model")
+REGISTRY_STEPS = ("register_model", "evaluate_external", "promote_model")
 TRAINING_STEPS = DVC_STAGES + REGISTRY_STEPS
 # What register_model reads from the DVC stages' cached outputs (the models, the crop
-# settings); promote_model reads only the registry.
+# settings); evaluate_external and promote_model read only the registry.
 REGISTRY_INPUTS = {"register_model": ("crop_rois", "train_unet", "train_classifier")}
 EXECUTIONS = ("local", "kubernetes")
 # Steps that use an accelerator when there is one: pod execution puts them on GPU nodes.

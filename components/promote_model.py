@@ -14,6 +14,12 @@ registration) are resampled together, by near-duplicate group, ``bootstrap_sampl
 - anything else keeps the champion: a retrained model that differs only by its seed is
   not better, whatever its point figure says.
 
+Before any comparison, with ``require_behaviour`` (default), a challenger whose behavioural
+checks failed in evaluate_models (tag ``evaluation.behaviour``: a blank image or lesion-free
+tissue got a lesion, a flip changed the answer, a drawn lesion was missed) is not promoted,
+not even as the first model. A version registered before the checks existed has no such
+tag and is compared as before.
+
 A version registered before the per-image predictions were kept cannot be paired: then the
 point figures are compared as before (``min_gain`` on ``primary``, or on ``secondary``
 while not worse on ``primary``), and the reason says so.
@@ -57,6 +63,7 @@ class PromotionRule:
     # Only for versions without per-image predictions: the old point comparison.
     secondary: str = "lesion_dice"
     min_gain: float = 0.01
+    require_behaviour: bool = True  # a challenger failing the behavioural checks stays out
 
     def __post_init__(self) -> None:
         if self.min_gain < 0 or self.max_guard_drop < 0:
@@ -136,6 +143,20 @@ def decide_paired(challenger, champion, rule: PromotionRule, external=None) -> D
         "rejected",
         f"not better: P({rule.primary} gain > 0) = {p_gain:.2f} < {level}: {words}",
         record,
+    )
+
+
+def behaviour_gate(tags: dict[str, str], rule: PromotionRule) -> Decision | None:
+    """A rejection when the rule requires the behavioural checks and the version's record
+    says they failed; None (go on comparing) otherwise."""
+    record = tags.get(registry.BEHAVIOUR_TAG, "")
+    if not rule.require_behaviour or not record.startswith("failed"):
+        return None
+    return Decision(
+        False,
+        "rejected",
+        f"behavioural checks {record} (evaluation.json: behaviour); promote_model."
+        "require_behaviour is on",
     )
 
 
@@ -280,7 +301,10 @@ def promote(rule: PromotionRule, tracking_uri: str | None = None) -> Decision:
     champion = registry.alias_version(c, registry.PIPELINE_MODEL, registry.CHAMPION)
     if champion is not None and champion.version == challenger.version:
         return Decision(False, "already_champion", f"v{challenger.version} is the champion")
-    if champion is not None and champion.tags.get("test_split_md5") != challenger.tags.get(
+    gate = behaviour_gate(challenger.tags, rule)
+    if gate is not None:
+        decision = gate
+    elif champion is not None and champion.tags.get("test_split_md5") != challenger.tags.get(
         "test_split_md5"
     ):
         decision = Decision(

@@ -87,6 +87,26 @@ def evaluation_figures(evaluation: dict) -> dict[str, float]:
     return figures
 
 
+def behaviour_tag(evaluation: dict) -> str:
+    """``passed``, ``failed: <check>, ...``, or empty for an evaluation made before the
+    behavioural checks existed."""
+    result = evaluation.get("behaviour")
+    if not result:
+        return ""
+    return "passed" if result["passed"] else "failed: " + ", ".join(result["failed"])
+
+
+def stress_tags(report: dict) -> dict[str, str]:
+    """``stress.<shift>.<figure>`` tags from stress_test_models' report: per shift the drop
+    in lesion Dice and the share of lesion images called normal (the model card shows them)."""
+    tags = {}
+    for shift, figures in report.get("shifts", {}).items():
+        for key in ("lesion_dice_mean_drop", "lesion_called_normal"):
+            if isinstance(figures.get(key), int | float):
+                tags[f"stress.{shift}.{key}"] = f"{figures[key]:.4g}"
+    return tags
+
+
 def version_tags(
     figures: dict[str, float], lineage: dict[str, str], extra: dict[str, str]
 ) -> dict[str, str]:
@@ -151,10 +171,14 @@ def register(
             "test_split_md5": test_split_md5(splits_csv),
             "pipeline_run_id": os.environ.get("BUSI_PARENT_RUN_ID", ""),
             "register_run_id": run.info.run_id if run else "",
+            registry.BEHAVIOUR_TAG: behaviour_tag(evaluation),
         }
         tags = version_tags(figures, tracking.lineage_tags(), extra)
+        stress = Path(evaluation_path).parent / "stress_test.json"
+        if stress.is_file():
+            tags |= stress_tags(json.loads(stress.read_text()))
         try:
-            unet = keras.models.load_model(unet_path, custom_objects=CUSTOM_OBJECTS)
+            unet = load_unet(unet_path)
             classifier = keras.models.load_model(classifier_path)
             size = unet.input_shape[1]
             import numpy as np

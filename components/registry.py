@@ -33,6 +33,8 @@ METRIC_PREFIX = "metric."
 PER_IMAGE_TAG = "evaluation.per_image"
 # Figures of an external evaluation: ``external.<dataset>.<figure>`` (evaluate_external).
 EXTERNAL_PREFIX = "external."
+# The behavioural checks of evaluate_models: ``passed`` or ``failed: <check>, ...``.
+BEHAVIOUR_TAG = "evaluation.behaviour"
 
 
 @dataclass(frozen=True)

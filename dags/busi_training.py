@@ -18,10 +18,13 @@ DOC = """
 
 Trains and evaluates the BUSI chain and promotes the model only if it is better.
 
-- `validate_data` ... `evaluate_models`: `dvc repro --single-item <stage>`; DVC skips a
-  stage whose inputs did not change.
+- `validate_data` ... `evaluate_models`, `stress_test_models`: `dvc repro --single-item
+  <stage>`; DVC skips a stage whose inputs did not change.
 - `register_model`: `busi register-model` registers `busi-unet`, `busi-classifier` and
   `busi-pipeline`, alias `challenger`.
+- `evaluate_external`: `busi evaluate-external` scores the challenger on the external sets
+  in `params.yaml: evaluate_external` (none configured: it says so and passes); the figures
+  go on the version and into the promotion guard.
 - `promote_model`: `busi promote-model` moves `champion` if the rule in
   `params.yaml: promote_model` says so.
 

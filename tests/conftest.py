@@ -18,6 +18,27 @@ from components.synthetic import make_busi_like
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The integration tier: a test that is marked slow or uses one of these (services, a trained
+# smoke chain, the real data) is marked ``integration``; the rest is the unit tier that
+# `make test-fast` runs (`pytest -m "not integration"`).
+INTEGRATION_FIXTURES = frozenset(
+    {
+        "smoke_run",
+        "smoke_champion",
+        "fresh_smoke_champion",
+        "mlflow_server",
+        "moto_server",
+        "postgres",
+        "busi",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
 
 MLFLOW_PROCESS_SETTINGS = (
     "MLFLOW_TRACKING_URI",

@@ -299,3 +299,23 @@ def test_unreachable_tracking_server_is_a_clear_error(monkeypatch):
     uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BusiError, match="cannot be reached"):
         promote(RULE, tracking_uri=uri)
+
+
+# -- the behavioural checks -------------------------------------------------------------
+
+
+def test_a_challenger_failing_the_behavioural_checks_is_not_promoted(store):
+    from components.promote_model import behaviour_gate
+
+    failed = {registry.BEHAVIOUR_TAG: "failed: blank_image, drawn_lesion"}
+    assert behaviour_gate({registry.BEHAVIOUR_TAG: "passed"}, RULE) is None
+    assert behaviour_gate({}, RULE) is None  # registered before the checks existed
+    assert behaviour_gate(failed, PromotionRule(require_behaviour=False)) is None
+    v = fake_register(store, BASE)
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=store, registry_uri=store)
+    c.set_model_version_tag(registry.PIPELINE_MODEL, str(v), *failed.popitem())
+    d = promote(RULE, store)  # not even as the first model
+    assert not d.promote and "behavioural checks failed: blank_image" in d.reason
+    assert champion(store) is None

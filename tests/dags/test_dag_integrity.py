@@ -49,7 +49,7 @@ def test_operational_settings(dagbag, dag_id):
 def test_training_tasks_are_the_pipeline_steps_in_order(dagbag):
     dag = dagbag[0].dags["busi_training"]
     stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-    expected = [*stages, "register_model", "promote_model"]
+    expected = [*stages, "register_model", "evaluate_external", "promote_model"]
     assert set(dag.task_ids) == set(expected)
     # A chain: each step depends on the previous one only.
     for before, after in itertools.pairwise(expected):
