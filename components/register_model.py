@@ -159,7 +159,7 @@ def register(
     from components import tracking
     from components.crop_rois import CropConfig
     from components.pipeline_model import log_pipeline_model
-    from components.train_unet import CUSTOM_OBJECTS
+    from components.train_unet import load_unet
 
     evaluation = json.loads(evaluation_path.read_text())
     figures = evaluation_figures(evaluation)
