@@ -16,7 +16,6 @@ and bytes; ``render_result`` and ``page`` are the Streamlit shell.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
@@ -283,11 +282,12 @@ def page() -> None:
 def main_app(argv: list[str] | None = None) -> int:
     """``busi app``: this page under ``streamlit run`` on 127.0.0.1 (replaces the process,
     so stopping it stops Streamlit)."""
-    parser = argparse.ArgumentParser(
-        prog="busi app",
-        description="the Streamlit page on 127.0.0.1: upload an image, see lesion, ROI and class",
+    from components.cli import parser_for
+
+    parser = parser_for("app")
+    parser.add_argument(
+        "--port", type=int, default=8501, help="the TCP port on 127.0.0.1 (default: %(default)s)"
     )
-    parser.add_argument("--port", type=int, default=8501)
     parser.add_argument(
         "--host",
         default="127.0.0.1",

@@ -10,7 +10,6 @@ Core: ``augment_pair`` (one image and mask -> an augmented copy) and ``prepare_s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -191,12 +190,39 @@ def run(data_dir: Path, manifest: Path, splits: Path, out_dir: Path, cfg: Augmen
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi augment-data", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data/busi"))
-    parser.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
-    parser.add_argument("--out", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    from components.cli import parser_for
+
+    parser = parser_for("augment-data")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data/busi"),
+        help="the BUSI-layout folder of class folders (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("data/manifest.csv"),
+        help="the manifest that validate-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("data/splits.csv"),
+        help="the split that split-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/prepared"),
+        help="the folder for the TFRecords and meta.json (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "augment_data", AugmentConfig)
     from components import tracking

@@ -5,54 +5,132 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import textwrap
 
 from components.errors import BusiError
 
-# sub-command -> module in components/ (the step name with '_' for '-').
-COMMANDS = {
-    "ingest-data": "import the BUSI folder or zip into data/busi and version it with DVC",
-    "validate-data": "build the manifest, run the Great Expectations suite, quarantine bad files",
-    "split-data": "group-aware stratified train/val/test split with a frozen test set",
-    "augment-data": "resize the split images, augment the train split, write TFRecords",
-    "train-unet": "train the U-Net lesion segmenter (resumes an interrupted run)",
-    "crop-rois": "segment every image and crop the region of interest for the classifier",
-    "train-classifier": "train the benign/malignant/normal classifier on the crops",
-    "evaluate-models": "score the whole chain on the frozen test split",
-    "stress-test-models": "score the chain on the test split under shifts other sites bring "
-    "(field of view, pixel size, gain, blur, speckle, JPEG)",
-    "run-pipeline": "run all stages (dvc repro) for a profile under one MLflow parent run",
-    "register-model": "register the segmenter, the classifier and the two-stage pipeline model "
-    "in MLflow as the challenger",
-    "evaluate-external": "score a registered version (default: the challenger) on the external "
-    "datasets in params.yaml; figures go on the version and into the promotion guard",
-    "promote-model": "make the challenger (or --version N) the champion if the rule in "
-    "params.yaml says so; roll back by hand",
-    "show-model": "print the model card of the champion (or --version N) of busi-pipeline",
-    "ingest-batch": "validate a batch of new images from the landing zone, quarantine bad "
-    "files, merge the good ones and make a new data version",
-    "reproduce": "rebuild a past MLflow run from its code commit, data version and params, "
-    "and compare the metrics",
-    "run-training": "import the data and run the busi_training DAG end to end through Airflow",
-    "run-step": "run one step of a busi_training DAG run (what a Kubernetes pod runs)",
-    "serve": "serve the champion model over REST on 127.0.0.1 (follows promotions and "
-    "rollbacks without a restart)",
-    "predict": "print the champion's answer for image files, one JSON line per image",
-    "app": "the Streamlit page: upload an image, see the lesion outline, ROI and class",
-    "up": "start the local platform: MLflow server and Airflow, on 127.0.0.1",
-    "down": "stop the local platform started by `busi up`",
+# The one table: command -> (entry point "module:function", what it does in whole sentences).
+# Each pipeline step's command is the step's name with '-' for '_' (the DVC stage and the
+# Airflow task id), and its module is components/<step>.py.
+TABLE: dict[str, tuple[str, str]] = {
+    "ingest-data": (
+        "components.ingest_data:main",
+        "Import the BUSI folder or zip into data/busi and version it with DVC.",
+    ),
+    "validate-data": (
+        "components.validate_data:main",
+        "Build the manifest, run the Great Expectations suite and quarantine bad files.",
+    ),
+    "split-data": (
+        "components.split_data:main",
+        "Split the accepted images into train, val and test by near-duplicate group, "
+        "stratified by class, keeping the test split frozen.",
+    ),
+    "augment-data": (
+        "components.augment_data:main",
+        "Resize the split images, augment the train split and write TFRecords.",
+    ),
+    "train-unet": (
+        "components.train_unet:main",
+        "Train the U-Net lesion segmenter (an interrupted run resumes).",
+    ),
+    "crop-rois": (
+        "components.crop_rois:main",
+        "Segment every image and crop the region of interest for the classifier.",
+    ),
+    "train-classifier": (
+        "components.train_classifier:main",
+        "Train the benign/malignant/normal classifier on the crops.",
+    ),
+    "evaluate-models": (
+        "components.evaluate_models:main",
+        "Score the whole chain on the frozen test split, with intervals and behavioural checks.",
+    ),
+    "stress-test-models": (
+        "components.stress_test_models:main",
+        "Score the chain on the test split under shifts other sites bring (field of view, "
+        "pixel size, gain, blur, speckle, JPEG).",
+    ),
+    "run-pipeline": (
+        "components.run_pipeline:main",
+        "Run all stages (dvc repro) for a profile under one MLflow parent run.",
+    ),
+    "register-model": (
+        "components.register_model:main",
+        "Register the segmenter, the classifier and the two-stage pipeline model in MLflow "
+        "as the challenger.",
+    ),
+    "evaluate-external": (
+        "components.evaluate_external:main",
+        "Score a registered version (default: the challenger) on the external datasets in "
+        "params.yaml; the figures go on the version and into the promotion guard.",
+    ),
+    "promote-model": (
+        "components.promote_model:main",
+        "Make the challenger (or --version N) the champion if the rule in params.yaml says "
+        "so; roll back by hand.",
+    ),
+    "show-model": (
+        "components.model_card:main",
+        "Print the model card of the champion (or --version N) of busi-pipeline.",
+    ),
+    "ingest-batch": (
+        "components.ingest_batch:main",
+        "Validate a batch of new images from the landing zone, quarantine bad files, merge "
+        "the good ones and make a new data version.",
+    ),
+    "reproduce": (
+        "components.reproduce:main",
+        "Rebuild a past MLflow run from its code commit, data version and params, and "
+        "compare the metrics.",
+    ),
+    "run-training": (
+        "components.orchestrate:main_run_training",
+        "Import the data and run the busi_training DAG end to end through Airflow.",
+    ),
+    "run-step": (
+        "components.orchestrate:main_run_step",
+        "Run one step of a busi_training DAG run (what a Kubernetes pod runs).",
+    ),
+    "serve": (
+        "components.serve_model:main_serve",
+        "Serve the champion model over REST on 127.0.0.1; promotions and rollbacks are "
+        "followed without a restart.",
+    ),
+    "predict": (
+        "components.predict_images:main_predict",
+        "Print the champion's answer for image files, one JSON line per image.",
+    ),
+    "app": (
+        "components.app:main_app",
+        "Start the Streamlit page: upload an image, see the lesion outline, ROI and class.",
+    ),
+    "up": (
+        "components.platform:main_up",
+        "Start the local platform: the MLflow server and Airflow, on 127.0.0.1.",
+    ),
+    "down": ("components.platform:main_down", "Stop the local platform started by `busi up`."),
 }
 
-# A command whose module is not named after it.
-MODULES = {
-    "up": "platform",
-    "down": "platform",
-    "run-training": "orchestrate",
-    "run-step": "orchestrate",
-    "serve": "serve_model",
-    "predict": "predict_images",
-    "app": "app",
-    "show-model": "model_card",
-}
+COMMANDS = {name: text for name, (_entry, text) in TABLE.items()}
+
+
+def entry_point(command: str) -> tuple[str, str]:
+    """(module, function) of a command."""
+    module, function = TABLE[command][0].split(":")
+    return module, function
+
+
+def describe(command: str) -> str:
+    """What a command does: its parser's description and its line in `busi --help`."""
+    return TABLE[command][1]
+
+
+def parser_for(command: str):
+    """The argument parser of ``busi COMMAND``, described by its line of the table."""
+    import argparse
+
+    return argparse.ArgumentParser(prog=f"busi {command}", description=describe(command))
 
 
 def _usage() -> str:
@@ -62,7 +140,11 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    indent = " " * (width + 4)
+    for name, text in COMMANDS.items():
+        lines += textwrap.wrap(
+            text, 100, initial_indent=f"  {name:<{width}}  ", subsequent_indent=indent
+        )
     return "\n".join(lines)
 
 
@@ -76,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"busi: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    module_name = MODULES.get(command, command.replace("-", "_"))
-    module = importlib.import_module(f"components.{module_name}")
-    entry = getattr(module, f"main_{command.replace('-', '_')}", None) or module.main
+    module_name, function = entry_point(command)
+    entry = getattr(importlib.import_module(module_name), function)
     try:
         return int(entry(rest) or 0)
     except BusiError as exc:

@@ -25,7 +25,6 @@ files read and the model called). Shell: ``evaluate`` and ``main``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -343,12 +342,22 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="busi evaluate-external", description=__doc__.split("\n")[0]
-    )
+    from components.cli import parser_for
+
+    parser = parser_for("evaluate-external")
     parser.add_argument("--version", type=int, default=None, help="default: the params' alias")
-    parser.add_argument("--out", type=Path, default=Path("reports/external.json"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/external.json"),
+        help="where to write the external report (JSON) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "evaluate_external", ExternalConfig)

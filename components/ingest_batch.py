@@ -16,7 +16,6 @@ merge, ``dvc commit`` and ``dvc push``), which the Airflow DAG calls, and ``main
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fcntl
 import json
@@ -873,7 +872,9 @@ def summarize(result: IngestBatchResult, limit: int = 10) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi ingest-batch", description=__doc__.split("\n")[0])
+    from components.cli import parser_for
+
+    parser = parser_for("ingest-batch")
     parser.add_argument(
         "--landing",
         default=os.environ.get("BUSI_LANDING"),

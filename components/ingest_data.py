@@ -12,7 +12,6 @@ Core: ``find_dataset_root``, ``list_tree`` and ``same_tree`` (pure path logic). 
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import logging
 import os
@@ -240,7 +239,9 @@ def ingest(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi ingest-data", description=__doc__.split("\n")[0])
+    from components.cli import parser_for
+
+    parser = parser_for("ingest-data")
     parser.add_argument(
         "source",
         nargs="?",

@@ -10,7 +10,6 @@ Core: ``render_card`` (plain values in, Markdown out). Shell: ``collect_training
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -392,9 +391,9 @@ def version_description(name: str, version: str, tracking_uri: str) -> str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="busi show-model", description="print the model card of a busi-pipeline version"
-    )
+    from components.cli import parser_for
+
+    parser = parser_for("show-model")
     parser.add_argument("--version", type=int, default=None, help="default: the champion")
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)

@@ -413,13 +413,15 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
 
 
 def main_run_training(argv: list[str] | None = None) -> int:
-    import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="busi run-training",
-        description="import the data and run the busi_training DAG end to end through Airflow",
+    from components.cli import parser_for
+
+    parser = parser_for("run-training")
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("BUSI_PROFILE", "default"),
+        help="default (real data) or profiles/NAME.yaml (default: $BUSI_PROFILE or default)",
     )
-    parser.add_argument("--profile", default=os.environ.get("BUSI_PROFILE", "default"))
     parser.add_argument(
         "--source",
         type=Path,
@@ -444,15 +446,18 @@ def main_run_training(argv: list[str] | None = None) -> int:
 def main_run_step(argv: list[str] | None = None) -> int:
     """``busi run-step STEP --airflow-run-id ID``: one task of busi_training outside the
     Airflow worker (what a Kubernetes pod runs)."""
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(
-        prog="busi run-step", description="run one step of a busi_training DAG run"
-    )
-    parser.add_argument("step", choices=TRAINING_STEPS)
+    from components.cli import parser_for
+
+    parser = parser_for("run-step")
+    parser.add_argument("step", choices=TRAINING_STEPS, help="the step (task id) to run")
     parser.add_argument("--airflow-run-id", required=True, help="the DAG run's run_id")
-    parser.add_argument("--dag-id", default="busi_training")
+    parser.add_argument(
+        "--dag-id",
+        default="busi_training",
+        help="the DAG the run belongs to (default: %(default)s)",
+    )
     parser.add_argument("--profile", default=None, help="default: $BUSI_PROFILE or default")
     args = parser.parse_args(argv)
     out = run_step(args.step, args.airflow_run_id, args.dag_id, args.profile or None)

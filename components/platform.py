@@ -822,8 +822,10 @@ def _project_default() -> Path:
     return PROJECT_ROOT
 
 
-def _parser(prog: str, description: str, timeout: float) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def _parser(command: str, timeout: float) -> argparse.ArgumentParser:
+    from components.cli import parser_for
+
+    parser = parser_for(command)
     parser.add_argument(
         "--project",
         type=Path,
@@ -837,13 +839,24 @@ def _parser(prog: str, description: str, timeout: float) -> argparse.ArgumentPar
 
 
 def main_up(argv: list[str] | None = None) -> int:
-    args = _parser("busi up", "start MLflow and Airflow on 127.0.0.1", 180.0).parse_args(argv)
+    parser = _parser("up", 180.0)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="CeleryExecutor with two workers, Redis, Postgres and S3 (components/cluster.py)",
+    )
+    args = parser.parse_args(argv)
+    if args.cluster:
+        from components import cluster
+
+        cluster.up(cluster.load(args.project or _project_default()), timeout=max(args.timeout, 300))
+        return 0
     up(settings_from_env(args.project or _project_default()), timeout=args.timeout)
     return 0
 
 
 def main_down(argv: list[str] | None = None) -> int:
-    args = _parser("busi down", "stop the platform started by `busi up`", 30.0).parse_args(argv)
+    args = _parser("down", 30.0).parse_args(argv)
     project = Path(args.project or _project_default()).resolve()
     down(platform_dir(project), timeout=args.timeout)
     return 0

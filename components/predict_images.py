@@ -11,7 +11,6 @@ and the exit code is then 2.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import sys
@@ -50,12 +49,17 @@ def mask_name(path: Path, used: set[str]) -> str:
 
 
 def main_predict(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="busi predict",
-        description="the champion's answer for image files, one JSON line per image",
+    from components.cli import parser_for
+
+    parser = parser_for("predict")
+    parser.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)"
     )
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    parser.add_argument("--model-uri", default=DEFAULT_MODEL_URI)
+    parser.add_argument(
+        "--model-uri",
+        default=DEFAULT_MODEL_URI,
+        help="the MLflow model to use (default: %(default)s)",
+    )
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     parser.add_argument("--with-mask", action="store_true", help="include mask_png (base64)")
     parser.add_argument("--out", type=Path, default=None, help="write the mask PNGs here")

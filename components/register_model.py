@@ -17,7 +17,6 @@ Core: ``fingerprint``, ``version_tags`` (pure). Shell: ``register`` and ``main``
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -288,13 +287,45 @@ def _int(value) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi register-model", description=__doc__.split("\n")[0])
-    parser.add_argument("--unet", type=Path, default=Path("models/unet.keras"))
-    parser.add_argument("--classifier", type=Path, default=Path("models/classifier.keras"))
-    parser.add_argument("--rois", type=Path, default=Path("data/rois"))
-    parser.add_argument("--evaluation", type=Path, default=Path("metrics/evaluation.json"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
-    parser.add_argument("--per-image", type=Path, default=Path("plots/evaluation/per_image.csv"))
+    from components.cli import parser_for
+
+    parser = parser_for("register-model")
+    parser.add_argument(
+        "--unet",
+        type=Path,
+        default=Path("models/unet.keras"),
+        help="the U-Net that train-unet saved (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        default=Path("models/classifier.keras"),
+        help="the classifier that train-classifier saved (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rois",
+        type=Path,
+        default=Path("data/rois"),
+        help="the crops and summary.json that crop-rois wrote (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--evaluation",
+        type=Path,
+        default=Path("metrics/evaluation.json"),
+        help="the figures that evaluate-models wrote (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("data/splits.csv"),
+        help="the split that split-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--per-image",
+        type=Path,
+        default=Path("plots/evaluation/per_image.csv"),
+        help="the per-image predictions that evaluate-models wrote (CSV) (default: %(default)s)",
+    )
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)
     result = register(

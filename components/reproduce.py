@@ -23,7 +23,6 @@ Core (pure): ``pipeline_run_of``, ``make_plan``, ``code_drift``, ``compare_metri
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -697,7 +696,9 @@ def reproduce(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi reproduce", description=__doc__.split("\n")[0])
+    from components.cli import parser_for
+
+    parser = parser_for("reproduce")
     parser.add_argument("run_id", help="an MLflow pipeline run, or one of its step runs")
     parser.add_argument(
         "--workspace",

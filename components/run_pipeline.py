@@ -11,7 +11,6 @@ real-data outputs are never touched. The profile is the one setting: ``--profile
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -178,7 +177,9 @@ def run(profile: str, source: Path | None, project: Path, workspace: Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi run-pipeline", description=__doc__.split("\n")[0])
+    from components.cli import parser_for
+
+    parser = parser_for("run-pipeline")
     parser.add_argument(
         "--profile",
         default=os.environ.get("BUSI_PROFILE", "default"),
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where a non-default profile runs (default scratch/<profile>)",
     )
-    parser.add_argument("--project", type=Path, default=Path("."))
+    parser.add_argument(
+        "--project", type=Path, default=Path("."), help="the project root (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     out = run(args.profile, args.source, args.project, args.workspace)
     print(f"workspace: {out['workspace']}\ndata version: {out['data_version']}")

@@ -484,17 +484,25 @@ def _follow(holder: ModelHolder, interval: float, stop: threading.Event) -> None
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-uri", default=DEFAULT_MODEL_URI)
+    parser.add_argument(
+        "--model-uri",
+        default=DEFAULT_MODEL_URI,
+        help="the MLflow model to use (default: %(default)s)",
+    )
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
 
 
 def main_serve(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="busi serve",
-        description="serve the champion busi-pipeline over REST on 127.0.0.1; follows its alias",
-    )
+    from components.cli import parser_for
+
+    parser = parser_for("serve")
     _add_model_args(parser)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="the TCP port on 127.0.0.1 (default: %(default)s)",
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",

@@ -13,7 +13,6 @@ Core: ``split_manifest`` (accepted manifest rows + previous split -> new split).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -241,11 +240,33 @@ def run(manifest_path: Path, splits_path: Path, report_path: Path, cfg: SplitCon
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi split-data", description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
-    parser.add_argument("--report", type=Path, default=Path("reports/split.json"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    from components.cli import parser_for
+
+    parser = parser_for("split-data")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("data/manifest.csv"),
+        help="the manifest that validate-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("data/splits.csv"),
+        help="the split that split-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=Path("reports/split.json"),
+        help="where to write the report (JSON) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "split_data", SplitConfig)
     from components import tracking

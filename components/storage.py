@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m components.storage", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("urls", nargs="+", metavar="s3://bucket[/prefix]")
+    parser.add_argument("urls", nargs="+", metavar="s3://bucket[/prefix]", help="S3 URLs to create")
     parser.add_argument(
         "--endpoint-url",
         default=None,

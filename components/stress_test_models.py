@@ -16,7 +16,6 @@ Core: ``shifts`` and ``stress_test``. Shell: ``main`` writes ``metrics/stress_te
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -216,17 +215,57 @@ def flat_metrics(report: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="busi stress-test-models", description=__doc__.split("\n")[0]
+    from components.cli import parser_for
+
+    parser = parser_for("stress-test-models")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data/busi"),
+        help="the BUSI-layout folder of class folders (default: %(default)s)",
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("data/busi"))
-    parser.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.csv"))
-    parser.add_argument("--unet", type=Path, default=Path("models/unet.keras"))
-    parser.add_argument("--classifier", type=Path, default=Path("models/classifier.keras"))
-    parser.add_argument("--rois", type=Path, default=Path("data/rois"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/stress_test.json"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("data/manifest.csv"),
+        help="the manifest that validate-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("data/splits.csv"),
+        help="the split that split-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--unet",
+        type=Path,
+        default=Path("models/unet.keras"),
+        help="the U-Net that train-unet saved (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        default=Path("models/classifier.keras"),
+        help="the classifier that train-classifier saved (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rois",
+        type=Path,
+        default=Path("data/rois"),
+        help="the crops and summary.json that crop-rois wrote (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/stress_test.json"),
+        help="where to write the step's figures (JSON) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "stress_test_models", StressConfig)
     for path, step in ((args.unet, "train-unet"), (args.classifier, "train-classifier")):

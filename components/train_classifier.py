@@ -14,7 +14,6 @@ Core: ``build_classifier``, ``class_weights`` and ``fit_classifier``. Shell: ``m
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -195,14 +194,39 @@ def load_rois(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="busi train-classifier", description=__doc__.split("\n")[0]
+    from components.cli import parser_for
+
+    parser = parser_for("train-classifier")
+    parser.add_argument(
+        "--rois",
+        type=Path,
+        default=Path("data/rois"),
+        help="the crops and summary.json that crop-rois wrote (default: %(default)s)",
     )
-    parser.add_argument("--rois", type=Path, default=Path("data/rois"))
-    parser.add_argument("--model", type=Path, default=Path("models/classifier.keras"))
-    parser.add_argument("--history", type=Path, default=Path("plots/train_classifier.csv"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/train_classifier.json"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/classifier.keras"),
+        help="where to save the trained classifier (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=Path("plots/train_classifier.csv"),
+        help="where to write the per-epoch history (CSV) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/train_classifier.json"),
+        help="where to write the step's figures (JSON) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "train_classifier", ClassifierConfig)
     x_train, y_train = load_rois(args.rois / "train.npz")

@@ -20,7 +20,6 @@ and writes the model, the per-epoch history and MLflow records.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -352,13 +351,45 @@ def _fingerprint(params: dict, train_records: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi train-unet", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--model", type=Path, default=Path("models/unet.keras"))
-    parser.add_argument("--backup-dir", type=Path, default=Path("models/unet.backup"))
-    parser.add_argument("--history", type=Path, default=Path("plots/train_unet.csv"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/train_unet.json"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    from components.cli import parser_for
+
+    parser = parser_for("train-unet")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/prepared"),
+        help="the TFRecords and meta.json that augment-data wrote (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/unet.keras"),
+        help="where to save the trained U-Net (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backup-dir",
+        type=Path,
+        default=Path("models/unet.backup"),
+        help="the backup a killed run resumes from (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=Path("plots/train_unet.csv"),
+        help="where to write the per-epoch history (CSV) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/train_unet.json"),
+        help="where to write the step's figures (JSON) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "train_unet", UnetConfig)
     roi = chain_config(args.params)

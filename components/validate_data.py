@@ -9,7 +9,6 @@ folder and writes ``data/manifest.csv`` and ``reports/validation.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -696,11 +695,33 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="busi validate-data", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data/busi"))
-    parser.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
-    parser.add_argument("--report", type=Path, default=Path("reports/validation.json"))
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    from components.cli import parser_for
+
+    parser = parser_for("validate-data")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data/busi"),
+        help="the BUSI-layout folder of class folders (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("data/manifest.csv"),
+        help="the manifest that validate-data writes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=Path("reports/validation.json"),
+        help="where to write the report (JSON) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; this step reads its own section (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "validate_data", ValidateConfig)
     from components import tracking
