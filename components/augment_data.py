@@ -1,6 +1,7 @@
 """augment_data: turn the split images into training inputs for the segmenter: grayscale,
 resized, with their combined masks, and, for the train split only, augmented copies
-(flips, small rotations and scaling, brightness/contrast, speckle noise). Written as one
+(flips, small rotations and scaling, brightness/contrast, speckle noise and, when set, the
+shifts of other sites: tighter fields of view, gamma, blur). Written as one
 TFRecord file per split that training streams with tf.data.
 
 Core: ``augment_pair`` (one image and mask -> an augmented copy) and ``prepare_split``
@@ -40,12 +41,63 @@ class AugmentConfig:
     contrast: float = 0.15  # multiplied around the mean
     speckle: float = 0.1  # std of multiplicative noise
     seed: int = 0
+    # Shifts other sites' images bring (the stress tests of stress_test_models), all off
+    # at 0. A copy is, with probability crop, a tighter field of view: a crop of
+    # crop_area[0]..1 of the image with a height/width ratio in crop_aspect, holding the
+    # whole lesion where it fits, resized back (zoom and aspect change together); gamma:
+    # the exponent's log drawn from +-gamma; blur: a Gaussian of sigma up to blur_sigma px.
+    crop: float = 0.0
+    crop_area: tuple[float, float] = (0.4, 1.0)
+    crop_aspect: tuple[float, float] = (0.75, 1.6)
+    gamma: float = 0.0
+    blur_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError("image_size must be a multiple of 16 (the U-Net halves it 4 times)")
         if self.copies < 0:
             raise ValueError("copies must be >= 0")
+        if not 0 <= self.crop <= 1:
+            raise ValueError("crop is a probability in [0, 1]")
+        low, high = self.crop_area
+        if not 0 < low <= high <= 1:
+            raise ValueError("crop_area must be [low, high] with 0 < low <= high <= 1")
+        if not 0 < self.crop_aspect[0] <= self.crop_aspect[1]:
+            raise ValueError("crop_aspect must be [low, high] with 0 < low <= high")
+        if self.gamma < 0 or self.blur_sigma < 0:
+            raise ValueError("gamma and blur_sigma must be >= 0")
+
+
+def field_of_view(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    area: tuple[float, float],
+    aspect: tuple[float, float],
+) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of a random crop of ``area`` of the image with a
+    height/width ratio in ``aspect`` (log-uniform), placed to hold the whole lesion where the
+    crop is large enough, else centred on it; the whole image is kept if nothing fits."""
+    height, width = mask.shape
+    share = rng.uniform(*area)
+    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])))
+    h = round(min(height, float(np.sqrt(share * height * width * ratio))))
+    w = round(min(width, share * height * width / max(h, 1)))
+    if h < 8 or w < 8:
+        return 0, 0, height, width
+    rows, cols = np.nonzero(mask)
+
+    def place(size: int, full: int, lo: int | None, hi: int | None) -> int:
+        if lo is None:
+            return int(rng.integers(0, full - size + 1))
+        first, last = max(0, hi - size), min(lo, full - size)  # lesion [lo, hi) inside
+        if first <= last:
+            return int(rng.integers(first, last + 1))
+        return int(np.clip((lo + hi - size) // 2, 0, full - size))  # too small: centre it
+
+    has = rows.size > 0
+    top = place(h, height, rows.min() if has else None, rows.max() + 1 if has else None)
+    left = place(w, width, cols.min() if has else None, cols.max() + 1 if has else None)
+    return top, left, top + h, left + w
 
 
 def augment_pair(
@@ -54,6 +106,11 @@ def augment_pair(
     """One random augmented copy of a uint8 image and its boolean mask (same geometry)."""
     img = image.astype(np.float32)
     msk = mask.astype(np.float32)
+    if cfg.crop and rng.random() < cfg.crop:
+        top, left, bottom, right = field_of_view(mask, rng, cfg.crop_area, cfg.crop_aspect)
+        size = img.shape
+        img = resize_gray(image[top:bottom, left:right], size[0]).astype(np.float32)
+        msk = resize_mask(mask[top:bottom, left:right], size[0]).astype(np.float32)
     if rng.random() < cfg.hflip:
         img, msk = img[:, ::-1], msk[:, ::-1]
     if rng.random() < cfg.vflip:
@@ -70,6 +127,11 @@ def augment_pair(
     mean = img.mean()
     img = (img - mean) * (1.0 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean
     img = img + rng.uniform(-cfg.brightness, cfg.brightness) * 255.0
+    if cfg.gamma:
+        exponent = float(np.exp(rng.uniform(-cfg.gamma, cfg.gamma)))
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** exponent
+    if cfg.blur_sigma:
+        img = ndimage.gaussian_filter(img, rng.uniform(0, cfg.blur_sigma))
     if cfg.speckle > 0:
         img = img * rng.normal(1.0, cfg.speckle, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8), msk > 0.5

@@ -115,6 +115,64 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert aug_image[aug_mask].mean() > 150 > aug_image[~aug_mask].mean()
 
 
+def test_a_tighter_field_of_view_keeps_the_whole_lesion():
+    from components.augment_data import field_of_view
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((100, 120), bool)
+    mask[60:75, 90:110] = True
+    for _ in range(50):
+        top, left, bottom, right = field_of_view(mask, rng, (0.4, 0.7), (0.75, 1.6))
+        share = (bottom - top) * (right - left) / mask.size
+        assert 0.38 <= share <= 0.72
+        assert 0.7 <= (bottom - top) / (right - left) <= 1.7
+        assert mask[top:bottom, left:right].sum() == mask.sum()
+    empty = np.zeros((100, 120), bool)
+    top, left, bottom, right = field_of_view(empty, rng, (0.5, 0.5), (1.0, 1.0))
+    assert 0 <= top < bottom <= 100
+    assert 0 <= left < right <= 120
+
+
+def test_the_shift_augmentations_keep_image_and_mask_aligned():
+    rng = np.random.default_rng(1)
+    image = np.full((64, 64), 200, np.uint8)
+    image[40:52, 8:24] = 30  # a dark lesion
+    mask = image < 100
+    shifts = AugmentConfig(
+        image_size=64,
+        hflip=0,
+        rotate_degrees=0,
+        scale=0,
+        brightness=0,
+        contrast=0,
+        speckle=0,
+        crop=1.0,
+        crop_area=(0.4, 0.7),
+        gamma=0.5,
+        blur_sigma=1.0,
+    )
+    zoomed = 0
+    for _ in range(10):
+        aug_image, aug_mask = augment_pair(image, mask, rng, shifts)
+        assert aug_image.shape == image.shape
+        assert aug_mask.any()
+        assert aug_image[aug_mask].mean() < 100 < aug_image[~aug_mask].mean()
+        zoomed += aug_mask.sum() > mask.sum() * 1.2
+    assert zoomed >= 8  # a tighter view makes the lesion larger in the frame
+
+
+def test_shifts_off_draw_nothing_more():
+    off = AugmentConfig(image_size=32)
+    image = np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    augment_pair(image, image > 128, a, off)
+    # The draws of flips, rotation, zoom, contrast, brightness and speckle, nothing else:
+    # turning the shifts off leaves the committed augmentation as it was.
+    b.random(), b.random(), b.uniform(), b.uniform(), b.uniform(), b.uniform()
+    b.normal(1.0, off.speckle, (32, 32))
+    assert a.random() == b.random()
+
+
 def test_only_the_train_split_is_augmented():
     rng = np.random.default_rng(0)
     images = [np.full((50, 70), i * 40, np.uint8) for i in range(3)]
