@@ -45,7 +45,8 @@ def test_crop_has_the_requested_size_and_follows_the_box():
     image[40:60, 50:90] = 200
     crop, mask_crop = crop_roi(image, _mask(), (40, 50, 60, 90), 32)
     assert crop.shape == mask_crop.shape == (32, 32)
-    assert crop.min() == 200 and mask_crop.all()
+    assert crop.min() == 200
+    assert mask_crop.all()
 
 
 def test_clean_mask_drops_specks_and_keeps_the_largest():
@@ -55,7 +56,8 @@ def test_clean_mask_drops_specks_and_keeps_the_largest():
     prob[90, 90] = 0.99  # 1 px speck
     cfg = RoiConfig(threshold=0.5, min_area=0.005, keep="all")  # 50 px minimum
     kept = clean_mask(prob, cfg)
-    assert kept.sum() == 500 and not kept[90, 90]
+    assert kept.sum() == 500
+    assert not kept[90, 90]
     largest = clean_mask(prob, RoiConfig(threshold=0.5, min_area=0.005, keep="largest"))
     assert largest.sum() == 400
     assert not clean_mask(prob * 0.5, cfg).any()  # below the threshold: no lesion
@@ -63,15 +65,19 @@ def test_clean_mask_drops_specks_and_keeps_the_largest():
 
 def test_shape_features_and_classifier_input():
     feats = shape_features(_mask())
-    assert feats["aspect"] == pytest.approx(0.5) and feats["extent"] == pytest.approx(1.0)
+    assert feats["aspect"] == pytest.approx(0.5)
+    assert feats["extent"] == pytest.approx(1.0)
     assert shape_features(np.zeros((5, 5), bool))["area"] == 0.0
     images = [np.full((100, 200), 255, np.uint8), np.zeros((80, 60), np.uint8)]
     masks = [_mask(), np.zeros((80, 60), bool)]
     crops, mask_crops, boxes, _ = rois_from_masks(images, masks, RoiConfig(crop_size=16))
-    assert crops.shape == (2, 16, 16) and boxes[1].tolist() == [0, 0, 80, 60]
+    assert crops.shape == (2, 16, 16)
+    assert boxes[1].tolist() == [0, 0, 80, 60]
     x = classifier_input(crops, mask_crops)
-    assert x.shape == (2, 16, 16, 2) and x.dtype == np.float32
-    assert x[0, ..., 0].max() == pytest.approx(1.0) and x[1, ..., 1].max() == 0.0
+    assert x.shape == (2, 16, 16, 2)
+    assert x.dtype == np.float32
+    assert x[0, ..., 0].max() == pytest.approx(1.0)
+    assert x[1, ..., 1].max() == 0.0
 
 
 def test_probability_channel_is_the_probability_over_the_mask_box():
@@ -87,14 +93,17 @@ def test_probability_channel_is_the_probability_over_the_mask_box():
         [image, image], [mask, np.zeros_like(mask)], cfg, probs=[prob, faint]
     )
     assert boxes.tolist() == [[40, 50, 60, 90], [0, 0, 100, 200]]
-    assert channel.dtype == np.float32 and channel.shape == (2, 20, 20)
+    assert channel.dtype == np.float32
+    assert channel.shape == (2, 20, 20)
     plain = RoiConfig(margin=0.0, crop_size=20)
     binary_crops, binary, _, _ = rois_from_masks([image], [mask], plain)
     np.testing.assert_array_equal(crops[:1], binary_crops)  # same box, same image crop
     assert binary[0].min() == 1  # the mask fills its own box ...
-    assert channel[0].max() == pytest.approx(0.9) and channel[0].min() < 0.5  # ... the dip shows
+    assert channel[0].max() == pytest.approx(0.9)
+    assert channel[0].min() < 0.5  # ... the dip shows
     # The whole-image crop of the missed lesion still carries its faint probability.
-    assert 0.1 < channel[1].max() <= 0.4 and channel[1][10:, 10:].max() < 0.05
+    assert 0.1 < channel[1].max() <= 0.4
+    assert channel[1][10:, 10:].max() < 0.05
     with pytest.raises(ValueError, match="probs"):
         rois_from_masks([image], [mask], cfg)
 
@@ -139,9 +148,11 @@ def test_crop_rois_stores_the_probability_channel():
 
     cfg = CropConfig(crop_size=16, margin=0.0, mask_channel="probability", train_masks="both")
     out = rois_for_split(images, truth, [0, 2], ["a", "b"], predict, cfg, "train")
-    assert out["channel"].shape == (4, 16, 16) and out["channel"].dtype == np.float16
+    assert out["channel"].shape == (4, 16, 16)
+    assert out["channel"].dtype == np.float16
     assert out["mask_source"].tolist() == ["predicted"] * 2 + ["ground_truth"] * 2
     assert float(out["channel"][0].max()) == pytest.approx(0.8, abs=1e-3)
-    assert 0 < float(out["channel"][1].max()) <= 0.3 and out["area"][1] == 0  # whole image
+    assert 0 < float(out["channel"][1].max()) <= 0.3
+    assert out["area"][1] == 0  # whole image
     # The ground-truth crop's channel is still the U-Net's probability over its box.
     assert float(out["channel"][2].min()) == pytest.approx(0.8, abs=1e-3)

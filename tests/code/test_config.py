@@ -14,7 +14,8 @@ def test_sections_load_with_lists_as_tuples(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("validate_data:\n  classes: [a, b]\n  lesion_classes: [a]\n")
     cfg = load_section(path, "validate_data", ValidateConfig)
-    assert cfg.classes == ("a", "b") and cfg.min_side == ValidateConfig().min_side
+    assert cfg.classes == ("a", "b")
+    assert cfg.min_side == ValidateConfig().min_side
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,6 @@ def test_smoke_workspace_gets_merged_params_and_its_own_dvc(tmp_path):
     assert params["augment_data"]["image_size"] == smoke["augment_data"]["image_size"]
     assert params["train_unet"]["architecture"] == base["train_unet"]["architecture"]
     assert "synthetic" not in params  # generator settings are not a stage's params
-    assert (ws / ".dvc").is_dir() and (ws / "dvc.yaml").read_text() == (
-        REPO_ROOT / "dvc.yaml"
-    ).read_text()
+    assert (ws / ".dvc").is_dir()
+    assert (ws / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
     assert (ws / "components").resolve() == (REPO_ROOT / "components").resolve()

@@ -64,9 +64,11 @@ def make_bus_bra(root: Path, seed: int = 1) -> Path:
 
 def test_both_layouts_are_read_and_bad_files_are_skipped_with_a_reason(tmp_path):
     items, problems = ee.read_manifest(make_manifest_set(tmp_path / "m"))
-    assert len(items) == 12 and problems == []
+    assert len(items) == 12
+    assert problems == []
     images, masks, kept, bad = ee.load_items(items)
-    assert len(kept) == 9 and len(images) == len(masks) == 9
+    assert len(kept) == 9
+    assert len(images) == len(masks) == 9
     assert sorted(p["reason"] for p in bad) == [
         "decode_error",
         "mask_size_mismatch",
@@ -74,18 +76,22 @@ def test_both_layouts_are_read_and_bad_files_are_skipped_with_a_reason(tmp_path)
     ]
     items, problems = ee.read_bus_bra(make_bus_bra(tmp_path / "b"))
     assert [i.image.name for i in items][:1] == ["bus_0001-l.png"]
-    assert items[0].mask.name == "mask_0001-l.png" and items[0].patient == "1"
+    assert items[0].mask.name == "mask_0001-l.png"
+    assert items[0].patient == "1"
     _, _, kept, bad = ee.load_items(items)
-    assert len(kept) == 5 and [p["reason"] for p in bad] == ["missing_file"]
+    assert len(kept) == 5
+    assert [p["reason"] for p in bad] == ["missing_file"]
 
 
 def test_a_set_that_cannot_be_read_is_reported_not_raised(tmp_path):
     one = ee.ExternalSet("gone", str(tmp_path / "nothing.csv"))
     report = ee.evaluate_set(one, predict=None, batch_size=4, project=tmp_path)
-    assert report["status"] == "unreadable" and "not found" in report["error"]
+    assert report["status"] == "unreadable"
+    assert "not found" in report["error"]
     (tmp_path / "bad.csv").write_text("path,class\nx.png,benign\n")
     report = ee.evaluate_set(ee.ExternalSet("bad", "bad.csv"), None, 4, tmp_path)
-    assert report["status"] == "unreadable" and "lacks the columns" in report["error"]
+    assert report["status"] == "unreadable"
+    assert "lacks the columns" in report["error"]
 
 
 def test_settings_are_checked():
@@ -123,7 +129,9 @@ def test_figures_overall_and_per_device_on_both_layouts(tmp_path, smoke_chain):
     images, masks, kept, _ = ee.load_items(ee.read_manifest(make_manifest_set(tmp_path))[0])
     report = ee.score_set(images, masks, kept, smoke_chain, batch_size=4)
     overall = report["overall"]
-    assert overall["n_images"] == 9 and overall["n_normal"] == 3 and overall["n_patients"] == 5
+    assert overall["n_images"] == 9
+    assert overall["n_normal"] == 3
+    assert overall["n_patients"] == 5
     assert "normal_false_lesion_rate" in overall
     assert set(report["per_device"]) == {"A", "B"}
     assert sum(d["n_images"] for d in report["per_device"].values()) == 9

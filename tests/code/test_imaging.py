@@ -35,7 +35,8 @@ def gray() -> np.ndarray:
 def test_rgb_and_gray_decode_to_the_same_pixels(gray):
     from_l = decode_image(_encode(Image.fromarray(gray)), max_pixels=LIMIT)
     from_rgb = decode_image(_encode(Image.fromarray(np.dstack([gray] * 3))), max_pixels=LIMIT)
-    assert from_l.conversion is None and from_rgb.conversion.startswith("RGB")
+    assert from_l.conversion is None
+    assert from_rgb.conversion.startswith("RGB")
     np.testing.assert_array_equal(from_l.pixels, from_rgb.pixels)
     np.testing.assert_array_equal(from_l.pixels, gray)
 
@@ -51,8 +52,10 @@ def test_rgb_and_gray_decode_to_the_same_pixels(gray):
 )
 def test_other_modes_are_converted_and_say_so(gray, make, mode):
     decoded = decode_image(_encode(make(gray)), max_pixels=LIMIT)
-    assert decoded.mode == mode and decoded.conversion
-    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == gray.shape
+    assert decoded.mode == mode
+    assert decoded.conversion
+    assert decoded.pixels.dtype == np.uint8
+    assert decoded.pixels.shape == gray.shape
     assert np.abs(decoded.pixels.astype(int) - gray).max() <= 2  # palette quantises a little
 
 
@@ -90,17 +93,22 @@ def test_decompression_bomb_is_refused_from_the_header():
     assert len(bomb) < 100_000
     with pytest.raises(ImageDecodeError) as err:
         decode_image(bomb, max_pixels=LIMIT)
-    assert err.value.reason == "too_large" and "12000000" in err.value.detail
+    assert err.value.reason == "too_large"
+    assert "12000000" in err.value.detail
 
 
 def test_masks_any_nonzero_is_lesion_and_binary_is_checked():
     m = np.zeros((20, 30), dtype=np.uint8)
     m[5:10, 5:15] = 255
     mask, binary, mode = decode_mask(_encode(Image.fromarray(m).convert("1")), max_pixels=LIMIT)
-    assert binary and mode == "1" and mask.sum() == 50
+    assert binary
+    assert mode == "1"
+    assert mask.sum() == 50
     rgba = np.dstack([m, m, m, np.full_like(m, 255)])
     mask, binary, mode = decode_mask(_encode(Image.fromarray(rgba)), max_pixels=LIMIT)
-    assert binary and mode == "RGBA" and mask.sum() == 50
+    assert binary
+    assert mode == "RGBA"
+    assert mask.sum() == 50
     soft = m.copy()
     soft[5, 5] = 128
     _, binary, _ = decode_mask(_encode(Image.fromarray(soft)), max_pixels=LIMIT)
@@ -115,6 +123,8 @@ def test_phash_is_close_for_near_copies_and_far_for_other_images():
     resized = np.asarray(Image.fromarray(a).resize((150, 125)))
     hashes = [perceptual_hash(x) for x in (a, noisy, resized, b)]
     dist = hamming_matrix(hashes)
-    assert dist[0, 0] == 0 and (dist == dist.T).all()
-    assert dist[0, 1] <= 6 and dist[0, 2] <= 6
+    assert dist[0, 0] == 0
+    assert (dist == dist.T).all()
+    assert dist[0, 1] <= 6
+    assert dist[0, 2] <= 6
     assert dist[0, 3] > 12

@@ -257,7 +257,8 @@ def test_compose_health_checks_dependencies_and_volumes():
         if name not in one_shot:
             assert "healthcheck" in svc, f"{name} has no health check"
         for dep, how in (svc.get("depends_on") or {}).items():
-            assert dep in svcs and dep != name, f"{name} depends on {dep}"
+            assert dep in svcs, f"{name} depends on {dep}"
+            assert dep != name, f"{name} depends on {dep}"
             wanted = "service_completed_successfully" if dep in one_shot else "service_healthy"
             assert how["condition"] == wanted, f"{name} -> {dep}"
         for volume in svc.get("volumes") or []:
@@ -447,7 +448,8 @@ def test_helm_values_describe_the_kubernetes_executor_with_git_dags():
     assert values["executor"] == "KubernetesExecutor"
     assert values["postgresql"]["enabled"] is False
     git = values["dags"]["gitSync"]
-    assert git["enabled"] is True and (REPO / git["subPath"]).is_dir()
+    assert git["enabled"] is True
+    assert (REPO / git["subPath"]).is_dir()
     assert values["airflowVersion"] == _locked("requirements/lock.txt")["apache-airflow"]
     assert values["airflowHome"] == "/opt/busi/airflow-home"  # the image's AIRFLOW_HOME
     assert "AIRFLOW_HOME=/opt/busi/airflow-home" in (REPO / "infra" / "Dockerfile").read_text()
@@ -518,7 +520,8 @@ def test_image_lock_extends_the_project_lock():
     assert differ <= {"packaging", "celery", "kombu"}, {n: (project[n], image[n]) for n in differ}
     for provider in ("apache-airflow-providers-celery", "apache-airflow-providers-cncf-kubernetes"):
         assert provider in image
-    assert "redis" in image and "asyncpg" in image
+    assert "redis" in image
+    assert "asyncpg" in image
     dockerfile = (REPO / "infra" / "Dockerfile").read_text()
     assert "pip install -r /opt/busi/project/infra/lock.txt" in dockerfile
     ignored = (REPO / "infra" / "Dockerfile.dockerignore").read_text().split()

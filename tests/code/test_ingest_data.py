@@ -34,7 +34,8 @@ def _md5(repo: Path) -> str:
 
 def test_first_ingest_versions_and_pushes(dvc_project, source, remote):
     result = ingest(source, dvc_project, str(remote))
-    assert result.changed and result.previous_version is None
+    assert result.changed
+    assert result.previous_version is None
     assert same_tree(source, dvc_project / DATA_DIR)
     assert _md5(dvc_project) == result.version
     assert any(remote.rglob("*")), "nothing was pushed to the remote"
@@ -47,7 +48,8 @@ def test_reingesting_the_same_data_is_a_no_op(dvc_project, source, remote):
     dvc_text = (dvc_project / DVC_FILE).read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in (dvc_project / DATA_DIR).rglob("*")}
     second = ingest(source, dvc_project, str(remote))
-    assert not second.changed and second.version == first.version
+    assert not second.changed
+    assert second.version == first.version
     assert (dvc_project / DVC_FILE).read_text() == dvc_text
     assert {p: p.stat().st_mtime_ns for p in (dvc_project / DATA_DIR).rglob("*")} == mtimes
 
@@ -61,7 +63,9 @@ def test_changed_data_makes_a_new_version_and_the_old_one_comes_back(
     shutil.copytree(source, v1_copy)
     make_busi_like(source, n_per_class=5, seed=4)  # rewrites and adds images
     v2 = ingest(source, dvc_project, str(remote))
-    assert v2.changed and v2.version != v1.version and v2.previous_version == v1.version
+    assert v2.changed
+    assert v2.version != v1.version
+    assert v2.previous_version == v1.version
     assert same_tree(source, dvc_project / DATA_DIR)
     # Back to v1 from the DVC file of that version, first from the cache ...
     (dvc_project / DVC_FILE).write_text(v1_dvc)
@@ -81,7 +85,8 @@ def test_zip_source_gives_the_same_version_as_the_folder(dvc_project, source, re
             zf.write(path, Path("Dataset_BUSI_with_GT") / path.relative_to(source))
     from_zip = ingest(archive, dvc_project, str(remote))
     from_folder = ingest(source, dvc_project, str(remote))
-    assert not from_folder.changed and from_folder.version == from_zip.version
+    assert not from_folder.changed
+    assert from_folder.version == from_zip.version
 
 
 def test_uncommitted_changes_in_data_are_not_overwritten(dvc_project, source, remote):
@@ -123,7 +128,8 @@ def test_s3_remote_round_trip(dvc_project, source, moto_server, monkeypatch):
     s3.create_bucket(Bucket="busi-data")
     result = ingest(source, dvc_project, "s3://busi-data/dvc", endpoint_url=moto_server)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="busi-data").get("Contents", [])]
-    assert keys and all(k.startswith("dvc/") for k in keys)
+    assert keys
+    assert all(k.startswith("dvc/") for k in keys)
     # A fresh copy of the project with no cache and no data pulls it back from S3.
     shutil.rmtree(dvc_project / ".dvc" / "cache")
     shutil.rmtree(dvc_project / DATA_DIR)

@@ -55,10 +55,13 @@ def test_a_copy_that_drifts_from_keras_is_refused(monkeypatch):
 
 def test_probe_inputs_cover_noise_blank_and_a_bright_disc():
     probe = probe_inputs((12, 10, 2), n=4)
-    assert probe.shape == (4, 12, 10, 2) and probe.dtype == np.float32
-    assert probe.min() >= 0 and probe.max() <= 1
+    assert probe.shape == (4, 12, 10, 2)
+    assert probe.dtype == np.float32
+    assert probe.min() >= 0
+    assert probe.max() <= 1
     assert not probe[2].any()  # blank
-    assert probe[3, 6, 5, 0] == pytest.approx(0.9) and probe[3, 0, 0, 0] == pytest.approx(0.1)
+    assert probe[3, 6, 5, 0] == pytest.approx(0.9)
+    assert probe[3, 0, 0, 0] == pytest.approx(0.1)
 
 
 def test_the_runtime_follows_config_then_environment_then_the_artifacts(monkeypatch):

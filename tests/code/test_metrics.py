@@ -97,9 +97,11 @@ def _segmentation_set():
 def test_lesion_dice_excludes_undefined_images_and_counts_them():
     res = segmentation_metrics(*_segmentation_set())
     dices = [row["dice"] for row in res["per_image"]]
-    assert dices[0] == 1.0 and dices[1] == 0.0
+    assert dices[0] == 1.0
+    assert dices[1] == 0.0
     assert math.isnan(dices[2])
-    assert dices[3] == 0.0 and dices[4] == 0.0  # empty truth + prediction: defined, 0
+    assert dices[3] == 0.0
+    assert dices[4] == 0.0  # empty truth + prediction: defined, 0
     assert res["n_lesion_images"] == 2
     assert res["n_undefined"] == 1
     assert res["dice_mean"] == pytest.approx(0.5)
@@ -154,7 +156,8 @@ def test_pixel_accuracy_is_pooled_over_images_of_different_sizes():
 def test_no_lesion_images_gives_nan_means_and_no_normals_nan_rate():
     empty = np.zeros((8, 8), bool)
     res = segmentation_metrics([empty], [empty], ["benign"])
-    assert math.isnan(res["dice_mean"]) and math.isnan(res["dice_median"])
+    assert math.isnan(res["dice_mean"])
+    assert math.isnan(res["dice_median"])
     assert res["n_lesion_images"] == 0
     assert math.isnan(res["normal_false_lesion_rate"])
 
@@ -226,7 +229,8 @@ def test_auc_is_one_for_a_perfectly_separating_malignant_score():
     curve = res["roc_curve"]
     assert curve["positive"] == "malignant"
     assert len(curve["fpr"]) == len(curve["tpr"]) >= 2
-    assert curve["fpr"][0] == 0.0 and curve["tpr"][-1] == 1.0
+    assert curve["fpr"][0] == 0.0
+    assert curve["tpr"][-1] == 1.0
 
 
 def test_auc_is_one_half_for_constant_scores():
@@ -238,7 +242,8 @@ def test_auc_is_one_half_for_constant_scores():
 def test_auc_is_nan_when_only_one_side_is_present():
     res = classification_metrics([0, 2, 0], _proba_for([0, 2, 0]), CLASSES)
     assert math.isnan(res["roc_auc_malignant_vs_rest"])
-    assert res["roc_curve"]["fpr"] == [] and res["roc_curve"]["tpr"] == []
+    assert res["roc_curve"]["fpr"] == []
+    assert res["roc_curve"]["tpr"] == []
 
 
 def test_auc_key_follows_the_positive_class():
@@ -324,7 +329,8 @@ def test_remove_small_components_drops_specks_with_8_connectivity():
     out = remove_small_components(mask, min_area_px=2)
     assert out.dtype == bool
     assert not out[14, 1]  # the 1 px speck is gone
-    assert out[8, 7] and out[9, 8]  # diagonal pair is one 2 px blob under 8-connectivity
+    assert out[8, 7]
+    assert out[9, 8]  # diagonal pair is one 2 px blob under 8-connectivity
     assert out.sum() == 16 + 4 + 2
     only_big = remove_small_components(mask, min_area_px=5)
     np.testing.assert_array_equal(only_big, largest_component(mask))
@@ -333,7 +339,9 @@ def test_remove_small_components_drops_specks_with_8_connectivity():
 @pytest.mark.parametrize("fn", [largest_component, lambda m: remove_small_components(m, 3)])
 def test_empty_mask_in_empty_mask_out(fn):
     out = fn(np.zeros((5, 7), dtype=bool))
-    assert out.dtype == bool and out.shape == (5, 7) and not out.any()
+    assert out.dtype == bool
+    assert out.shape == (5, 7)
+    assert not out.any()
 
 
 @pytest.mark.parametrize("largest_only", [True, False])
@@ -356,7 +364,8 @@ def test_keep_components_matches_a_brute_force_clean_up(largest_only):
     # Ties go to the first blob in row-major order.
     tie = np.zeros((6, 6), dtype=bool)
     tie[0, 4:6] = tie[4, 0:2] = True
-    assert keep_components(tie, 1, True)[0, 4] and not keep_components(tie, 1, True)[4, 0]
+    assert keep_components(tie, 1, True)[0, 4]
+    assert not keep_components(tie, 1, True)[4, 0]
     # A largest blob below the minimum area leaves nothing.
     assert not keep_components(tie, 3, True).any()
 
@@ -376,9 +385,13 @@ def test_to_jsonable_makes_strict_json_from_numpy_and_nan():
         "nested": [(np.int32(1), {"y": np.nan})],
     }
     out = to_jsonable(obj)
-    assert out["n"] == 3 and type(out["n"]) is int
-    assert out["x"] == 0.5 and type(out["x"]) is float
-    assert out["nan"] is None and out["np_nan"] is None and out["inf"] is None
+    assert out["n"] == 3
+    assert type(out["n"]) is int
+    assert out["x"] == 0.5
+    assert type(out["x"]) is float
+    assert out["nan"] is None
+    assert out["np_nan"] is None
+    assert out["inf"] is None
     assert out["flag"] is True
     assert out["arr"] == [1.0, None]
     assert out["nested"] == [[1, {"y": None}]]

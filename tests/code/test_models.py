@@ -15,7 +15,9 @@ keras = pytest.importorskip("keras")
 def test_unet_shapes_and_the_original_size():
     model = build_unet(32, ARCHITECTURES["compact"])
     out = model.predict(np.zeros((2, 32, 32, 1), np.float32), verbose=0)
-    assert out.shape == (2, 32, 32, 1) and (out >= 0).all() and (out <= 1).all()
+    assert out.shape == (2, 32, 32, 1)
+    assert (out >= 0).all()
+    assert (out <= 1).all()
     original = build_unet(128, ARCHITECTURES["original"])
     assert 30_000_000 < original.count_params() < 32_000_000  # the notebook's 31 M
 
@@ -111,7 +113,8 @@ def test_augmentation_keeps_image_and_mask_aligned():
     full = AugmentConfig(image_size=32, rotate_degrees=10, scale=0.1, speckle=0.1)
     for _ in range(5):
         aug_image, aug_mask = augment_pair(image, mask, rng, full)
-        assert aug_image.dtype == np.uint8 and aug_mask.dtype == bool
+        assert aug_image.dtype == np.uint8
+        assert aug_mask.dtype == bool
         assert aug_image[aug_mask].mean() > 150 > aug_image[~aug_mask].mean()
 
 
@@ -179,10 +182,12 @@ def test_only_the_train_split_is_augmented():
     masks = [np.zeros((50, 70), bool)] * 3
     cfg = AugmentConfig(image_size=32, copies=2)
     x, y, source = prepare_split(images, masks, True, cfg, rng)
-    assert x.shape == (9, 32, 32) and y.shape == (9, 32, 32)
+    assert x.shape == (9, 32, 32)
+    assert y.shape == (9, 32, 32)
     assert source.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     x, _, source = prepare_split(images, masks, False, cfg, rng)
-    assert x.shape == (3, 32, 32) and source.tolist() == [0, 1, 2]
+    assert x.shape == (3, 32, 32)
+    assert source.tolist() == [0, 1, 2]
 
 
 def test_tfrecords_round_trip(tmp_path):

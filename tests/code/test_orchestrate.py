@@ -47,11 +47,13 @@ def test_a_synced_stage_pulls_what_it_lacks_and_pushes_its_outputs():
         [],
     )
     before, main, after = step_commands("train_unet", sync=True)
-    assert before == [] and main == [*dvc, "repro", "--single-item", "--pull", "train_unet"]
+    assert before == []
+    assert main == [*dvc, "repro", "--single-item", "--pull", "train_unet"]
     assert after == [[*dvc, "push", "train_unet"]]
     before, main, after = step_commands("register_model", sync=True)
     assert before == [[*dvc, "pull", "crop_rois", "train_unet", "train_classifier"]]
-    assert main[-1] == "register-model" and after == []
+    assert main[-1] == "register-model"
+    assert after == []
     assert step_commands("promote_model", sync=True)[0] == []
 
 
@@ -59,21 +61,24 @@ def test_what_dvc_does_not_keep_travels_with_the_run():
     paths = uncached_outputs(REPO / "dvc.yaml")
     for expected in ("data/splits.csv", "metrics/evaluation.json", "plots/evaluation"):
         assert expected in paths
-    assert "models/unet.keras" not in paths and "data/rois" not in paths  # in the DVC remote
+    assert "models/unet.keras" not in paths
+    assert "data/rois" not in paths  # in the DVC remote
 
 
 @pytest.mark.parametrize("step", DVC_STAGES)
 def test_pod_arguments_follow_the_settings(step):
     env = {"BUSI_IMAGE": "reg.example/busi:1", "BUSI_K8S_NAMESPACE": "ml"}
     cfg = pod_settings(step, env)
-    assert cfg["image"] == "reg.example/busi:1" and cfg["namespace"] == "ml"
+    assert cfg["image"] == "reg.example/busi:1"
+    assert cfg["namespace"] == "ml"
     assert cfg["arguments"][:2] == ["run-step", step]
     assert "{{ run_id }}" in cfg["arguments"]
     assert cfg["env_vars"]["BUSI_DVC_SYNC"] == "1"
     assert cfg["name"] == "busi-" + step.replace("_", "-")  # a valid pod name
     gpu = step in GPU_STEPS
     assert ("nvidia.com/gpu" in cfg["limits"]) == gpu
-    assert bool(cfg["node_selector"]) == gpu and bool(cfg["tolerations"]) == gpu
+    assert bool(cfg["node_selector"]) == gpu
+    assert bool(cfg["tolerations"]) == gpu
 
 
 def test_pods_use_the_configmap_and_secret_of_infra_k8s():

@@ -67,7 +67,8 @@ def test_cli_lists_commands_and_rejects_unknown_ones():
     for command in ("ingest-data", "validate-data", "split-data"):
         assert command in proc.stdout
     bad = _busi(REPO_ROOT, "train-everything")
-    assert bad.returncode == 2 and "unknown command" in bad.stderr
+    assert bad.returncode == 2
+    assert "unknown command" in bad.stderr
 
 
 def test_step_names_agree_across_components_cli_and_dvc():

@@ -61,7 +61,8 @@ def _project_with_real_data(tmp_path: Path, env: dict) -> tuple[Path, Path, str]
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     version = recorded_version(project / "data.dvc")
-    assert version and (project / "data" / "busi" / "benign").is_dir()
+    assert version
+    assert (project / "data" / "busi" / "benign").is_dir()
     return project, real, version
 
 

@@ -81,8 +81,10 @@ def test_unknown_ids_and_a_lost_parent_are_named():
 def test_plan_reads_the_lineage_and_splits_a_dirty_commit():
     plan = make_plan(record(tags={**TAGS, "git_commit": f"{COMMIT}-dirty"}), "step")
     assert (plan.commit, plan.dirty, plan.profile) == (COMMIT, True, "smoke")
-    assert plan.run_id == "r1" and plan.requested_id == "step"
-    assert plan.data_version == TAGS["data_version"] and plan.params_md5 == TAGS["params_md5"]
+    assert plan.run_id == "r1"
+    assert plan.requested_id == "step"
+    assert plan.data_version == TAGS["data_version"]
+    assert plan.params_md5 == TAGS["params_md5"]
     assert split_commit(COMMIT) == (COMMIT, False)
 
 
@@ -131,10 +133,14 @@ def test_metrics_compare_with_an_absolute_tolerance():
     )
     by_name = {row.name: row for row in rows}
     assert by_name["a"].ok  # exactly the tolerance, whatever the float noise
-    assert not by_name["b"].ok and by_name["b"].diff == pytest.approx(0.03)
-    assert by_name["c"].ok and by_name["c"].diff == 0
-    assert by_name["gone"].new is None and not by_name["gone"].ok
-    assert by_name["x"].logged is None and not by_name["x"].ok
+    assert not by_name["b"].ok
+    assert by_name["b"].diff == pytest.approx(0.03)
+    assert by_name["c"].ok
+    assert by_name["c"].diff == 0
+    assert by_name["gone"].new is None
+    assert not by_name["gone"].ok
+    assert by_name["x"].logged is None
+    assert not by_name["x"].ok
 
 
 def test_lineage_compares_base_commits_and_only_code_data_params_decide():
@@ -142,8 +148,10 @@ def test_lineage_compares_base_commits_and_only_code_data_params_decide():
     rows = {
         row.name: row for row in compare_lineage({**TAGS, "git_commit": f"{COMMIT}-dirty"}, new)
     }
-    assert rows["git_commit"].same and rows["data_version"].same
-    assert not rows["dvc_lock_md5"].same and not rows["dvc_lock_md5"].decisive
+    assert rows["git_commit"].same
+    assert rows["data_version"].same
+    assert not rows["dvc_lock_md5"].same
+    assert not rows["dvc_lock_md5"].decisive
     assert not compare_lineage(TAGS, {**TAGS, "params_md5": "x"})[2].same
     older = {row.name: row for row in compare_lineage({"git_commit": COMMIT}, TAGS)}
     assert not older["params_md5"].decisive  # not logged by the original: cannot decide
@@ -157,14 +165,17 @@ def test_the_stage_params_in_dvc_lock_decide_over_the_params_md5():
         TAGS, {**TAGS, "params_md5": "changed"}, lock, json.loads(json.dumps(lock))
     )
     by_name = {row.name: row for row in rows}
-    assert not by_name["params_md5"].same and not by_name["params_md5"].decisive
-    assert by_name["stage_params"].same and by_name["stage_params"].decisive
+    assert not by_name["params_md5"].same
+    assert not by_name["params_md5"].decisive
+    assert by_name["stage_params"].same
+    assert by_name["stage_params"].decisive
     plan = make_plan(record(), "r1")
     metrics = compare_metrics({"accuracy": 0.8}, {"accuracy": 0.8}, 0.02)
     assert judge(metrics, rows, plan, None, 0.02).reproduced
     changed = compare_lineage(TAGS, TAGS, lock, other)
     verdict = judge(metrics, changed, plan, None, 0.02)
-    assert not verdict.reproduced and "the stage_params differs" in verdict.sentence
+    assert not verdict.reproduced
+    assert "the stage_params differs" in verdict.sentence
     assert "params differ" in verdict.sentence
 
 
@@ -185,7 +196,8 @@ def test_verdict_reproduced_within_tolerance():
     assert "uncommitted" not in verdict.sentence
     dirty = {**TAGS, "git_commit": f"{COMMIT}-dirty"}
     verdict, *_ = _verdict({"accuracy": 0.8}, {"accuracy": 0.8}, dirty, drift=["components/a.py"])
-    assert verdict.reproduced and "not the original's uncommitted changes" in verdict.sentence
+    assert verdict.reproduced
+    assert "not the original's uncommitted changes" in verdict.sentence
 
 
 def test_verdict_explains_a_gap_with_the_same_code_data_and_params_as_numerical():
@@ -194,8 +206,11 @@ def test_verdict_explains_a_gap_with_the_same_code_data_and_params_as_numerical(
     assert "accuracy differs by 0.1000 (more than 0.02)" in verdict.sentence
     assert NONDETERMINISM in verdict.sentence
     report = format_report(plan, "new1", rows, lineage, verdict, ["a note"])
-    assert "NOTE: a note" in report and "new1" in report
-    assert "accuracy" in report and "0.8000" in report and "0.7000" in report
+    assert "NOTE: a note" in report
+    assert "new1" in report
+    assert "accuracy" in report
+    assert "0.8000" in report
+    assert "0.7000" in report
     assert report.splitlines()[-1] == verdict.sentence
 
 
@@ -208,11 +223,13 @@ def test_verdict_names_the_likeliest_cause():
     other_data = _verdict(
         {"accuracy": 0.8}, {"accuracy": 0.8}, new_tags={**TAGS, "data_version": "x"}
     )
-    assert not other_data[0].reproduced and "other data" in other_data[0].sentence
+    assert not other_data[0].reproduced
+    assert "other data" in other_data[0].sentence
     other_params = _verdict(
         {"accuracy": 0.8}, {"accuracy": 0.8}, new_tags={**TAGS, "params_md5": "x"}
     )
-    assert not other_params[0].reproduced and "params differ" in other_params[0].sentence
+    assert not other_params[0].reproduced
+    assert "params differ" in other_params[0].sentence
     missing = _verdict({"accuracy": 0.8, "ece": 0.1}, {"accuracy": 0.8})[0]
     assert "ece was logged by the original run but not by the new one" in missing.sentence
 
@@ -358,7 +375,8 @@ def test_default_profile_reruns_the_commit_on_the_projects_data(fake, tmp_path):
     assert [row["name"] for row in result["metrics"]] == ["accuracy", "files"]
     assert result["code_drift"] == []  # the stage's code in the logged dvc.lock is the commit's
     lineage = {row["name"]: row for row in result["lineage"]}
-    assert lineage["stage_params"]["same"] and lineage["stage_params"]["decisive"]
+    assert lineage["stage_params"]["same"]
+    assert lineage["stage_params"]["decisive"]
     new = fake.client.get_run(result["new_run_id"])
     assert new.data.tags["reproduces"] == original
     assert new.data.tags["reproduced"] == "true"
@@ -369,9 +387,11 @@ def test_default_profile_reruns_the_commit_on_the_projects_data(fake, tmp_path):
     assert Path(evaluation["code"]).is_relative_to(tmp_path / "r" / "code")
     assert Path(new.data.tags["reproduce_code_dir"]) == tmp_path / "r" / "code" / "components"
     saved = json.loads((tmp_path / "r" / "comparison.json").read_text())
-    assert saved["verdict"] == result["verdict"] and saved["new_run_id"] == new.info.run_id
+    assert saved["verdict"] == result["verdict"]
+    assert saved["new_run_id"] == new.info.run_id
     # The project itself was not touched: its data and dvc.lock are as they were.
-    assert not (fake.repo / "metrics").exists() and not (fake.repo / "dvc.lock").exists()
+    assert not (fake.repo / "metrics").exists()
+    assert not (fake.repo / "dvc.lock").exists()
 
 
 @pytest.mark.slow
@@ -382,7 +402,8 @@ def test_a_step_run_with_params_other_than_the_commits_uses_the_logged_params(fa
         fake.experiment, run_name="evaluate", tags={"mlflow.parentRunId": parent, "step": "x"}
     ).info.run_id
     result = _reproduce(fake, step, tmp_path / "r")
-    assert result["run_id"] == parent and result["requested_run_id"] == step
+    assert result["run_id"] == parent
+    assert result["requested_run_id"] == step
     assert result["reproduced"], result["report"]
     assert any("using the params.yaml logged with the run" in note for note in result["notes"])
 
@@ -435,7 +456,8 @@ def test_unknown_runs_commits_and_runs_without_lineage_are_refused(fake, tmp_pat
     (mine / "keep.txt").write_text("not reproduce's")
     with pytest.raises(BusiError, match="exists and is not a worktree of"):
         reproduce(fake.original(), mine.parent, tracking_uri=fake.uri, project=fake.repo)
-    assert (mine / "keep.txt").is_file() and _worktrees(fake.repo) == [str(fake.repo)]
+    assert (mine / "keep.txt").is_file()
+    assert _worktrees(fake.repo) == [str(fake.repo)]
 
 
 # --- the smoke pipeline, reproduced from its MLflow run --------------------------------------
@@ -489,7 +511,8 @@ def test_the_smoke_run_is_reproduced_from_its_commit_in_a_worktree(smoke_run, tm
     # The new runs: tagged, in the same store, and their code came from the worktree.
     new = client.get_run(result["new_run_id"])
     assert new.data.tags["reproduces"] == parent.info.run_id
-    assert new.data.tags["kind"] == "pipeline" and new.data.tags["profile"] == "smoke"
+    assert new.data.tags["kind"] == "pipeline"
+    assert new.data.tags["profile"] == "smoke"
     assert Path(new.data.tags["reproduce_code_dir"]) == out / "code" / "components"
     steps = client.search_runs(
         [new.info.experiment_id], f"tags.mlflow.parentRunId = '{new.info.run_id}'"

@@ -58,7 +58,8 @@ def test_killed_training_resumes_from_its_last_epoch(smoke_run, tmp_path):
     proc.wait()
     done_before = _epochs(history)
     assert 3 <= len(done_before) < 8
-    assert backup.is_dir() and any(backup.iterdir()), "no backup was left to resume from"
+    assert backup.is_dir(), "no backup was left to resume from"
+    assert any(backup.iterdir()), "no backup was left to resume from"
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

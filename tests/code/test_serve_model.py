@@ -97,12 +97,15 @@ def fake_registry(monkeypatch):
 
 def test_holder_swaps_on_a_new_version_and_loads_each_version_once(fake_registry):
     holder = fake_registry["holder"]
-    assert holder.refresh() and holder.current.ref.version == "1"
+    assert holder.refresh()
+    assert holder.current.ref.version == "1"
     assert not holder.refresh()  # same version: nothing loaded
     fake_registry["version"] = "2"
-    assert holder.refresh() and holder.current.ref.version == "2"
+    assert holder.refresh()
+    assert holder.current.ref.version == "2"
     fake_registry["version"] = "1"  # rollback: from the cache
-    assert holder.refresh() and holder.current.ref.version == "1"
+    assert holder.refresh()
+    assert holder.current.ref.version == "1"
     assert fake_registry["loads"] == ["models:/busi-pipeline/1", "models:/busi-pipeline/2"]
 
 
@@ -113,9 +116,11 @@ def test_holder_keeps_serving_when_loading_or_resolving_fails(fake_registry, cap
     fake_registry["fail"].add("models:/busi-pipeline/2")
     assert not holder.refresh()
     assert holder.current.ref.version == "1"
-    assert "went away" in holder.last_error and "still serving busi-pipeline v1" in caplog.text
+    assert "went away" in holder.last_error
+    assert "still serving busi-pipeline v1" in caplog.text
     fake_registry["version"] = None
-    assert not holder.refresh() and holder.current.ref.version == "1"
+    assert not holder.refresh()
+    assert holder.current.ref.version == "1"
     assert "registry down" in holder.status()["last_error"]
 
 
@@ -142,7 +147,8 @@ def test_the_three_request_formats(client):
         body = response.json()
         assert body["model"] == {"name": "busi-pipeline", "version": "1", "alias": "champion"}
         assert len(body["predictions"]) == count
-        assert body["predictions"][0]["height"] == 96 and body["predictions"][0]["width"] == 128
+        assert body["predictions"][0]["height"] == 96
+        assert body["predictions"][0]["width"] == 128
     assert [p["filename"] for p in multi.json()["predictions"]] == ["a.png", "b.png"]
     assert client.get("/health").json()["model"]["version"] == "1"
 
@@ -180,7 +186,8 @@ def test_no_model_yet_is_503_not_500(fake_registry):
         assert c.get("/health").status_code == 503
         assert c.get("/version").status_code == 503
         r = c.post("/predict", content=png(), headers={"Content-Type": "image/png"})
-        assert r.status_code == 503 and "registry down" in r.json()["detail"]
+        assert r.status_code == 503
+        assert "registry down" in r.json()["detail"]
 
 
 def test_model_uri_forms():
@@ -211,7 +218,9 @@ def _check_prediction(body: dict, version: str) -> dict:
     assert pred["class"] in CLASSES
     probs = [pred[f"prob_{c}"] for c in CLASSES]
     assert sum(probs) == pytest.approx(1.0, abs=1e-6)
-    assert pred["height"] == 96 and pred["width"] == 128 and len(pred["box"]) == 4
+    assert pred["height"] == 96
+    assert pred["width"] == 128
+    assert len(pred["box"]) == 4
     return pred
 
 
@@ -233,11 +242,14 @@ def test_server_refuses_bad_payloads_with_4xx(server):
 
     url = server["url"] + "/predict"
     text = requests.post(url, data=b"a text file\n", headers={"Content-Type": "image/png"})
-    assert text.status_code == 400 and "unsupported_format" in text.json()["detail"]
+    assert text.status_code == 400
+    assert "unsupported_format" in text.json()["detail"]
     empty = requests.post(url, data=b"", headers={"Content-Type": "image/png"})
-    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+    assert empty.status_code == 400
+    assert "empty" in empty.json()["detail"]
     wrong = requests.post(url, data=png(), headers={"Content-Type": "text/plain"})
-    assert wrong.status_code == 415 and "image/png" in wrong.json()["detail"]
+    assert wrong.status_code == 415
+    assert "image/png" in wrong.json()["detail"]
     tiny = requests.post(url, data=tiny_png(), headers={"Content-Type": "image/png"})
     assert tiny.status_code == 400
     assert "too_small: 1x1 is below 64 px" in tiny.json()["detail"]
@@ -267,7 +279,8 @@ def test_server_answers_an_oversized_body_with_413_not_a_reset(server):
             + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
         )
         answer = sock.recv(4096)
-    assert answer.startswith(b"HTTP/1.1 413") and b"the body has 31457280 bytes" in answer
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"the body has 31457280 bytes" in answer
     assert server["proc"].poll() is None
 
 
@@ -331,8 +344,10 @@ def test_busi_predict_prints_good_files_and_flags_bad_ones(fresh_smoke_champion,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert line["file"] == str(good) and line["class"] in CLASSES
-    assert "mask_png" not in line and line["model"]["version"] == "1"
+    assert line["file"] == str(good)
+    assert line["class"] in CLASSES
+    assert "mask_png" not in line
+    assert line["model"]["version"] == "1"
     with Image.open(line["mask_file"]) as mask:
         assert mask.size == (128, 96)
     assert f"{bad}: error: unsupported_format" in proc.stderr

@@ -82,7 +82,8 @@ def test_test_set_is_frozen_when_new_data_arrives():
     old = second[second["id"].isin(first["id"])].set_index("id")["split"]
     assert old.equals(first.set_index("id")["split"].loc[old.index])
     new = second[~second["id"].isin(first["id"])]
-    assert len(new) == 55 and set(new["split"]) <= {"train", "val"}
+    assert len(new) == 55
+    assert set(new["split"]) <= {"train", "val"}
     assert report["new_images"] == 55
 
 

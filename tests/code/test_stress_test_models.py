@@ -32,7 +32,9 @@ def test_every_shift_is_seeded_and_keeps_types(pairs):
         a_img, a_msk = apply_shift(name, shift, images, masks, seed=0)
         b_img, _ = apply_shift(name, shift, images, masks, seed=0)
         for a, b, m in zip(a_img, b_img, a_msk, strict=True):
-            assert a.dtype == np.uint8 and m.dtype == bool and a.shape == m.shape, name
+            assert a.dtype == np.uint8, name
+            assert m.dtype == bool, name
+            assert a.shape == m.shape, name
             assert np.array_equal(a, b), f"{name} is not deterministic"
         changed = any(not np.array_equal(a, i) for a, i in zip(a_img, images, strict=True))
         assert changed, f"{name} changed nothing"
@@ -57,7 +59,8 @@ def test_rescale_changes_the_pixel_size_of_image_and_mask(pairs):
     image, mask, _ = pairs[0]
     fns = shifts(CFG)
     small, small_mask = fns["scale_0.5"](image, mask, np.random.default_rng(0))
-    assert small.shape == (45, 60) and small_mask.shape == (45, 60)
+    assert small.shape == (45, 60)
+    assert small_mask.shape == (45, 60)
     assert abs(small_mask.mean() - mask.mean()) < 0.02
 
 
@@ -76,7 +79,8 @@ def test_robustness_figures_on_a_known_answer():
     assert f["normal_false_lesion_rate"] == 1.0
     assert f["benign_malignant_auc"] == 1.0  # both malignant above the benign one
     none = robustness_figures(true[:1], labels[:1], pred[:1], proba[:1], CLASSES)
-    assert none["malignant_auc"] is None and none["normal_false_lesion_rate"] is None
+    assert none["malignant_auc"] is None
+    assert none["normal_false_lesion_rate"] is None
 
 
 def test_bad_settings_are_refused():
@@ -111,4 +115,5 @@ def test_the_stage_ran_in_the_smoke_pipeline_and_dvc_shows_its_metrics(smoke_run
         text=True,
         check=True,
     )
-    assert "stress_test.json" in shown.stdout and "lesion_dice_mean_drop" in shown.stdout
+    assert "stress_test.json" in shown.stdout
+    assert "lesion_dice_mean_drop" in shown.stdout

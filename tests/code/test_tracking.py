@@ -19,7 +19,8 @@ def test_dirty_means_changed_code_not_pipeline_outputs(tmp_path):
     _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
     clean = git_commit(tmp_path)
-    assert clean and not clean.endswith("-dirty")
+    assert clean
+    assert not clean.endswith("-dirty")
     # What a pipeline run rewrites does not make the code dirty ...
     (tmp_path / "dvc.lock").write_text("v2\n")
     (tmp_path / "metrics/evaluation.json").write_text("v2\n")
@@ -57,5 +58,6 @@ def test_a_retried_step_continues_its_run_instead_of_adding_one(tmp_path, monkey
     assert steps == ["train_classifier", "train_unet"]
     unet = next(r for r in children if r.data.tags["step"] == "train_unet")
     assert unet.info.run_id == second.info.run_id
-    assert unet.info.status == "FINISHED" and unet.data.metrics["val_dice"] == 0.5
+    assert unet.info.status == "FINISHED"
+    assert unet.data.metrics["val_dice"] == 0.5
     assert other.info.run_id != second.info.run_id

@@ -94,9 +94,11 @@ def test_per_lesion_size_counts_the_missed_lesions():
     table["fn"] = [40, 50, 100, 500]
     table["dice"] = [0.0, 0.5, 0.7, 0.8]
     sizes = per_lesion_size(table, BOOT)
-    assert sizes["small_lt1pct"]["n_images"] == 2 and sizes["small_lt1pct"]["n_missed"] == 1
+    assert sizes["small_lt1pct"]["n_images"] == 2
+    assert sizes["small_lt1pct"]["n_missed"] == 1
     assert sizes["small_lt1pct"]["lesion_dice"]["value"] == pytest.approx(0.25)
-    assert sizes["medium_1to5pct"]["n_images"] == 1 and sizes["medium_1to5pct"]["n_missed"] == 0
+    assert sizes["medium_1to5pct"]["n_images"] == 1
+    assert sizes["medium_1to5pct"]["n_missed"] == 0
     assert sizes["large_ge5pct"]["n_images"] == 1
 
 
@@ -109,14 +111,16 @@ def test_report_has_per_class_sizes_calibration_and_flat_metrics():
     assert sum(b["n_images"] for b in report["calibration"]["bins"]) == len(table)
     flat = interval_metrics(report)
     assert flat["macro_f1_ci_low"] <= flat["macro_f1_ci_high"]
-    assert "class.malignant.recall" in flat and "size.small_lt1pct.n_missed" in flat
+    assert "class.malignant.recall" in flat
+    assert "size.small_lt1pct.n_missed" in flat
 
 
 def test_reliability_bins_hold_confidence_and_accuracy():
     table = synthetic_predictions(n_groups=30, accuracy=0.5, seed=4)
     bins = reliability_bins(table, 10)
     full = [b for b in bins if b["n_images"]]
-    assert len(full) == 1 and full[0]["low"] == pytest.approx(0.7)  # all at confidence 0.8
+    assert len(full) == 1
+    assert full[0]["low"] == pytest.approx(0.7)  # all at confidence 0.8
     assert full[0]["confidence"] == pytest.approx(0.8)
     assert 0.2 < full[0]["accuracy"] < 0.8
 

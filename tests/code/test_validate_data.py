@@ -248,7 +248,8 @@ def test_manifest_and_report_are_written(salted, tmp_path):
     ):
         assert column in manifest_columns
     text = summarize(report)
-    assert "quarantined" in text and "benign/benign (101).png" in text
+    assert "quarantined" in text
+    assert "benign/benign (101).png" in text
 
 
 def _cli_args(data_dir: Path, out: Path, params: Path) -> list[str]:
