@@ -49,10 +49,24 @@ class CropConfig:
     train_masks: str = "predicted"  # predicted | ground_truth | both
     # binary | probability; summaries written before this existed mean binary
     mask_channel: str = "binary"
+    # fixed: ``threshold`` as given. val: chosen on the val split from threshold_grid, the
+    # one that misses the fewest lesions while giving a false lesion to at most
+    # max_val_false_lesion_rate of the normal images (ties: the better lesion Dice, then
+    # the higher threshold); the summary records the choice, which evaluation and serving
+    # then use.
+    threshold_choice: str = "fixed"
+    threshold_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
+    max_val_false_lesion_rate: float = 0.1
 
     def __post_init__(self) -> None:
         if self.train_masks not in ("predicted", "ground_truth", "both"):
             raise ValueError("train_masks must be predicted, ground_truth or both")
+        if self.threshold_choice not in ("fixed", "val"):
+            raise ValueError("threshold_choice must be fixed or val")
+        if not self.threshold_grid or not all(0 < t < 1 for t in self.threshold_grid):
+            raise ValueError("threshold_grid must list thresholds in (0, 1)")
+        if not 0 <= self.max_val_false_lesion_rate <= 1:
+            raise ValueError("max_val_false_lesion_rate must lie in [0, 1]")
         self.roi  # validates the ROI settings  # noqa: B018
 
     @property
@@ -65,6 +79,43 @@ class CropConfig:
             self.crop_size,
             self.mask_channel,
         )
+
+
+def choose_threshold(probs, true_masks, labels, cfg: CropConfig) -> tuple[float, list[dict]]:
+    """The lesion threshold by ``cfg.threshold_choice: val`` (see CropConfig) from the val
+    split's probability maps, true masks and class names; returns it and the figures of
+    every candidate (lesions missed, false-lesion rate on normal images, lesion Dice)."""
+    import math
+    from dataclasses import replace
+
+    from components.metrics import segmentation_metrics
+
+    rows = []
+    for threshold in sorted(cfg.threshold_grid):
+        roi = replace(cfg.roi, threshold=threshold)
+        cleaned = [clean_mask(p, roi) for p in probs]
+        seg = segmentation_metrics(list(true_masks), cleaned, list(labels), lesion_min_area=0.0)
+        lesion = [i for i, m in enumerate(true_masks) if np.asarray(m).any()]
+        missed = sum(not cleaned[i].any() for i in lesion) / len(lesion) if lesion else 0.0
+        false_rate = seg["normal_false_lesion_rate"]
+        rows.append(
+            {
+                "threshold": threshold,
+                "lesions_missed": missed,
+                "normal_false_lesion_rate": 0.0 if math.isnan(false_rate) else false_rate,
+                "lesion_dice": seg["dice_mean"],
+            }
+        )
+
+    def dice(row: dict) -> float:
+        return -1.0 if math.isnan(row["lesion_dice"]) else row["lesion_dice"]
+
+    allowed = [r for r in rows if r["normal_false_lesion_rate"] <= cfg.max_val_false_lesion_rate]
+    if allowed:
+        best = min(allowed, key=lambda r: (r["lesions_missed"], -dice(r), -r["threshold"]))
+    else:  # none keeps false lesions low enough: the one that comes closest
+        best = min(rows, key=lambda r: (r["normal_false_lesion_rate"], r["lesions_missed"]))
+    return best["threshold"], rows
 
 
 def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, split: str) -> dict:
@@ -162,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from components.preprocess import load_pair
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"config": asdict(cfg), "splits": {}}
-    for split in ("train", "val", "test"):
+    def load(split: str):
         part = rows[rows["split"] == split]
         images, masks = [], []
         for _, row in tqdm(
@@ -177,6 +228,21 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
             image, mask = load_pair(args.data_dir, row["path"], row["mask_files"])
             images.append(image)
             masks.append(mask)
+        return part, images, masks
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    search = None
+    if cfg.threshold_choice == "val":
+        part, images, masks = load("val")
+        probs = segment(unet, images, unet.input_shape[1], cfg.tta_flip)
+        chosen, search = choose_threshold(probs, masks, part["class"].to_list(), cfg)
+        logger.info("lesion threshold chosen on the val split: %s", chosen)
+        cfg = replace(cfg, threshold=chosen)
+    summary: dict = {"config": asdict(cfg), "splits": {}}
+    if search is not None:
+        summary["threshold_search"] = search
+    for split in ("train", "val", "test"):
+        part, images, masks = load(split)
         labels = [CLASSES.index(c) for c in part["class"]]
         result = rois_for_split(
             images,

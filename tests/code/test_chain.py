@@ -156,3 +156,93 @@ def test_crop_rois_stores_the_probability_channel():
     assert out["area"][1] == 0  # whole image
     # The ground-truth crop's channel is still the U-Net's probability over its box.
     assert float(out["channel"][2].min()) == pytest.approx(0.8, abs=1e-3)
+
+
+def _faint_lesions_and_noisy_normals():
+    """Four lesion images whose lesion the U-Net sees at 0.35 (one at 0.55), and four
+    normal images with a blob of 0.25 on two of them."""
+    probs, masks, labels = [], [], []
+    for i in range(4):
+        prob = np.zeros((40, 40), np.float32)
+        prob[10:20, 10:20] = 0.55 if i == 0 else 0.35
+        mask = np.zeros((40, 40), bool)
+        mask[10:20, 10:20] = True
+        probs.append(prob)
+        masks.append(mask)
+        labels.append("benign")
+    for i in range(4):
+        prob = np.zeros((40, 40), np.float32)
+        if i < 2:
+            prob[5:15, 25:35] = 0.25
+        probs.append(prob)
+        masks.append(np.zeros((40, 40), bool))
+        labels.append("normal")
+    return probs, masks, labels
+
+
+def test_the_val_threshold_finds_the_most_lesions_within_the_false_lesion_limit():
+    from components.crop_rois import CropConfig, choose_threshold
+
+    probs, masks, labels = _faint_lesions_and_noisy_normals()
+    cfg = CropConfig(threshold_choice="val", threshold_grid=(0.2, 0.3, 0.5), min_area=0.01)
+    chosen, rows = choose_threshold(probs, masks, labels, cfg)
+    by_t = {r["threshold"]: r for r in rows}
+    assert by_t[0.5]["lesions_missed"] == 0.75
+    assert by_t[0.3]["lesions_missed"] == 0.0
+    assert by_t[0.2]["normal_false_lesion_rate"] == 0.5
+    assert chosen == 0.3  # 0.2 finds them all too, but calls half the normal images lesions
+    strict = CropConfig(
+        threshold_choice="val", threshold_grid=(0.2,), max_val_false_lesion_rate=0.0
+    )
+    assert choose_threshold(probs, masks, labels, strict)[0] == 0.2  # the only candidate
+
+
+def test_a_bad_threshold_choice_is_refused():
+    from components.crop_rois import CropConfig
+
+    with pytest.raises(ValueError, match="threshold_choice"):
+        CropConfig(threshold_choice="test")
+    with pytest.raises(ValueError, match="threshold_grid"):
+        CropConfig(threshold_grid=(0.0, 1.0))
+
+
+def test_crop_rois_records_the_threshold_it_chose_on_val(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from PIL import Image
+
+    from components.crop_rois import CropConfig, _crop_all
+
+    rows = []
+    for split in ("train", "val", "test"):
+        for cls in ("benign", "normal"):
+            name = f"{cls}/{cls} ({split}).png"
+            (tmp_path / cls).mkdir(exist_ok=True)
+            pixels = np.full((32, 32), 100, np.uint8)
+            masks = ""
+            if cls == "benign":
+                pixels[8:16, 8:16] = 30  # a dark lesion
+                mask = np.zeros((32, 32), np.uint8)
+                mask[8:16, 8:16] = 255
+                Image.fromarray(mask).save(tmp_path / cls / f"{cls} ({split})_mask.png")
+                masks = f"{cls} ({split})_mask.png"
+            Image.fromarray(pixels).save(tmp_path / name)
+            rows.append({"id": name[:-4], "path": name, "class": cls, "split": split,
+                         "mask_files": masks})  # fmt: skip
+
+    class FaintUnet:  # sees a dark lesion, but only at 0.35
+        input_shape = (None, 32, 32, 1)
+
+        def predict(self, batch, batch_size=32, verbose=0):
+            return np.where(batch < 0.25, 0.35, 0.0).astype(np.float32)
+
+    args = SimpleNamespace(data_dir=tmp_path, out=tmp_path / "rois")
+    cfg = CropConfig(crop_size=16, tta_flip=False, threshold_choice="val", min_area=0.01)
+    summary = _crop_all(pd.DataFrame(rows), FaintUnet(), args, cfg)
+    assert summary["config"]["threshold"] == 0.3  # the highest that finds the lesion
+    written = json.loads((tmp_path / "rois" / "summary.json").read_text())
+    assert written["config"]["threshold"] == 0.3
+    assert [r["threshold"] for r in written["threshold_search"]] == [0.2, 0.3, 0.4, 0.5, 0.6]
+    assert summary["splits"]["test"]["no_lesion_found_per_class"]["benign"] == 0
