@@ -341,10 +341,12 @@ def landing_zone(project: Path | None = None) -> str:
     return os.environ.get("BUSI_LANDING") or str((project or project_dir()) / "landing")
 
 
-def ingest_new_data(profile: str | None = None) -> dict:
+def ingest_new_data(profile: str | None = None, xcom_push=None) -> dict:
     """The busi_new_data task: merge the ready batches of the landing zone into the
     workspace's data and version it. Raises AirflowSkipException when nothing was merged, so
-    the data Asset is not updated and no training is scheduled."""
+    the data Asset is not updated and no training is scheduled. ``xcom_push(key, value)``
+    (the task instance's) gets the result as ``ingest_result`` in every case, so a batch held
+    for drift or quarantined whole shows in XCom too, not only in the log."""
     from dataclasses import asdict
 
     from components.ingest_batch import ingest_batches
@@ -353,6 +355,8 @@ def ingest_new_data(profile: str | None = None) -> dict:
     ws = workspace_for(profile)
     result = ingest_batches(landing_zone(), ws, params=ws / "params.yaml")
     summary = {k: v for k, v in asdict(result).items() if _jsonable(v)}
+    if xcom_push is not None:
+        xcom_push(key="ingest_result", value=summary)
     if not result.new_version:
         from airflow.sdk.exceptions import AirflowSkipException
 

@@ -36,7 +36,7 @@ def busi_new_data():
     def ingest_batch(**context) -> dict:
         from components.orchestrate import ingest_new_data
 
-        return ingest_new_data(context["params"]["profile"])
+        return ingest_new_data(context["params"]["profile"], context["ti"].xcom_push)
 
     ingest_batch()
 

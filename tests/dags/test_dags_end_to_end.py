@@ -116,7 +116,13 @@ def test_nothing_new_is_skipped_without_an_asset_event(platform):
     airflow(env, "dags", "test", "busi_new_data")
     with airflow_db(env) as db:
         events = db.execute("SELECT count(*) FROM asset_event").fetchone()[0]
+        # Each run's result is in XCom, the skipped one's too (what a held batch shows).
+        results = db.execute(
+            "SELECT value FROM xcom WHERE dag_id = 'busi_new_data' AND key = 'ingest_result'"
+        ).fetchall()
     assert events == 1
+    assert len(results) == 2
+    assert all("new_version" in str(value) for (value,) in results)
 
 
 def test_new_data_on_an_s3_prefix_is_versioned_too(platform, moto_server, tmp_path, monkeypatch):
