@@ -68,8 +68,8 @@ class UnetConfig:
     seed: int = 0
     # What early stopping (and the choice of the best epoch) watches: the validation split
     # scored as evaluate_models scores it (see the module docstring).
-    monitor: str = "val_lesion_dice"
-    false_lesion_weight: float = 0.5
+    monitor: str = "val_score"
+    false_lesion_weight: float = 0.2
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
