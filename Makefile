@@ -10,9 +10,9 @@ PROFILE ?= default
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup browser run run-dvc test test-fast lint lock bench clean-venv up down app
+.PHONY: setup browser redis up-cluster run run-dvc test test-fast lint lock bench clean-venv up down app
 
-setup: $(VENV)/.installed browser
+setup: $(VENV)/.installed browser redis
 
 ## Debian's Chromium for the browser test (Playwright drives it; no `playwright install`).
 ## Installed when missing and running as root (part of setup, so `make test` has it);
@@ -23,6 +23,16 @@ browser:
 	    || echo "could not install chromium with apt-get: the browser test will skip"; \
 	else \
 	  command -v chromium >/dev/null || echo "chromium missing and not root: the browser test will skip"; \
+	fi
+
+## Debian's Redis server, the Celery broker of `make up-cluster` (started by `busi up --cluster`,
+## never as a system service). Installed like Chromium; otherwise the cluster tests skip.
+redis:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+	    || echo "could not install redis-server with apt-get: busi up --cluster and its tests will not run"; \
+	else \
+	  command -v redis-server >/dev/null || echo "redis-server missing and not root: busi up --cluster and its tests will not run"; \
 	fi
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
@@ -45,6 +55,11 @@ run-dvc: setup
 ## The local platform: MLflow and Airflow UIs on 127.0.0.1 (stop with `make down`).
 up: setup
 	$(BIN)/busi up
+
+## The local cluster: CeleryExecutor with two workers, Redis, Postgres and S3 (moto) on
+## 127.0.0.1 (stop with `make down`); `busi run-training --cluster` runs busi_training on it.
+up-cluster: setup
+	$(BIN)/busi up --cluster
 
 down:
 	$(BIN)/busi down

@@ -433,7 +433,19 @@ def main_run_training(argv: list[str] | None = None) -> int:
         help="BUSI folder or zip for the default profile (default $BUSI_SOURCE); profiles "
         "with synthetic data (smoke, quick) make their own and ignore $BUSI_SOURCE",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="trigger the DAG run on `busi up --cluster` through Airflow's REST API and follow "
+        "it (the cluster's profile, $BUSI_CLUSTER_PROFILE; --profile when not default)",
+    )
     args = parser.parse_args(argv)
+    if args.cluster:
+        from components.cluster_run import run_training_cluster
+
+        profile = None if args.profile == "default" else args.profile
+        result = run_training_cluster(project_dir(), profile=profile)
+        return 0 if result["state"] == "success" else 1
     out = run_training(args.profile, args.source)
     print(f"workspace: {out['workspace']}\ndata version: {out['data_version']}")
     if out["airflow_ui"]:
