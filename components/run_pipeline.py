@@ -46,12 +46,18 @@ def profile_overrides(project: Path, profile: str) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def prepare_workspace(project: Path, profile: str, workspace: Path | None = None) -> Path:
+def prepare_workspace(
+    project: Path, profile: str, workspace: Path | None = None, settings: dict | None = None
+) -> Path:
     """The folder the pipeline runs in: the project for ``default``, else a scratch DVC
-    workspace with the project's stages, the merged params and a link to the code."""
-    if profile == "default":
+    workspace with the project's stages, the merged params and a link to the code.
+    ``settings`` (a params.yaml-shaped dict, e.g. other seeds) are merged over the profile's;
+    with them, or with a ``workspace``, the default profile runs in a scratch workspace too,
+    with the project's frozen split (data/splits.csv), so its test split is the same."""
+    if profile == "default" and workspace is None and not settings:
         return project
-    overrides = profile_overrides(project, profile)
+    overrides = profile_overrides(project, profile) if profile != "default" else {}
+    overrides = deep_merge(overrides, settings or {})
     ws = (workspace or project / "scratch" / profile).resolve()
     ws.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
@@ -70,6 +76,10 @@ def prepare_workspace(project: Path, profile: str, workspace: Path | None = None
     link = ws / "components"
     if not link.exists():
         link.symlink_to(project / "components", target_is_directory=True)
+    frozen = project / "data" / "splits.csv"
+    if profile == "default" and frozen.is_file() and not (ws / "data" / "splits.csv").exists():
+        (ws / "data").mkdir(exist_ok=True)
+        (ws / "data" / "splits.csv").write_bytes(frozen.read_bytes())
     return ws
 
 
@@ -155,13 +165,19 @@ def repro_under_parent(
     return (parent.info.run_id if parent is not None else None), summary
 
 
-def run(profile: str, source: Path | None, project: Path, workspace: Path | None = None) -> dict:
+def run(
+    profile: str,
+    source: Path | None,
+    project: Path,
+    workspace: Path | None = None,
+    settings: dict | None = None,
+) -> dict:
     from components.ingest_data import ingest
 
     project = project.resolve()
-    ws = prepare_workspace(project, profile, workspace)
+    ws = prepare_workspace(project, profile, workspace, settings)
     source = resolve_source(project, profile, ws, source)
-    remote = None if profile == "default" else str(ws.parent / f"{ws.name}.dvc-remote")
+    remote = None if ws == project else str(ws.parent / f"{ws.name}.dvc-remote")
     result = ingest(Path(source), ws, remote)
     logger.info("data version %s (%s)", result.version, "new" if result.changed else "unchanged")
 

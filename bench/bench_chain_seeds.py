@@ -1,0 +1,181 @@
+"""The whole chain over seeds: every headline figure as the mean and range over N retrainings
+(U-Net included), each with its bootstrap 95 % interval on the frozen test split, and the
+stress tests per shift; against issue 13's bars.
+
+    python bench/bench_chain_seeds.py --seeds 0 1 2            # the real data ($BUSI_SOURCE)
+    python bench/bench_chain_seeds.py --profile smoke --seeds 0 1   # a check in minutes
+
+Each seed runs `busi run-pipeline` in a scratch workspace of its own
+(scratch/chain-seeds/<profile>/seed-<n>/, the project's frozen split copied in) with
+augment_data, train_unet and train_classifier seeded n; nothing of the project is touched.
+One seed is about 40 min of CPU on the slowest machine measured (AMD EPYC, 2 cores): run
+it when nothing else trains. Writes bench/results/chain_seeds.{json,md} (for another
+profile: chain_seeds_<profile>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDED = ("augment_data", "train_unet", "train_classifier")
+FIGURES = ("lesion_dice", "normal_false_lesion_rate", "accuracy", "macro_f1", "malignant_auc")
+# issue 13's bars on the BUSI test split: (figure, at least | at most, value)
+BARS = {
+    "lesion_dice": (">=", 0.75),
+    "normal_false_lesion_rate": ("<=", 0.10),
+    "accuracy": (">=", 0.80),
+    "macro_f1": (">=", 0.78),
+    "malignant_auc": (">=", 0.92),
+}
+# stress_test.json's figure per shift -> the bar on it
+STRESS_BARS = {"lesion_dice_mean_drop": ("<=", 0.05), "lesion_called_normal": ("<=", 0.10)}
+
+
+def seed_settings(seed: int) -> dict:
+    return {step: {"seed": seed} for step in SEEDED}
+
+
+def _meets(value: float | None, bar: tuple[str, float]) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    op, limit = bar
+    return value >= limit if op == ">=" else value <= limit
+
+
+def _spread(values: list[float]) -> dict:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return {"mean": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": sum(finite) / len(finite),
+        "min": min(finite),
+        "max": max(finite),
+        "n": len(finite),
+    }
+
+
+def summarize(per_seed: dict[int, dict]) -> dict:
+    """From each seed's evaluation.json (and stress_test.json, when present, under
+    ``stress``): per figure the mean, min and max over seeds, each seed's value with its
+    bootstrap interval, and whether the mean meets the bar; per shift the mean Dice drop
+    and called-normal share."""
+    figures = {}
+    for name in FIGURES:
+        seeds = {}
+        for seed, result in sorted(per_seed.items()):
+            entry = ((result.get("intervals") or {}).get("figures") or {}).get(name) or {}
+            value = result.get("headline", {}).get(name, entry.get("value"))
+            seeds[seed] = {"value": value, "low": entry.get("low"), "high": entry.get("high")}
+        spread = _spread([s["value"] for s in seeds.values()])
+        figures[name] = {
+            **spread,
+            "seeds": seeds,
+            "bar": list(BARS[name]),
+            "mean_meets_bar": _meets(spread["mean"], BARS[name]),
+        }
+    shifts: dict[str, dict] = {}
+    for seed, result in sorted(per_seed.items()):
+        for shift, row in ((result.get("stress") or {}).get("shifts") or {}).items():
+            for key in STRESS_BARS:
+                value = row.get(key)
+                if value is not None:
+                    shifts.setdefault(shift, {}).setdefault(key, {})[seed] = value
+    stress = {
+        shift: {
+            key: {**_spread(list(vals.values())), "bar": list(STRESS_BARS[key])}
+            | {"mean_meets_bar": _meets(_spread(list(vals.values()))["mean"], STRESS_BARS[key])}
+            for key, vals in keys.items()
+        }
+        for shift, keys in sorted(shifts.items())
+    }
+    return {"figures": figures, "stress": stress, "n_seeds": len(per_seed)}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def render(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}, "
+        f"profile `{result['profile']}`, seeds {result['seeds']}: "
+        f"{result['minutes_per_seed']:.1f} min a seed.",
+        "",
+        "| figure | mean | min-max over seeds | each seed [95 % interval] | bar | mean meets it |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for name, row in result["summary"]["figures"].items():
+        each = "; ".join(
+            f"{_fmt(s['value'])} [{_fmt(s['low'])}, {_fmt(s['high'])}]"
+            for s in row["seeds"].values()
+        )
+        op, limit = row["bar"]
+        lines.append(
+            f"| {name} | {_fmt(row['mean'])} | {_fmt(row['min'])}-{_fmt(row['max'])} | {each} "
+            f"| {op} {limit} | {row['mean_meets_bar']} |"
+        )
+    if result["summary"]["stress"]:
+        lines += ["", "| shift | Dice drop (mean, min-max) | called normal (mean, min-max) |"]
+        lines += ["|---|---|---|"]
+        for shift, row in result["summary"]["stress"].items():
+            cells = [
+                f"{_fmt(row[k]['mean'])} ({_fmt(row[k]['min'])}-{_fmt(row[k]['max'])})"
+                if k in row
+                else "n/a"
+                for k in STRESS_BARS
+            ]
+            lines.append(f"| {shift} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def run_seed(profile: str, seed: int, base: Path) -> dict:
+    from components.run_pipeline import run
+
+    workspace = base / f"seed-{seed}" / "workspace"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
+    run(profile, None, REPO, workspace, seed_settings(seed))
+    result = json.loads((workspace / "metrics" / "evaluation.json").read_text())
+    stress = workspace / "metrics" / "stress_test.json"
+    if stress.is_file():
+        result["stress"] = json.loads(stress.read_text())
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--profile", default="default", help="default (real data) or smoke")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from bench.bench_models import machine
+    from bench.results_files import write_results
+
+    base = REPO / "scratch" / "chain-seeds" / args.profile
+    start = time.perf_counter()
+    per_seed = {seed: run_seed(args.profile, seed, base) for seed in args.seeds}
+    minutes = (time.perf_counter() - start) / 60 / len(args.seeds)
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "profile": args.profile,
+        "seeds": args.seeds,
+        "minutes_per_seed": minutes,
+        "summary": summarize(per_seed),
+    }
+    rendered = render(result)
+    name = "chain_seeds" if args.profile == "default" else f"chain_seeds_{args.profile}"
+    write_results(name, f"The chain over seeds, profile {args.profile}", result, rendered)
+    print(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

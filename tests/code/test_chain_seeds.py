@@ -1,0 +1,73 @@
+"""The seed benchmark's summary (bench/bench_chain_seeds.py) and the seeded scratch
+workspace it runs each seed in."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from bench.bench_chain_seeds import render, seed_settings, summarize
+from components.run_pipeline import prepare_workspace
+from tests.conftest import REPO_ROOT
+
+
+def _evaluation(dice: float, auc: float, called_normal: float) -> dict:
+    return {
+        "headline": {
+            "lesion_dice": dice,
+            "normal_false_lesion_rate": 0.1,
+            "accuracy": 0.8,
+            "macro_f1": 0.78,
+            "malignant_auc": auc,
+        },
+        "intervals": {
+            "figures": {"lesion_dice": {"value": dice, "low": dice - 0.05, "high": dice + 0.04}}
+        },
+        "stress": {
+            "shifts": {
+                "blur": {"lesion_dice_mean_drop": 0.02, "lesion_called_normal": called_normal}
+            }
+        },
+    }
+
+
+def test_the_summary_gives_mean_range_each_seed_and_the_bar():
+    summary = summarize({0: _evaluation(0.70, 0.93, 0.05), 1: _evaluation(0.80, 0.91, 0.2)})
+    dice = summary["figures"]["lesion_dice"]
+    assert dice["mean"] == pytest.approx(0.75)
+    assert (dice["min"], dice["max"]) == (0.70, 0.80)
+    assert dice["seeds"][0] == {"value": 0.70, "low": pytest.approx(0.65), "high": 0.74}
+    assert dice["mean_meets_bar"] is True  # >= 0.75
+    auc = summary["figures"]["malignant_auc"]
+    assert auc["mean"] == pytest.approx(0.92)
+    assert auc["seeds"][1]["low"] is None  # no interval recorded: said, not invented
+    blur = summary["stress"]["blur"]
+    assert blur["lesion_called_normal"]["mean"] == pytest.approx(0.125)
+    assert blur["lesion_called_normal"]["mean_meets_bar"] is False  # <= 0.10
+    assert blur["lesion_dice_mean_drop"]["mean_meets_bar"] is True
+    table = render(
+        {
+            "date": "2026-12-02",
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "commit": "abc"},
+            "profile": "default",
+            "seeds": [0, 1],
+            "minutes_per_seed": 40.0,
+            "summary": summary,
+        }
+    )
+    assert "| lesion_dice | 0.750 | 0.700-0.800 |" in table
+    assert "| blur | 0.020 (0.020-0.020) | 0.125 (0.050-0.200) |" in table
+
+
+def test_a_seeded_default_workspace_keeps_the_frozen_split_and_sets_the_seeds(tmp_path):
+    ws = prepare_workspace(REPO_ROOT, "default", tmp_path / "ws", seed_settings(3))
+    assert ws == (tmp_path / "ws").resolve()
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for step in ("augment_data", "train_unet", "train_classifier"):
+        assert params[step]["seed"] == 3
+    project = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert params["train_unet"]["epochs"] == project["train_unet"]["epochs"]
+    frozen = REPO_ROOT / "data" / "splits.csv"
+    assert (ws / "data" / "splits.csv").read_bytes() == frozen.read_bytes()
+    # without settings or a workspace the default profile is the project itself
+    assert prepare_workspace(REPO_ROOT, "default") == REPO_ROOT
