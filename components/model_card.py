@@ -23,9 +23,11 @@ logger = logging.getLogger(__name__)
 
 CARD_NAME = "model_card.md"
 RELIABILITY_NAME = "reliability.png"
-# The description of a model version is stored in the backend; keep it well under the
-# size a database column or the UI takes comfortably.
-MAX_DESCRIPTION = 20_000
+# The description of a model version is stored in the backend: MLflow's SQL schema makes
+# it VARCHAR(5000), which PostgreSQL enforces (SQLite does not): a longer card failed
+# register_model on Postgres after the version was created (found on the local cluster,
+# issue 15). The description is cut to fit; the artifact keeps the whole card.
+MAX_DESCRIPTION = 5000
 HEADLINE_NAMES = {
     "macro_f1": "macro-F1 (3 classes)",
     "accuracy": "accuracy",
@@ -281,13 +283,16 @@ def render_card(inputs: CardInputs) -> str:
         lines.append("```")
     lines += ["", "## Known failure modes", ""]
     lines += [f"- {text}" for text in failure_modes(ev)]
-    text = "\n".join(lines) + "\n"
-    if len(text) > MAX_DESCRIPTION:
-        text = (
-            text[: MAX_DESCRIPTION - 80]
-            + f"\n\n(truncated: the full card is the artifact {CARD_NAME})\n"
-        )
-    return text
+    return "\n".join(lines) + "\n"
+
+
+def description_of(card: str) -> str:
+    """The card as a version's description: whole when it fits the backend's column, else
+    cut with a pointer to the artifact that holds it whole."""
+    if len(card) <= MAX_DESCRIPTION:
+        return card
+    note = f"\n\n(truncated: the full card is the artifact {CARD_NAME})\n"
+    return card[: MAX_DESCRIPTION - len(note)] + note
 
 
 # ---------------------------------------------------------------- shell
@@ -342,7 +347,7 @@ def publish_card(c, run, version: str, card: str, reliability: Path | None) -> s
     """The card as the version's description and as artifacts of the register run."""
     import tempfile
 
-    c.update_model_version(registry.PIPELINE_MODEL, version, description=card)
+    c.update_model_version(registry.PIPELINE_MODEL, version, description=description_of(card))
     if run is None:
         return card
     with tempfile.TemporaryDirectory() as tmp:
@@ -379,7 +384,20 @@ def card_of(c, version: int | None) -> tuple[int, str]:
             f"{registry.PIPELINE_MODEL} v{version} has no model card (it was registered before "
             "cards were written); register the models again to make one"
         )
-    return int(version), mv.description
+    return int(version), full_card(c, mv)
+
+
+def full_card(c, mv) -> str:
+    """A version's whole card: its description, or the artifact (tag ``model_card``) when
+    the description was cut to fit the backend."""
+    source = mv.tags.get("model_card", "")
+    if len(mv.description) < MAX_DESCRIPTION or not source.startswith("runs:/"):
+        return mv.description
+    import tempfile
+
+    run_id, _, path = source.removeprefix("runs:/").partition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(c.download_artifacts(run_id, path, tmp)).read_text()
 
 
 def version_description(name: str, version: str, tracking_uri: str) -> str | None:

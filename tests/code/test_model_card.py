@@ -117,3 +117,15 @@ def test_show_model_prints_the_champions_card(smoke_champion, capsys):
         main(["show-model", "--version", "99", "--tracking-uri", smoke_champion.tracking_uri]) == 2
     )
     assert "has no version 99" in capsys.readouterr().err
+
+
+def test_a_long_card_is_cut_to_the_backend_s_description_column():
+    # MLflow's SQL schema holds a version's description in VARCHAR(5000); Postgres refuses
+    # more (the quick profile's card is about 6,000 characters).
+    from components.model_card import CARD_NAME, MAX_DESCRIPTION, description_of
+
+    card = "# card\n" + "a line of the card\n" * 400
+    cut = description_of(card)
+    assert MAX_DESCRIPTION == 5000 and len(cut) == MAX_DESCRIPTION
+    assert cut.startswith(card[:1000]) and cut.rstrip().endswith(f"artifact {CARD_NAME})")
+    assert description_of("# short card\n") == "# short card\n"
