@@ -388,7 +388,12 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
     settings = platform.settings_from_env(project)
     state = platform.read_state(settings.state_dir)
     running = platform.running_services(state)
-    ws = prepare_workspace(project, profile, None)
+    # The tasks honour BUSI_WORKSPACE (workspace_for): the data must go where they look.
+    ws = prepare_workspace(
+        project,
+        profile,
+        Path(os.environ["BUSI_WORKSPACE"]) if os.environ.get("BUSI_WORKSPACE") else None,
+    )
     source = resolve_source(project, profile, ws, source)
     remote = None if profile == "default" else str(ws.parent / f"{ws.name}.dvc-remote")
     result = ingest(Path(source), ws, remote)
