@@ -303,7 +303,7 @@ def evaluate(
 
     name, v = registry.PIPELINE_MODEL, str(info.version)
     reports = []
-    with tracking.step_run("evaluate_external", asdict(cfg) | {"version": v}):
+    with tracking.step_run("evaluate_external", asdict(cfg) | {"version": v}) as step:
         for one in sets:
             report = to_jsonable(evaluate_set(one, predict, cfg.batch_size, project))
             reports.append(report)
@@ -318,7 +318,16 @@ def evaluate(
                     if isinstance(val, int | float)
                 }
             )
-            run_id = c.get_model_version(name, v).run_id
+            # The report goes with the version's run; a version made without one (by hand)
+            # gets it on this step's run, when tracking is on.
+            run_id = c.get_model_version(name, v).run_id or (step.info.run_id if step else None)
+            if not run_id:
+                logger.warning(
+                    "version %s has no run and tracking is off: the report of %s is only in %s",
+                    v,
+                    one.name,
+                    out.parent,
+                )
             if run_id:
                 path = out.parent / f"external_{one.name}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)

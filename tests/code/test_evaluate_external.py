@@ -151,6 +151,7 @@ def test_the_figures_go_on_the_version_and_into_the_guard(tmp_path, smoke_chain,
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BUSI_TRACKING", "on")  # the version has no run: the step's holds the report
     version = fake_register(uri, BASE)
     monkeypatch.setattr(ee, "load_chain", lambda c, v: smoke_chain)
     make_manifest_set(tmp_path / "site_a")
