@@ -287,6 +287,14 @@ def evaluate(
     """Score the version on every configured set; tags, artifact and ``out``."""
     sets = cfg.sets()
     if not sets:
+        from components import tracking
+
+        # Still a step run, so the DAG run's tree has every task and says why it was empty.
+        with tracking.step_run("evaluate_external", asdict(cfg)) as step:
+            if step is not None:
+                import mlflow
+
+                mlflow.set_tag("external.note", "no external dataset configured")
         return {"datasets": [], "note": "no external dataset configured"}
     c = registry.client(tracking_uri)
     if version is None:
