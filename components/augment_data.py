@@ -254,36 +254,12 @@ def run(data_dir: Path, manifest: Path, splits: Path, out_dir: Path, cfg: Augmen
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("augment-data")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("data/busi"),
-        help="the BUSI-layout folder of class folders (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=Path("data/manifest.csv"),
-        help="the manifest that validate-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--splits",
-        type=Path,
-        default=Path("data/splits.csv"),
-        help="the split that split-data writes (default: %(default)s)",
-    )
+    parser = parser_for("augment-data", "--data-dir", "--manifest", "--splits", "--params")
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("data/prepared"),
         help="the folder for the TFRecords and meta.json (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "augment_data", AugmentConfig)

@@ -126,11 +126,32 @@ def describe(command: str) -> str:
     return TABLE[command][1]
 
 
-def parser_for(command: str):
-    """The argument parser of ``busi COMMAND``, described by its line of the table."""
+def parser_for(command: str, *paths: str):
+    """The argument parser of ``busi COMMAND``, described by its line of the table, with
+    the shared path options ``paths`` (flags of ``PATH_OPTIONS``)."""
     import argparse
+    from pathlib import Path
 
-    return argparse.ArgumentParser(prog=f"busi {command}", description=describe(command))
+    parser = argparse.ArgumentParser(prog=f"busi {command}", description=describe(command))
+    for flag in paths:
+        default, text = PATH_OPTIONS[flag]
+        parser.add_argument(
+            flag, type=Path, default=Path(default), help=f"{text} (default: %(default)s)"
+        )
+    return parser
+
+
+# The path options several steps share: flag -> (default, what it is). The defaults are
+# the paths dvc.yaml passes (tests/code/test_cli.py checks that).
+PATH_OPTIONS = {
+    "--data-dir": ("data/busi", "the BUSI-layout folder of class folders"),
+    "--manifest": ("data/manifest.csv", "the manifest that validate-data writes"),
+    "--splits": ("data/splits.csv", "the split that split-data writes"),
+    "--unet": ("models/unet.keras", "the U-Net that train-unet saved"),
+    "--classifier": ("models/classifier.keras", "the classifier that train-classifier saved"),
+    "--rois": ("data/rois", "the crops and summary.json that crop-rois wrote"),
+    "--params": ("params.yaml", "the params file; this step reads its own section"),
+}
 
 
 def _usage() -> str:

@@ -150,42 +150,12 @@ def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, sp
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("crop-rois")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("data/busi"),
-        help="the BUSI-layout folder of class folders (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=Path("data/manifest.csv"),
-        help="the manifest that validate-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--splits",
-        type=Path,
-        default=Path("data/splits.csv"),
-        help="the split that split-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--unet",
-        type=Path,
-        default=Path("models/unet.keras"),
-        help="the U-Net that train-unet saved (default: %(default)s)",
-    )
+    parser = parser_for("crop-rois", "--data-dir", "--manifest", "--splits", "--unet", "--params")
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("data/rois"),
         help="the folder for the crops (npz per split) and summary.json (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "crop_rois", CropConfig)

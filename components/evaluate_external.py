@@ -361,19 +361,13 @@ def _fmt(value) -> str:
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("evaluate-external")
+    parser = parser_for("evaluate-external", "--params")
     parser.add_argument("--version", type=int, default=None, help="default: the params' alias")
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("reports/external.json"),
         help="where to write the external report (JSON) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)

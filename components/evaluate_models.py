@@ -269,42 +269,15 @@ def plot_overlays(images, true_masks, pred_masks, labels, proba, ids, n: int, pa
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("evaluate-models")
-    parser.add_argument(
+    parser = parser_for(
+        "evaluate-models",
         "--data-dir",
-        type=Path,
-        default=Path("data/busi"),
-        help="the BUSI-layout folder of class folders (default: %(default)s)",
-    )
-    parser.add_argument(
         "--manifest",
-        type=Path,
-        default=Path("data/manifest.csv"),
-        help="the manifest that validate-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
         "--splits",
-        type=Path,
-        default=Path("data/splits.csv"),
-        help="the split that split-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
         "--unet",
-        type=Path,
-        default=Path("models/unet.keras"),
-        help="the U-Net that train-unet saved (default: %(default)s)",
-    )
-    parser.add_argument(
         "--classifier",
-        type=Path,
-        default=Path("models/classifier.keras"),
-        help="the classifier that train-classifier saved (default: %(default)s)",
-    )
-    parser.add_argument(
         "--rois",
-        type=Path,
-        default=Path("data/rois"),
-        help="crop_rois output: its summary.json holds the chain settings",
+        "--params",
     )
     parser.add_argument(
         "--metrics",
@@ -317,12 +290,6 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("plots/evaluation"),
         help="the folder for the plots (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "evaluate_models", EvaluateConfig)

@@ -352,16 +352,11 @@ def promote_by_hand(version: int, tracking_uri: str | None = None) -> Decision:
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("promote-model")
+    parser = parser_for("promote-model", "--params")
     parser.add_argument(
         "--version", type=int, default=None, help="make this version champion by hand"
     )
     parser.add_argument("--history", action="store_true", help="print the promotion history")
-    parser.add_argument(
-        "--params",
-        default="params.yaml",
-        help="the params file; this step reads its own section (default: %(default)s)",
-    )
     parser.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
     args = parser.parse_args(argv)
     if args.history:

@@ -289,36 +289,12 @@ def _int(value) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("register-model")
-    parser.add_argument(
-        "--unet",
-        type=Path,
-        default=Path("models/unet.keras"),
-        help="the U-Net that train-unet saved (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--classifier",
-        type=Path,
-        default=Path("models/classifier.keras"),
-        help="the classifier that train-classifier saved (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--rois",
-        type=Path,
-        default=Path("data/rois"),
-        help="the crops and summary.json that crop-rois wrote (default: %(default)s)",
-    )
+    parser = parser_for("register-model", "--unet", "--classifier", "--rois", "--splits")
     parser.add_argument(
         "--evaluation",
         type=Path,
         default=Path("metrics/evaluation.json"),
         help="the figures that evaluate-models wrote (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--splits",
-        type=Path,
-        default=Path("data/splits.csv"),
-        help="the split that split-data writes (default: %(default)s)",
     )
     parser.add_argument(
         "--per-image",

@@ -242,30 +242,12 @@ def run(manifest_path: Path, splits_path: Path, report_path: Path, cfg: SplitCon
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("split-data")
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=Path("data/manifest.csv"),
-        help="the manifest that validate-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--splits",
-        type=Path,
-        default=Path("data/splits.csv"),
-        help="the split that split-data writes (default: %(default)s)",
-    )
+    parser = parser_for("split-data", "--manifest", "--splits", "--params")
     parser.add_argument(
         "--report",
         type=Path,
         default=Path("reports/split.json"),
         help="where to write the report (JSON) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "split_data", SplitConfig)

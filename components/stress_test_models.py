@@ -217,54 +217,21 @@ def flat_metrics(report: dict) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("stress-test-models")
-    parser.add_argument(
+    parser = parser_for(
+        "stress-test-models",
         "--data-dir",
-        type=Path,
-        default=Path("data/busi"),
-        help="the BUSI-layout folder of class folders (default: %(default)s)",
-    )
-    parser.add_argument(
         "--manifest",
-        type=Path,
-        default=Path("data/manifest.csv"),
-        help="the manifest that validate-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
         "--splits",
-        type=Path,
-        default=Path("data/splits.csv"),
-        help="the split that split-data writes (default: %(default)s)",
-    )
-    parser.add_argument(
         "--unet",
-        type=Path,
-        default=Path("models/unet.keras"),
-        help="the U-Net that train-unet saved (default: %(default)s)",
-    )
-    parser.add_argument(
         "--classifier",
-        type=Path,
-        default=Path("models/classifier.keras"),
-        help="the classifier that train-classifier saved (default: %(default)s)",
-    )
-    parser.add_argument(
         "--rois",
-        type=Path,
-        default=Path("data/rois"),
-        help="the crops and summary.json that crop-rois wrote (default: %(default)s)",
+        "--params",
     )
     parser.add_argument(
         "--metrics",
         type=Path,
         default=Path("metrics/stress_test.json"),
         help="where to write the step's figures (JSON) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "stress_test_models", StressConfig)

@@ -196,13 +196,7 @@ def load_rois(path: Path):
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("train-classifier")
-    parser.add_argument(
-        "--rois",
-        type=Path,
-        default=Path("data/rois"),
-        help="the crops and summary.json that crop-rois wrote (default: %(default)s)",
-    )
+    parser = parser_for("train-classifier", "--rois", "--params")
     parser.add_argument(
         "--model",
         type=Path,
@@ -220,12 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("metrics/train_classifier.json"),
         help="where to write the step's figures (JSON) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "train_classifier", ClassifierConfig)

@@ -353,7 +353,7 @@ def _fingerprint(params: dict, train_records: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("train-unet")
+    parser = parser_for("train-unet", "--params")
     parser.add_argument(
         "--data",
         type=Path,
@@ -383,12 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("metrics/train_unet.json"),
         help="where to write the step's figures (JSON) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "train_unet", UnetConfig)

@@ -697,30 +697,12 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     from components.cli import parser_for
 
-    parser = parser_for("validate-data")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("data/busi"),
-        help="the BUSI-layout folder of class folders (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=Path("data/manifest.csv"),
-        help="the manifest that validate-data writes (default: %(default)s)",
-    )
+    parser = parser_for("validate-data", "--data-dir", "--manifest", "--params")
     parser.add_argument(
         "--report",
         type=Path,
         default=Path("reports/validation.json"),
         help="where to write the report (JSON) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="the params file; this step reads its own section (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "validate_data", ValidateConfig)
