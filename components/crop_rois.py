@@ -201,27 +201,31 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
         return part, images, masks
 
     args.out.mkdir(parents=True, exist_ok=True)
-    search = None
+
+    def predict(imgs):
+        return segment(unet, imgs, unet.input_shape[1], cfg.tta_flip)
+
+    search, val = None, None
     if cfg.threshold_choice == "val":
         part, images, masks = load("val")
-        probs = segment(unet, images, unet.input_shape[1], cfg.tta_flip)
+        probs = predict(images)
         chosen, search = choose_threshold(probs, masks, part["class"].to_list(), cfg)
         logger.info("lesion threshold chosen on the val split: %s", chosen)
         cfg = replace(cfg, threshold=chosen)
+        val = (part, images, masks, probs)  # the threshold does not change the probabilities
     summary: dict = {"config": asdict(cfg), "splits": {}}
     if search is not None:
         summary["threshold_search"] = search
     for split in ("train", "val", "test"):
-        part, images, masks = load(split)
+        if split == "val" and val is not None:
+            part, images, masks, probs = val
+            split_predict = lambda _imgs, probs=probs: probs  # noqa: E731
+        else:
+            part, images, masks = load(split)
+            split_predict = predict
         labels = [CLASSES.index(c) for c in part["class"]]
         result = rois_for_split(
-            images,
-            masks,
-            labels,
-            part["id"].to_list(),
-            lambda imgs: segment(unet, imgs, unet.input_shape[1], cfg.tta_flip),
-            cfg,
-            split,
+            images, masks, labels, part["id"].to_list(), split_predict, cfg, split
         )
         np.savez_compressed(args.out / f"{split}.npz", **result)
         predicted = result["mask_source"] == "predicted"

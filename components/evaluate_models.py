@@ -294,26 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "evaluate_models", EvaluateConfig)
 
-    for path, step in ((args.unet, "train-unet"), (args.classifier, "train-classifier")):
-        if not path.is_file():
-            raise BusiError(f"{path} not found: run `busi {step}` first")
-    import keras
-
     from components import tracking
-    from components.augment_data import load_split_rows
-    from components.preprocess import load_pair
-    from components.train_unet import load_unet
 
-    unet = load_unet(args.unet)
-    classifier = keras.models.load_model(args.classifier)
-    crop = chain_settings(args.rois / "summary.json")
-    rows = load_split_rows(args.manifest, args.splits)
-    part = rows[rows["split"] == cfg.split]
-    if part.empty:
-        raise BusiError(f"the split has no '{cfg.split}' images")
-    pairs = [load_pair(args.data_dir, r["path"], r["mask_files"]) for _, r in part.iterrows()]
-    images = [p[0] for p in pairs]
-    true_masks = [p[1] for p in pairs]
+    unet, classifier, crop, part, images, true_masks = load_chain_and_split(args, cfg.split)
     labels = [CLASSES.index(c) for c in part["class"]]
     ids = part["id"].to_list()
     groups = part["dup_group"].astype(str).to_list()
@@ -397,6 +380,31 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def load_chain_and_split(args, split: str):
+    """What scoring the chain on a split needs, from a step's path options (``--unet``,
+    ``--classifier``, ``--rois``, ``--manifest``, ``--splits``, ``--data-dir``): the two
+    models, the crop settings they were trained with, the split's rows, its images and true
+    masks. Shared by evaluate_models and stress_test_models."""
+    for path, step in ((args.unet, "train-unet"), (args.classifier, "train-classifier")):
+        if not path.is_file():
+            raise BusiError(f"{path} not found: run `busi {step}` first")
+    import keras
+
+    from components.augment_data import load_split_rows
+    from components.preprocess import load_pair
+    from components.train_unet import load_unet
+
+    unet = load_unet(args.unet)
+    classifier = keras.models.load_model(args.classifier)
+    crop = chain_settings(args.rois / "summary.json")
+    rows = load_split_rows(args.manifest, args.splits)
+    part = rows[rows["split"] == split]
+    if part.empty:
+        raise BusiError(f"the split has no '{split}' images")
+    pairs = [load_pair(args.data_dir, r["path"], r["mask_files"]) for _, r in part.iterrows()]
+    return unet, classifier, crop, part, [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def chain_settings(summary_path: Path):

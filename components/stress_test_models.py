@@ -29,7 +29,6 @@ from PIL import Image, ImageFilter
 
 from components.chain import RoiConfig, predict_chain
 from components.config import load_section
-from components.errors import BusiError
 from components.metrics import robustness_figures, to_jsonable
 from components.preprocess import CLASSES
 
@@ -235,28 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "stress_test_models", StressConfig)
-    for path, step in ((args.unet, "train-unet"), (args.classifier, "train-classifier")):
-        if not path.is_file():
-            raise BusiError(f"{path} not found: run `busi {step}` first")
-    import keras
-
     from components import tracking
-    from components.augment_data import load_split_rows
-    from components.evaluate_models import chain_settings
-    from components.preprocess import load_pair
+    from components.evaluate_models import load_chain_and_split
 
-    unet = keras.models.load_model(args.unet, compile=False)  # inference only
-    classifier = keras.models.load_model(args.classifier)
-    crop = chain_settings(args.rois / "summary.json")
-    rows = load_split_rows(args.manifest, args.splits)
-    part = rows[rows["split"] == cfg.split]
-    if part.empty:
-        raise BusiError(f"the split has no '{cfg.split}' images")
-    pairs = [load_pair(args.data_dir, r["path"], r["mask_files"]) for _, r in part.iterrows()]
+    unet, classifier, crop, part, images, masks = load_chain_and_split(args, cfg.split)
     with tracking.step_run("stress_test_models", asdict(cfg)):
         report = stress_test(
-            [p[0] for p in pairs],
-            [p[1] for p in pairs],
+            images,
+            masks,
             list(part["class"]),
             unet,
             classifier,
@@ -264,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             crop.tta_flip,
             cfg,
         )
-        report = {"split": cfg.split, "n_images": len(pairs), **report, "config": asdict(cfg)}
+        report = {"split": cfg.split, "n_images": len(images), **report, "config": asdict(cfg)}
         args.metrics.parent.mkdir(parents=True, exist_ok=True)
         args.metrics.write_text(json.dumps(to_jsonable(report), indent=2, allow_nan=False) + "\n")
         tracking.log_metrics(flat_metrics(report))
         tracking.log_step_outputs({}, artifacts=[args.metrics])
     print(
-        f"{cfg.split} split, {len(pairs)} images; change from unshifted (Dice drop, called "
+        f"{cfg.split} split, {len(images)} images; change from unshifted (Dice drop, called "
         "normal, malignant AUC drop):"
     )
     for name, s in report["shifts"].items():

@@ -118,7 +118,9 @@ def smoke_chain(smoke_run):
     from components.evaluate_models import chain_settings
 
     ws = smoke_run["workspace"]
-    unet = keras.models.load_model(ws / "models/unet.keras", compile=False)
+    from components.train_unet import load_unet
+
+    unet = load_unet(ws / "models/unet.keras")
     classifier = keras.models.load_model(ws / "models/classifier.keras")
     crop = chain_settings(ws / "data/rois/summary.json")
     return lambda images: predict_chain(images, unet, classifier, crop.roi, crop.tta_flip)

@@ -18,10 +18,9 @@ CFG = behaviour.BehaviourConfig()
 
 @pytest.fixture(scope="module")
 def unet(smoke_run):
-    import keras
+    from components.train_unet import load_unet
 
-    path = smoke_run["workspace"] / "models" / "unet.keras"
-    return keras.models.load_model(path, compile=False)
+    return load_unet(smoke_run["workspace"] / "models" / "unet.keras")
 
 
 @pytest.fixture(scope="module")
