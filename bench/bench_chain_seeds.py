@@ -8,8 +8,9 @@ stress tests per shift; against issue 13's bars.
 Each seed runs `busi run-pipeline` in a scratch workspace of its own
 (scratch/chain-seeds/<profile>/seed-<n>/, the project's frozen split copied in) with
 augment_data, train_unet and train_classifier seeded n; nothing of the project is touched.
-One seed is about 40 min of CPU on the slowest machine measured (AMD EPYC, 2 cores): run
-it when nothing else trains. Writes bench/results/chain_seeds.{json,md} (for another
+One seed is estimated at about 40 min on the slowest machine type (AMD EPYC, 2 cores: the
+sum of the stage times in bench/results/models.md, not a timed run): run it when nothing
+else trains. Writes bench/results/chain_seeds.{json,md} (for another
 profile: chain_seeds_<profile>).
 """
 
@@ -61,6 +62,10 @@ def _spread(values: list[float]) -> dict:
     }
 
 
+def _with_bar(spread: dict, bar: tuple[str, float]) -> dict:
+    return {**spread, "bar": list(bar), "mean_meets_bar": _meets(spread["mean"], bar)}
+
+
 def summarize(per_seed: dict[int, dict]) -> dict:
     """From each seed's evaluation.json (and stress_test.json, when present, under
     ``stress``): per figure the mean, min and max over seeds, each seed's value with its
@@ -74,12 +79,7 @@ def summarize(per_seed: dict[int, dict]) -> dict:
             value = result.get("headline", {}).get(name, entry.get("value"))
             seeds[seed] = {"value": value, "low": entry.get("low"), "high": entry.get("high")}
         spread = _spread([s["value"] for s in seeds.values()])
-        figures[name] = {
-            **spread,
-            "seeds": seeds,
-            "bar": list(BARS[name]),
-            "mean_meets_bar": _meets(spread["mean"], BARS[name]),
-        }
+        figures[name] = {**_with_bar(spread, BARS[name]), "seeds": seeds}
     shifts: dict[str, dict] = {}
     for seed, result in sorted(per_seed.items()):
         for shift, row in ((result.get("stress") or {}).get("shifts") or {}).items():
@@ -88,13 +88,10 @@ def summarize(per_seed: dict[int, dict]) -> dict:
                 if value is not None:
                     shifts.setdefault(shift, {}).setdefault(key, {})[seed] = value
     stress = {
-        shift: {
-            key: {**_spread(list(vals.values())), "bar": list(STRESS_BARS[key])}
-            | {"mean_meets_bar": _meets(_spread(list(vals.values()))["mean"], STRESS_BARS[key])}
-            for key, vals in keys.items()
-        }
+        shift: {key: _with_bar(_spread(list(vals.values())), STRESS_BARS[key])
+                for key, vals in keys.items()}
         for shift, keys in sorted(shifts.items())
-    }
+    }  # fmt: skip
     return {"figures": figures, "stress": stress, "n_seeds": len(per_seed)}
 
 
