@@ -286,13 +286,51 @@ def render_card(inputs: CardInputs) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The sections a version's description gives up first when the whole card does not fit the
+# backend's column: what matters most in the MLflow UI (intended use, misuse, the figures
+# with their intervals, the known failure modes) stays; the rest is in the artifact.
+DROP_FIRST = (
+    "Lineage",
+    "Training cost",
+    "Calibration",
+    "Split and leakage rules",
+    "External validation and stress tests",
+    "Data",
+)
+
+
+def _sections(card: str) -> list[str]:
+    """The card cut before each ``## `` heading (the first part is the title)."""
+    parts, current = [], []
+    for line in card.splitlines(keepends=True):
+        if line.startswith("## ") and current:
+            parts.append("".join(current))
+            current = []
+        current.append(line)
+    parts.append("".join(current))
+    return parts
+
+
 def description_of(card: str) -> str:
     """The card as a version's description: whole when it fits the backend's column, else
-    cut with a pointer to the artifact that holds it whole."""
+    with its least needed sections (DROP_FIRST, in that order) replaced by a pointer to the
+    artifact that holds the whole card; cut at the end only if that is still too long."""
     if len(card) <= MAX_DESCRIPTION:
         return card
+    pointer = f"(in the full card: the artifact {CARD_NAME})\n\n"
+    parts = _sections(card)
+    for title in DROP_FIRST:
+        if len("".join(parts)) <= MAX_DESCRIPTION:
+            break
+        parts = [
+            f"## {title}\n{pointer}" if part.startswith(f"## {title}\n") else part
+            for part in parts
+        ]
+    text = "".join(parts)
+    if len(text) <= MAX_DESCRIPTION:
+        return text
     note = f"\n\n(truncated: the full card is the artifact {CARD_NAME})\n"
-    return card[: MAX_DESCRIPTION - len(note)] + note
+    return text[: MAX_DESCRIPTION - len(note)] + note
 
 
 # ---------------------------------------------------------------- shell
@@ -391,7 +429,7 @@ def full_card(c, mv) -> str:
     """A version's whole card: its description, or the artifact (tag ``model_card``) when
     the description was cut to fit the backend."""
     source = mv.tags.get("model_card", "")
-    if len(mv.description) < MAX_DESCRIPTION or not source.startswith("runs:/"):
+    if f"artifact {CARD_NAME}" not in mv.description or not source.startswith("runs:/"):
         return mv.description
     import tempfile
 
@@ -401,11 +439,13 @@ def full_card(c, mv) -> str:
 
 
 def version_description(name: str, version: str, tracking_uri: str) -> str | None:
-    """A registered version's description (its card), or None when it has none."""
+    """A registered version's whole card (its description, or the artifact when the
+    description had to be shortened), or None when it has none."""
     from mlflow import MlflowClient
 
     c = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return c.get_model_version(name, str(version)).description or None
+    mv = c.get_model_version(name, str(version))
+    return full_card(c, mv) if mv.description else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,11 +121,35 @@ def test_show_model_prints_the_champions_card(smoke_champion, capsys):
 
 def test_a_long_card_is_cut_to_the_backend_s_description_column():
     # MLflow's SQL schema holds a version's description in VARCHAR(5000); Postgres refuses
-    # more (the quick profile's card is about 6,000 characters).
+    # more. A card past that gives up its least needed sections first: the failure modes,
+    # the intended use and the figures stay (CI's card once lost its failure modes when it
+    # was cut at the end).
     from components.model_card import CARD_NAME, MAX_DESCRIPTION, description_of
 
-    card = "# card\n" + "a line of the card\n" * 400
+    def section(title, n):
+        return f"## {title}\n" + f"a line of {title}\n" * n + "\n"
+
+    card = (
+        "# card\n\n"
+        + section("Intended use", 5)
+        + section("Figures on the test split", 30)
+        + section("Calibration", 100)
+        + section("Lineage", 150)
+        + section("Known failure modes", 10)
+    )
+    assert len(card) > MAX_DESCRIPTION
     cut = description_of(card)
-    assert MAX_DESCRIPTION == 5000 and len(cut) == MAX_DESCRIPTION
-    assert cut.startswith(card[:1000]) and cut.rstrip().endswith(f"artifact {CARD_NAME})")
+    assert len(cut) <= MAX_DESCRIPTION
+    assert "a line of Known failure modes\n" * 10 in cut
+    assert "a line of Figures on the test split\n" * 30 in cut
+    assert "a line of Intended use" in cut
+    assert "a line of Lineage" not in cut  # dropped first
+    assert "a line of Calibration\n" * 100 in cut  # not needed: the card fits without Lineage
+    assert f"## Lineage\n(in the full card: the artifact {CARD_NAME})" in cut
+
+    # Nothing to drop: cut at the end, with a pointer.
+    flat = "# card\n" + "a line of the card\n" * 400
+    cut = description_of(flat)
+    assert len(cut) == MAX_DESCRIPTION
+    assert cut.startswith(flat[:1000]) and cut.rstrip().endswith(f"artifact {CARD_NAME})")
     assert description_of("# short card\n") == "# short card\n"
