@@ -76,8 +76,8 @@ test-fast: setup
 	$(BIN)/python -m pytest tests -m "not integration"
 
 lint: setup
-	$(BIN)/ruff check components tests bench dags
-	$(BIN)/ruff format --check components tests bench dags
+	$(BIN)/ruff check components busi tests bench dags
+	$(BIN)/ruff format --check components busi tests bench dags
 
 bench: setup
 	$(BIN)/python bench/bench_data.py --source "$(BUSI_SOURCE)"

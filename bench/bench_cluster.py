@@ -70,9 +70,9 @@ def step_walls(uri: str, airflow_run_id: str | None = None) -> dict[str, float]:
 
 
 def cluster_run(base: Path) -> dict:
-    from components import cluster as cl
-    from components import cluster_run as cr
-    from components import platform as plat
+    from busi.local import cluster as cl
+    from busi.local import cluster_run as cr
+    from busi.local import platform_services as plat
 
     env = {
         **os.environ,

@@ -44,7 +44,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: import the project's package
 
-from components.imaging import decode_image, hamming_matrix  # noqa: E402
+from busi.data.imaging import decode_image, hamming_matrix  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GNU_TIME = Path("/usr/bin/time")
@@ -96,8 +96,8 @@ def machine_info() -> dict:
         "dvc": dvc_version,
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "project_commit": _git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes_in_components": _git(
-            "status", "--porcelain", "components"
+        "uncommitted_changes_in_code": _git(
+            "status", "--porcelain", "components", "busi"
         ).splitlines(),
     }
 
@@ -425,9 +425,7 @@ def _thumb_fit(path: Path) -> np.ndarray:
 
 
 def render(results: dict) -> str:
-    dirty = ", ".join(
-        x.split()[-1] for x in results["machine"]["uncommitted_changes_in_components"]
-    )
+    dirty = ", ".join(x.split()[-1] for x in results["machine"]["uncommitted_changes_in_code"])
     mach, steps, facts, study = (
         results["machine"],
         results["steps"],
@@ -632,8 +630,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _project_threshold() -> int:
-    from components.config import load_section
-    from components.validate_data import ValidateConfig
+    from busi.config import load_section
+    from busi.data.validation import ValidateConfig
 
     return load_section(
         REPO / "params.yaml", "validate_data", ValidateConfig

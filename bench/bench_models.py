@@ -95,7 +95,7 @@ def stage_costs(tracking_uri: str, lookback: int = 20) -> dict:
             }
     latest = parents[0]
     total = (latest.info.end_time - latest.info.start_time) / 1000 if latest.info.end_time else None
-    from components.orchestrate import TRAINING_STEPS
+    from busi.orchestration.orchestrate import TRAINING_STEPS
 
     steps = {step: steps[step] for step in TRAINING_STEPS if step in steps}
     return {"parent_run_id": latest.info.run_id, "pipeline_wall_s": total, "steps": steps}
@@ -119,8 +119,8 @@ def input_pipeline(steps: int = 60) -> dict:
     import numpy as np
     import yaml
 
-    from components.augment_data import read_tfrecord
-    from components.config import from_dict
+    from busi.config import from_dict
+    from busi.data.tfrecords import read_tfrecord
     from components.train_unet import UnetConfig, build_unet, compile_unet, segmentation_dataset
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())

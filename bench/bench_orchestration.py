@@ -112,8 +112,8 @@ def second_run(source: str) -> dict:
 
 def landing_to_decision() -> dict:
     """On the smoke profile, in a temp workspace, Airflow home and MLflow store."""
-    from components.ingest_data import ingest
-    from components.run_pipeline import prepare_workspace, synthetic_source
+    from busi.data.importer import ingest
+    from busi.orchestration.workspace import prepare_workspace, synthetic_source
     from tests.dags.test_dags_end_to_end import land_batch
 
     base = Path(tempfile.mkdtemp(prefix="busi-bench-landing-"))

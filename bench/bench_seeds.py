@@ -29,18 +29,13 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
 
-    from components.augment_data import load_split_rows
-    from components.config import from_dict
-    from components.evaluate_models import (
-        CLASSES,
-        EvaluateConfig,
-        chain_settings,
-        evaluate_chain,
-        headline,
-    )
-    from components.preprocess import load_pair
+    from busi.config import from_dict
+    from busi.data.preprocess import load_pair
+    from busi.data.splits import load_split_rows
+    from busi.model.loading import chain_settings
+    from busi.model.unet import load_unet
+    from components.evaluate_models import CLASSES, EvaluateConfig, evaluate_chain, headline
     from components.train_classifier import ClassifierConfig, fit_classifier, load_rois
-    from components.train_unet import load_unet
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     base = from_dict(ClassifierConfig, params["train_classifier"])

@@ -46,7 +46,7 @@ def test_images(n: int, source: Path) -> list[bytes]:
     if len(out) < n:
         from PIL import Image
 
-        from components.synthetic import synth_pair
+        from busi.data.synthetic import synth_pair
 
         rng = np.random.default_rng(0)
         while len(out) < n:
@@ -109,10 +109,10 @@ def bench_naive(images: list[bytes]) -> dict:
     """The notebook way: the Keras models, ``model.predict`` per image, same chain code."""
     import keras
 
-    from components.chain import predict_chain
-    from components.evaluate_models import chain_settings
-    from components.pipeline_model import decode_upload
-    from components.train_unet import load_unet
+    from busi.model.chain import predict_chain
+    from busi.model.loading import chain_settings
+    from busi.model.pipeline_model import decode_upload
+    from busi.model.unet import load_unet
 
     unet = load_unet(REPO / "models/unet.keras")
     classifier = keras.models.load_model(REPO / "models/classifier.keras")

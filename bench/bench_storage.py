@@ -82,8 +82,8 @@ def _timed(argv: list[str], cwd: Path) -> float:
 
 
 def dvc_bench(source: Path, base: Path, endpoint: str) -> dict:
-    from components.ingest_data import find_dataset_root, list_tree, same_tree
-    from components.storage import ensure_bucket
+    from busi.data.importer import find_dataset_root, list_tree, same_tree
+    from busi.storage import ensure_bucket
 
     root = find_dataset_root(source)
     files, _ = list_tree(root)
@@ -114,7 +114,7 @@ def dvc_bench(source: Path, base: Path, endpoint: str) -> dict:
 def mlflow_bench(base: Path, endpoint: str, megabytes: int, repeats: int) -> dict:
     import mlflow
 
-    from components import platform
+    from busi.local import platform_services as platform
     from tests.conftest import started_service
 
     artifact = base / "model.bin"

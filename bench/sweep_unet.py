@@ -88,8 +88,8 @@ def trials() -> list[Trial]:
 
 
 def export(data_dir: Path, manifest: Path, splits: Path, out: Path) -> dict:
-    from components.augment_data import load_split_rows
-    from components.preprocess import CLASSES, load_pair, resize_gray, resize_mask
+    from busi.data.preprocess import CLASSES, load_pair, resize_gray, resize_mask
+    from busi.data.splits import load_split_rows
 
     rows = load_split_rows(manifest, splits)
     arrays: dict[str, np.ndarray] = {}
@@ -128,12 +128,7 @@ def _x(images: np.ndarray) -> np.ndarray:
 def train_trial_unet(trial: Trial, data):
     import keras
 
-    from components.train_unet import (
-        ARCHITECTURES,
-        bce_dice_loss,
-        build_unet,
-        lesion_dice_metric,
-    )
+    from components.train_unet import ARCHITECTURES, bce_dice_loss, build_unet, lesion_dice_metric
 
     keras.utils.set_random_seed(trial.seed)
     x, y = _augmented_train(data, trial.size, trial.copies)
@@ -172,7 +167,7 @@ def train_trial_unet(trial: Trial, data):
 
 def _probs(model, images: np.ndarray) -> list[np.ndarray]:
     """Flip-TTA lesion probabilities of images already at the model's size, on the grid."""
-    from components.preprocess import resize_prob
+    from busi.data.preprocess import resize_prob
 
     x = _x(images)
     prob = model.predict(x, batch_size=64, verbose=0)
@@ -181,8 +176,8 @@ def _probs(model, images: np.ndarray) -> list[np.ndarray]:
 
 
 def score_segmentation(probs, true_masks, classes, threshold: float, min_area: float) -> dict:
-    from components.chain import RoiConfig, clean_mask
-    from components.metrics import segmentation_metrics
+    from busi.model.chain import RoiConfig, clean_mask
+    from busi.model.metrics import segmentation_metrics
 
     roi = RoiConfig(threshold=threshold, min_area=min_area)
     masks = [clean_mask(p, roi) for p in probs]
@@ -203,7 +198,7 @@ def score_segmentation(probs, true_masks, classes, threshold: float, min_area: f
 def classifier_inputs(images, probs, masks, crop: int = 96, soft: bool = False):
     """The pipeline's classifier input: the crop plus the binary mask, or with ``soft`` the
     U-Net's probability over the same box (``mask_channel: probability``)."""
-    from components.chain import RoiConfig, classifier_input, rois_from_masks
+    from busi.model.chain import RoiConfig, classifier_input, rois_from_masks
 
     roi = RoiConfig(crop_size=crop, mask_channel="probability" if soft else "binary")
     crops, channel, _, _ = rois_from_masks(
@@ -258,7 +253,7 @@ def train_trial_classifier(x, y, xv, yv, seed: int = 0, epochs: int = 40, patien
 def run_trial(trial: Trial, data_path: Path, clf_epochs: int = 40) -> dict:
     import keras
 
-    from components.chain import RoiConfig, clean_mask
+    from busi.model.chain import RoiConfig, clean_mask
 
     data = dict(np.load(data_path))
     started = time.time()

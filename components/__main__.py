@@ -2,6 +2,6 @@
 
 import sys
 
-from components.cli import main
+from busi.cli import main
 
 sys.exit(main())

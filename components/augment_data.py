@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
-from components.config import load_section
-from components.errors import BusiError
-from components.preprocess import CLASSES, load_pair, resize_gray, resize_mask
+from busi.config import load_section
+from busi.data.preprocess import CLASSES, load_pair, resize_gray, resize_mask
+from busi.data.splits import load_split_rows
+from busi.data.tfrecords import write_tfrecord
 
 logger = logging.getLogger(__name__)
 
@@ -165,62 +165,6 @@ def prepare_split(
     )
 
 
-def write_tfrecord(path: Path, images, masks, labels, ids, augmented) -> None:
-    """One tf.train.Example per row: raw uint8 image and mask, label, id, augmented flag."""
-    import tensorflow as tf
-
-    def _bytes(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    def _int(value: int) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for image, mask, label, image_id, aug in zip(
-            images, masks, labels, ids, augmented, strict=True
-        ):
-            features = {
-                "image": _bytes(image.tobytes()),
-                "mask": _bytes(mask.tobytes()),
-                "label": _int(label),
-                "id": _bytes(str(image_id).encode()),
-                "augmented": _int(aug),
-            }
-            example = tf.train.Example(features=tf.train.Features(feature=features))
-            writer.write(example.SerializeToString())
-
-
-def read_tfrecord(path: Path, image_size: int):
-    """A tf.data.Dataset of (image float32 [S,S,1] in [0,1], mask float32 [S,S,1], label)."""
-    import tensorflow as tf
-
-    spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "mask": tf.io.FixedLenFeature([], tf.string),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-    }
-
-    def parse(record):
-        ex = tf.io.parse_single_example(record, spec)
-        image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (image_size, image_size, 1))
-        mask = tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), (image_size, image_size, 1))
-        return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32), ex["label"]
-
-    return tf.data.TFRecordDataset(str(path)).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def load_split_rows(manifest_path: Path, splits_path: Path) -> pd.DataFrame:
-    """Rows of the split that are in train/val/test, with their mask files."""
-    for path, step in ((manifest_path, "validate-data"), (splits_path, "split-data")):
-        if not Path(path).is_file():
-            raise BusiError(f"{path} not found: run `busi {step}` first")
-    splits = pd.read_csv(splits_path)
-    manifest = pd.read_csv(manifest_path)[["id", "mask_files"]]
-    rows = splits[splits["split"].isin(["train", "val", "test"])].merge(manifest, on="id")
-    return rows.reset_index(drop=True)
-
-
 def run(data_dir: Path, manifest: Path, splits: Path, out_dir: Path, cfg: AugmentConfig) -> dict:
     from tqdm import tqdm
 
@@ -252,7 +196,7 @@ def run(data_dir: Path, manifest: Path, splits: Path, out_dir: Path, cfg: Augmen
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("augment-data", "--data-dir", "--manifest", "--splits", "--params")
     parser.add_argument(
@@ -263,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "augment_data", AugmentConfig)
-    from components import tracking
+    from busi import tracking
 
     with tracking.step_run("augment_data", asdict(cfg)):
         meta = run(args.data_dir, args.manifest, args.splits, args.out, cfg)

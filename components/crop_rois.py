@@ -25,60 +25,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from components.chain import RoiConfig, clean_mask, rois_from_masks, segment
-from components.config import load_section
-from components.errors import BusiError
-from components.preprocess import CLASSES
+from busi.config import load_section
+from busi.data.preprocess import CLASSES
+from busi.errors import BusiError
+from busi.model.chain import CropConfig, clean_mask, rois_from_masks, segment
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    threshold: float = 0.5
-    min_area: float = 0.002
-    keep: str = "largest"
-    margin: float = 0.15
-    crop_size: int = 128
-    tta_flip: bool = True
-    train_masks: str = "predicted"  # predicted | ground_truth | both
-    # binary | probability; summaries written before this existed mean binary
-    mask_channel: str = "binary"
-    # fixed: ``threshold`` as given. val: chosen on the val split from threshold_grid, the
-    # one that misses the fewest lesions while giving a false lesion to at most
-    # max_val_false_lesion_rate of the normal images (ties: the better lesion Dice, then
-    # the higher threshold); the summary records the choice, which evaluation and serving
-    # then use.
-    threshold_choice: str = "fixed"
-    threshold_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
-    max_val_false_lesion_rate: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.train_masks not in ("predicted", "ground_truth", "both"):
-            raise ValueError("train_masks must be predicted, ground_truth or both")
-        if self.threshold_choice not in ("fixed", "val"):
-            raise ValueError("threshold_choice must be fixed or val")
-        if not self.threshold_grid or not all(0 < t < 1 for t in self.threshold_grid):
-            raise ValueError("threshold_grid must list thresholds in (0, 1)")
-        if not 0 <= self.max_val_false_lesion_rate <= 1:
-            raise ValueError("max_val_false_lesion_rate must lie in [0, 1]")
-        self.roi  # validates the ROI settings  # noqa: B018
-
-    @property
-    def roi(self) -> RoiConfig:
-        return RoiConfig(
-            self.threshold,
-            self.min_area,
-            self.keep,
-            self.margin,
-            self.crop_size,
-            self.mask_channel,
-        )
 
 
 def choose_threshold(probs, true_masks, labels, cfg: CropConfig) -> tuple[float, list[dict]]:
@@ -88,7 +45,7 @@ def choose_threshold(probs, true_masks, labels, cfg: CropConfig) -> tuple[float,
     import math
     from dataclasses import replace
 
-    from components.metrics import segmentation_metrics
+    from busi.model.metrics import segmentation_metrics
 
     rows = []
     for threshold in sorted(cfg.threshold_grid):
@@ -148,7 +105,7 @@ def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, sp
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("crop-rois", "--data-dir", "--manifest", "--splits", "--unet", "--params")
     parser.add_argument(
@@ -162,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.unet.is_file():
         raise BusiError(f"{args.unet} not found: run `busi train-unet` first")
 
-    from components import tracking
-    from components.augment_data import load_split_rows
-    from components.train_unet import load_unet
+    from busi import tracking
+    from busi.data.splits import load_split_rows
+    from busi.model.unet import load_unet
 
     unet = load_unet(args.unet)
     rows = load_split_rows(args.manifest, args.splits)
@@ -187,7 +144,7 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
 
     from tqdm import tqdm
 
-    from components.preprocess import load_pair
+    from busi.data.preprocess import load_pair
 
     def load(split: str):
         part = rows[rows["split"] == split]

@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import registry
-from components.config import load_section
-from components.errors import BusiError
-from components.imaging import ImageDecodeError, decode_image, decode_mask
-from components.metrics import robustness_figures, to_jsonable
-from components.preprocess import CLASSES, MAX_PIXELS
+from busi import registry
+from busi.config import load_section
+from busi.data.imaging import ImageDecodeError, decode_image, decode_mask
+from busi.data.preprocess import CLASSES, MAX_PIXELS
+from busi.errors import BusiError
+from busi.model.metrics import robustness_figures, to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -267,8 +267,8 @@ def evaluate_set(one: ExternalSet, predict, batch_size: int, project: Path) -> d
 
 def load_chain(c, version: int):
     """The version's chain as a function images -> ChainResult, loaded as serving loads it."""
-    from components.chain import predict_chain
-    from components.serve_model import load_pyfunc
+    from busi.model.chain import predict_chain
+    from busi.serving.server import load_pyfunc
 
     model = load_pyfunc(f"models:/{registry.PIPELINE_MODEL}/{version}", c.tracking_uri)
     inner = model.unwrap_python_model()
@@ -287,7 +287,7 @@ def evaluate(
     """Score the version on every configured set; tags, artifact and ``out``."""
     sets = cfg.sets()
     if not sets:
-        from components import tracking
+        from busi import tracking
 
         # Still a step run, so the DAG run's tree has every task and says why it was empty.
         with tracking.step_run("evaluate_external", asdict(cfg)) as step:
@@ -307,7 +307,7 @@ def evaluate(
     else:
         info = registry.version_info(c, registry.PIPELINE_MODEL, version)
     predict = load_chain(c, info.version)
-    from components import tracking
+    from busi import tracking
 
     name, v = registry.PIPELINE_MODEL, str(info.version)
     reports = []
@@ -359,7 +359,7 @@ def _fmt(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("evaluate-external", "--params")
     parser.add_argument("--version", type=int, default=None, help="default: the params' alias")

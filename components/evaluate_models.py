@@ -5,11 +5,11 @@ matrix, malignant-vs-rest ROC AUC and calibration error. Pixel accuracy is repor
 as a secondary figure: the background dominates it.
 
 Each headline figure comes with a bootstrap interval (resampling near-duplicate groups,
-see components/uncertainty.py), and the figures are broken down per lesion size (share
+see busi/model/uncertainty.py), and the figures are broken down per lesion size (share
 of the image: < 1 %, 1-5 %, >= 5 %) and per class. The per-image predictions are kept
 (``per_image.csv``) so that promote_model can compare two models image by image.
 
-The behavioural checks (components/behaviour.py: a blank image and the split's normal
+The behavioural checks (busi/model/behaviour.py: a blank image and the split's normal
 images get no lesion, a flipped image the same answer, a dark lesion drawn on normal tissue
 is found) go into ``evaluation.json: behaviour``; the promotion guard reads them.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.behaviour import BehaviourConfig, run_checks
-from components.chain import RoiConfig, predict_chain
-from components.config import from_dict, load_section
-from components.errors import BusiError
-from components.metrics import classification_metrics, segmentation_metrics, to_jsonable
-from components.preprocess import CLASSES
-from components.uncertainty import (
+from busi.config import from_dict, load_section
+from busi.data.preprocess import CLASSES
+from busi.model.behaviour import BehaviourConfig, run_checks
+from busi.model.chain import RoiConfig, predict_chain
+from busi.model.loading import load_chain_and_split
+from busi.model.metrics import classification_metrics, segmentation_metrics, to_jsonable
+from busi.model.uncertainty import (
     PER_IMAGE_COLUMNS,
     BootstrapConfig,
     figures_with_intervals,
@@ -267,7 +267,7 @@ def plot_overlays(images, true_masks, pred_masks, labels, proba, ids, n: int, pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for(
         "evaluate-models",
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "evaluate_models", EvaluateConfig)
 
-    from components import tracking
+    from busi import tracking
 
     unet, classifier, crop, part, images, true_masks = load_chain_and_split(args, cfg.split)
     labels = [CLASSES.index(c) for c in part["class"]]
@@ -380,41 +380,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
-
-
-def load_chain_and_split(args, split: str):
-    """What scoring the chain on a split needs, from a step's path options (``--unet``,
-    ``--classifier``, ``--rois``, ``--manifest``, ``--splits``, ``--data-dir``): the two
-    models, the crop settings they were trained with, the split's rows, its images and true
-    masks. Shared by evaluate_models and stress_test_models."""
-    for path, step in ((args.unet, "train-unet"), (args.classifier, "train-classifier")):
-        if not path.is_file():
-            raise BusiError(f"{path} not found: run `busi {step}` first")
-    import keras
-
-    from components.augment_data import load_split_rows
-    from components.preprocess import load_pair
-    from components.train_unet import load_unet
-
-    unet = load_unet(args.unet)
-    classifier = keras.models.load_model(args.classifier)
-    crop = chain_settings(args.rois / "summary.json")
-    rows = load_split_rows(args.manifest, args.splits)
-    part = rows[rows["split"] == split]
-    if part.empty:
-        raise BusiError(f"the split has no '{split}' images")
-    pairs = [load_pair(args.data_dir, r["path"], r["mask_files"]) for _, r in part.iterrows()]
-    return unet, classifier, crop, part, [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def chain_settings(summary_path: Path):
-    """The crop_rois settings recorded beside the crops: evaluation runs the same chain."""
-    from components.config import from_dict
-    from components.crop_rois import CropConfig
-
-    if not summary_path.is_file():
-        raise BusiError(f"{summary_path} not found: run `busi crop-rois` first")
-    return from_dict(CropConfig, json.loads(summary_path.read_text())["config"], str(summary_path))
 
 
 def _ci(entry: dict) -> str:

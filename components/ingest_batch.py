@@ -31,20 +31,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from components import drift
-from components.config import load_section
-from components.errors import BusiError
-from components.imaging import sha256_bytes
-from components.ingest_data import (
-    DATA_DIR,
-    DVC_FILE,
-    Dvc,
-    default_remote_url,
-    list_tree,
-    recorded_version,
-    require_recorded,
-)
-from components.validate_data import (
+from busi.config import load_section
+from busi.data.imaging import sha256_bytes
+from busi.data.importer import list_tree
+from busi.data.validation import (
     FILE_REASONS,
     ImageFiles,
     ValidateConfig,
@@ -53,6 +43,16 @@ from components.validate_data import (
     list_files,
     validate_corpus,
 )
+from busi.data.versions import (
+    DATA_DIR,
+    DVC_FILE,
+    Dvc,
+    default_remote_url,
+    recorded_version,
+    require_recorded,
+)
+from busi.errors import BusiError
+from busi.model import drift
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class IngestBatchConfig:
         self.drift_config()  # validates the drift settings
 
     def drift_config(self):
-        from components.drift import DriftConfig
+        from busi.model.drift import DriftConfig
 
         return DriftConfig(
             self.drift, self.drift_alpha, self.drift_permutations, self.drift_reference_size
@@ -872,7 +872,7 @@ def summarize(result: IngestBatchResult, limit: int = 10) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("ingest-batch")
     parser.add_argument(

@@ -43,10 +43,10 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from components import registry
-from components.config import load_section
-from components.errors import BusiError
-from components.uncertainty import BootstrapConfig, paired_differences, probability_at_least
+from busi import registry
+from busi.config import load_section
+from busi.errors import BusiError
+from busi.model.uncertainty import BootstrapConfig, paired_differences, probability_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def promote(rule: PromotionRule, tracking_uri: str | None = None) -> Decision:
         )
     else:
         decision = compare(c, challenger, champion, rule)
-    from components import tracking
+    from busi import tracking
 
     with tracking.step_run("promote_model", asdict(rule)):
         if decision.promote:
@@ -350,7 +350,7 @@ def promote_by_hand(version: int, tracking_uri: str | None = None) -> Decision:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("promote-model", "--params")
     parser.add_argument(

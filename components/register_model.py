@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import registry
-from components.errors import BusiError
+from busi import registry
+from busi.errors import BusiError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def fingerprint(unet: Path, classifier: Path, crop_config: dict) -> str:
     """Identifies what is registered: the two model files, the chain settings and the
     layout of the pyfunc package (so a new layout, e.g. one adding the LiteRT copies, makes
     a new version of the same models)."""
-    from components.pipeline_model import PACKAGE_FORMAT
+    from busi.model.pipeline_model import PACKAGE_FORMAT
 
     parts = [
         file_md5(unet),
@@ -155,10 +155,10 @@ def register(
 
     import keras
 
-    from components import tracking
-    from components.crop_rois import CropConfig
-    from components.pipeline_model import log_pipeline_model
-    from components.train_unet import load_unet
+    from busi import tracking
+    from busi.model.chain import CropConfig
+    from busi.model.pipeline_model import log_pipeline_model
+    from busi.model.unet import load_unet
 
     evaluation = json.loads(evaluation_path.read_text())
     figures = evaluation_figures(evaluation)
@@ -260,7 +260,7 @@ def _attach_per_image(c, run, version: str, per_image: Path) -> None:
 
 def _write_card(c, run, pipeline, evaluation_path: Path, splits_csv: Path, plots: Path):
     """The model card: the version's description in the registry and an artifact."""
-    from components import model_card
+    from busi.model import model_card
 
     reliability = plots / model_card.RELIABILITY_NAME
     where = (
@@ -287,7 +287,7 @@ def _int(value) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("register-model", "--unet", "--classifier", "--rois", "--splits")
     parser.add_argument(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from components.errors import BusiError
+from busi.errors import BusiError
 
 logger = logging.getLogger(__name__)
 
@@ -518,7 +518,7 @@ def point_dvc_at_project(project: Path, tree: Path) -> None:
 
 def restore_data(tree: Path, version: str) -> list[str]:
     """data/busi at ``version`` in the worktree, from the cache or else the remote."""
-    from components.ingest_data import DATA_DIR, DVC_FILE, Dvc, recorded_version
+    from busi.data.versions import DATA_DIR, DVC_FILE, Dvc, recorded_version
 
     notes = []
     dvc, target = Dvc(tree), str(DVC_FILE)
@@ -548,7 +548,7 @@ def restore_data(tree: Path, version: str) -> list[str]:
 
 def choose_params(tree: Path, plan: Plan, original: Path) -> str | None:
     """The commit's params.yaml, or the run's logged one when only that matches params_md5."""
-    from components.tracking import file_md5
+    from busi.tracking import file_md5
 
     at_commit = file_md5(tree / "params.yaml")
     if plan.params_md5 is None or at_commit == plan.params_md5:
@@ -567,8 +567,8 @@ def choose_params(tree: Path, plan: Plan, original: Path) -> str | None:
 
 def rerun_default(project: Path, plan: Plan, tree: Path, out: Path, env: dict) -> tuple[str, list]:
     """`dvc repro --force` of the real-data pipeline in the worktree, under a new parent run."""
-    from components import tracking
-    from components.run_pipeline import repro_under_parent
+    from busi import tracking
+    from busi.orchestration.workspace import repro_under_parent
 
     point_dvc_at_project(project, tree)
     notes = restore_data(tree, plan.data_version)
@@ -631,8 +631,8 @@ def reproduce(
     project: Path | None = None,
 ) -> dict:
     """Rebuild and rerun a pipeline run; returns the comparison (also in comparison.json)."""
-    from components import tracking
-    from components.tracking import file_md5
+    from busi import tracking
+    from busi.tracking import file_md5
 
     project = (project or tracking.PROJECT_ROOT).resolve()
     uri = tracking_uri or tracking.tracking_uri()
@@ -696,7 +696,7 @@ def reproduce(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("reproduce")
     parser.add_argument("run_id", help="an MLflow pipeline run, or one of its step runs")

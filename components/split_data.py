@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import load_section
-from components.errors import BusiError
+from busi.config import load_section
+from busi.errors import BusiError
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def run(manifest_path: Path, splits_path: Path, report_path: Path, cfg: SplitCon
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("split-data", "--manifest", "--splits", "--params")
     parser.add_argument(
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "split_data", SplitConfig)
-    from components import tracking
+    from busi import tracking
 
     with tracking.step_run("split_data", asdict(cfg)):
         report = run(args.manifest, args.splits, args.report, cfg)

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from components.chain import RoiConfig, predict_chain
-from components.config import load_section
-from components.metrics import robustness_figures, to_jsonable
-from components.preprocess import CLASSES
+from busi.config import load_section
+from busi.data.preprocess import CLASSES
+from busi.model.chain import RoiConfig, predict_chain
+from busi.model.metrics import robustness_figures, to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def flat_metrics(report: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for(
         "stress-test-models",
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = load_section(args.params, "stress_test_models", StressConfig)
-    from components import tracking
-    from components.evaluate_models import load_chain_and_split
+    from busi import tracking
+    from busi.model.loading import load_chain_and_split
 
     unet, classifier, crop, part, images, masks = load_chain_and_split(args, cfg.split)
     with tracking.step_run("stress_test_models", asdict(cfg)):

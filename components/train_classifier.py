@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.config import load_section
-from components.errors import BusiError
-from components.preprocess import CLASSES
+from busi.config import load_section
+from busi.data.preprocess import CLASSES
+from busi.errors import BusiError
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def fit_classifier(
 
 
 def load_rois(path: Path):
-    from components.chain import classifier_input
+    from busi.model.chain import classifier_input
 
     if not path.is_file():
         raise BusiError(f"{path} not found: run `busi crop-rois` first")
@@ -194,7 +194,7 @@ def load_rois(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("train-classifier", "--rois", "--params")
     parser.add_argument(
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_section(args.params, "train_classifier", ClassifierConfig)
     x_train, y_train = load_rois(args.rois / "train.npz")
     x_val, y_val = load_rois(args.rois / "val.npz")
-    from components import tracking
+    from busi import tracking
 
     for path in (args.model, args.history, args.metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             [tracking.epoch_logger()] if run else [],
         )
         model.save(args.model)
-        from components.chain import predict_proba
-        from components.metrics import classification_metrics
+        from busi.model.chain import predict_proba
+        from busi.model.metrics import classification_metrics
 
         proba = predict_proba(model, x_val)
 

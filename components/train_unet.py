@@ -1,6 +1,6 @@
 """train_unet: train the U-Net lesion segmenter on the prepared TFRecords.
 
-Loss BCE + soft Dice. One Dice everywhere (``components.metrics``): the lesion Dice is the
+Loss BCE + soft Dice. One Dice everywhere (``busi.model.metrics``): the lesion Dice is the
 mean, over images whose true mask is non-empty, of 2TP / (2TP + FP + FN); an image with an
 empty true mask has no Dice (it is scored by the false-lesion rate instead). Training logs
 it on the raw thresholded masks (``lesion_dice_raw``, ``val_lesion_dice_raw``); after each
@@ -27,8 +27,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.config import load_section
-from components.errors import BusiError
+from busi.config import load_section
+from busi.errors import BusiError
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def bce_dice_loss(y_true, y_pred):
 
 
 def lesion_dice_metric(threshold: float = 0.5):
-    """A Keras metric: the lesion Dice of ``components.metrics`` on the raw thresholded
+    """A Keras metric: the lesion Dice of ``busi.model.metrics`` on the raw thresholded
     masks, accumulated over an epoch (each lesion image counts once, whatever its batch)."""
     import keras
     from keras import ops
@@ -182,8 +182,8 @@ def chain_scores(probs, true_masks, labels, roi, false_lesion_weight: float) -> 
     ``segmentation_metrics``. ``labels`` are class names."""
     import math
 
-    from components.chain import clean_mask
-    from components.metrics import segmentation_metrics
+    from busi.model.chain import clean_mask
+    from busi.model.metrics import segmentation_metrics
 
     cleaned = [clean_mask(p, roi) for p in probs]
     seg = segmentation_metrics(list(true_masks), cleaned, list(labels), lesion_min_area=0.0)
@@ -223,19 +223,12 @@ def compile_unet(model, learning_rate: float):
     return model
 
 
-def load_unet(path: Path):
-    """A saved U-Net for inference (its training loss and metrics are not needed)."""
-    import keras
-
-    return keras.models.load_model(path, compile=False)
-
-
 def split_arrays(ds):
     """(images [N,S,S,1], masks [N,S,S], class names) of an unbatched (image, mask, label)
     dataset."""
     import numpy as np
 
-    from components.preprocess import CLASSES
+    from busi.data.preprocess import CLASSES
 
     images, masks, labels = [], [], []
     for image, mask, label in ds.as_numpy_iterator():
@@ -250,7 +243,7 @@ def segmentation_dataset(path: Path, image_size: int, cfg: UnetConfig, training:
     reshuffled every epoch, with an extra random horizontal flip online."""
     import tensorflow as tf
 
-    from components.augment_data import read_tfrecord
+    from busi.data.tfrecords import read_tfrecord
 
     ds = read_tfrecord(path, image_size).map(lambda image, mask, label: (image, mask))
     ds = ds.cache()
@@ -338,7 +331,7 @@ def chain_config(params_path: Path):
     evaluate_models apply them (dvc.yaml lists these keys as train_unet params)."""
     import yaml
 
-    from components.chain import RoiConfig
+    from busi.model.chain import RoiConfig
 
     section = (yaml.safe_load(Path(params_path).read_text()) or {}).get("crop_rois") or {}
     return RoiConfig(**{k: section[k] for k in CHAIN_KEYS if k in section})
@@ -351,7 +344,7 @@ def _fingerprint(params: dict, train_records: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("train-unet", "--params")
     parser.add_argument(
@@ -396,14 +389,14 @@ def main(argv: list[str] | None = None) -> int:
             f"augment_data.image_size={image_size} must be divisible by "
             f"{2**cfg.arch.depth} for the {cfg.architecture} U-Net"
         )
-    from components import tracking
+    from busi import tracking
 
     for path in (args.model, args.history, args.metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
     chain = {f"chain_{k}": v for k, v in asdict(roi).items() if k in CHAIN_KEYS}
     params = asdict(cfg) | asdict(cfg.arch) | {"image_size": image_size} | chain
     with tracking.step_run("train_unet", params) as run:
-        from components.augment_data import read_tfrecord
+        from busi.data.tfrecords import read_tfrecord
 
         train_ds = segmentation_dataset(args.data / "train.tfrecord", image_size, cfg, True)
         val_ds = segmentation_dataset(args.data / "val.tfrecord", image_size, cfg, False)

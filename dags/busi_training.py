@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from components.orchestrate import (
+from busi.orchestration.orchestrate import (
     DATA_ASSET_NAME,
     DATA_ASSET_URI,
     DVC_STAGES,
@@ -40,7 +40,7 @@ each step is a nested run. The `profile` param picks the data: `default` (real d
 
 
 def _on_failure(context) -> None:
-    from components.orchestrate import fail_parent
+    from busi.orchestration.orchestrate import fail_parent
 
     fail_parent(context["run_id"], context["dag"].dag_id, context["params"].get("profile"))
 
@@ -48,7 +48,7 @@ def _on_failure(context) -> None:
 def _step(step: str):
     @task(task_id=step)
     def run(**context) -> dict:
-        from components.orchestrate import run_step
+        from busi.orchestration.orchestrate import run_step
 
         return run_step(
             step, context["run_id"], context["dag"].dag_id, context["params"]["profile"]
@@ -70,7 +70,7 @@ def busi_training():
     previous = None
     for step in TRAINING_STEPS:
         if in_pods and step in DVC_STAGES:
-            from components.orchestrate import pod_operator
+            from busi.orchestration.orchestrate import pod_operator
 
             current = pod_operator(step)
         else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.synthetic import make_busi_like
+from busi.data.synthetic import make_busi_like
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,10 +356,10 @@ def fresh_smoke_champion(smoke_run, tmp_path_factory) -> SmokeChampion:
 
 @contextlib.contextmanager
 def started_service(service, cwd: Path, timeout: float = 120.0):
-    """Run one ``components.platform.Service`` (as `busi up` starts it) until the block ends,
-    then stop its whole process group; fails with the tail of its log if it does not get
+    """Run one ``busi.local.platform_services.Service`` (as `busi up` starts it) until the
+    block ends, then stop its whole process group; fails with the tail of its log if it does not get
     ready."""
-    from components import platform
+    from busi.local import platform_services as platform
 
     proc, record = platform.start_service(service, cwd)
     try:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import app
-from components.pipeline_model import InvalidImageError, mask_to_png
-from components.synthetic import synth_pair
+from busi.data.synthetic import synth_pair
+from busi.model.pipeline_model import InvalidImageError, mask_to_png
+from busi.serving import app
 from tests.conftest import REPO_ROOT
 
-PAGE = str(REPO_ROOT / "components" / "app.py")
+PAGE = str(REPO_ROOT / "busi" / "serving" / "app.py")
 
 
 def png(seed: int = 0, h: int = 96, w: int = 128) -> bytes:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.synthetic import synth_pair
+from busi.data.synthetic import synth_pair
 from tests.conftest import REPO_ROOT, free_port, service_process
 
 pytestmark = pytest.mark.slow

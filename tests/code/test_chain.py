@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.chain import (
+from busi.model.chain import (
     RoiConfig,
     classifier_input,
     clean_mask,
@@ -120,8 +120,8 @@ def test_bad_roi_settings_are_refused():
 def test_crop_settings_written_before_the_channel_existed_mean_binary(tmp_path):
     import json
 
-    from components.errors import BusiError
-    from components.evaluate_models import chain_settings
+    from busi.errors import BusiError
+    from busi.model.loading import chain_settings
     from components.train_classifier import load_rois
 
     old = {"threshold": 0.5, "min_area": 0.002, "keep": "largest", "margin": 0.15}
@@ -134,7 +134,8 @@ def test_crop_settings_written_before_the_channel_existed_mean_binary(tmp_path):
 
 
 def test_crop_rois_stores_the_probability_channel():
-    from components.crop_rois import CropConfig, rois_for_split
+    from busi.model.chain import CropConfig
+    from components.crop_rois import rois_for_split
 
     images = [np.full((40, 60), 120, np.uint8), np.full((50, 50), 80, np.uint8)]
     truth = [np.zeros((40, 60), bool), np.zeros((50, 50), bool)]
@@ -181,7 +182,8 @@ def _faint_lesions_and_noisy_normals():
 
 
 def test_the_val_threshold_finds_the_most_lesions_within_the_false_lesion_limit():
-    from components.crop_rois import CropConfig, choose_threshold
+    from busi.model.chain import CropConfig
+    from components.crop_rois import choose_threshold
 
     probs, masks, labels = _faint_lesions_and_noisy_normals()
     cfg = CropConfig(threshold_choice="val", threshold_grid=(0.2, 0.3, 0.5), min_area=0.01)
@@ -198,7 +200,7 @@ def test_the_val_threshold_finds_the_most_lesions_within_the_false_lesion_limit(
 
 
 def test_a_bad_threshold_choice_is_refused():
-    from components.crop_rois import CropConfig
+    from busi.model.chain import CropConfig
 
     with pytest.raises(ValueError, match="threshold_choice"):
         CropConfig(threshold_choice="test")
@@ -213,7 +215,8 @@ def test_crop_rois_records_the_threshold_it_chose_on_val(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from components.crop_rois import CropConfig, _crop_all
+    from busi.model.chain import CropConfig
+    from components.crop_rois import _crop_all
 
     rows = []
     for split in ("train", "val", "test"):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from bench.bench_chain_seeds import render, seed_settings, summarize
-from components.run_pipeline import prepare_workspace
+from busi.orchestration.workspace import prepare_workspace
 from tests.conftest import REPO_ROOT
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import cli
+from busi import cli
 from tests.conftest import REPO_ROOT
 
 

@@ -1,4 +1,4 @@
-"""The local cluster's settings (components/cluster.py), without starting anything."""
+"""The local cluster's settings (busi/local/cluster.py), without starting anything."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components import cluster as cl
-from components.errors import BusiError
+from busi.errors import BusiError
+from busi.local import cluster as cl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_each_worker_has_its_own_work_tree_and_name(tmp_path, monkeypatch):
     assert all(e["BUSI_DVC_SYNC"] == "1" for e in envs)
     assert [e["BUSI_WORKER_HOSTNAME"] for e in envs] == list(cl.WORKERS)
     callable_path = envs[0]["AIRFLOW__CORE__HOSTNAME_CALLABLE"]
-    assert callable_path == "components.cluster.worker_hostname"
+    assert callable_path == "busi.local.cluster.worker_hostname"
     monkeypatch.setenv("BUSI_WORKER_HOSTNAME", "worker-2")
     assert cl.worker_hostname() == "worker-2"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import load_section
-from components.errors import BusiError
+from busi.config import load_section
+from busi.data.validation import ValidateConfig
+from busi.errors import BusiError
 from components.split_data import SplitConfig
-from components.validate_data import ValidateConfig
 
 
 def test_sections_load_with_lists_as_tuples(tmp_path):
@@ -39,7 +39,7 @@ def test_missing_params_file(tmp_path):
 
 
 def test_profiles_merge_over_params_and_unknown_ones_are_named(tmp_path):
-    from components.run_pipeline import deep_merge, prepare_workspace
+    from busi.orchestration.workspace import deep_merge, prepare_workspace
     from tests.conftest import REPO_ROOT
 
     merged = deep_merge({"a": {"x": 1, "y": 2}, "b": 3}, {"a": {"y": 20}, "c": 4})
@@ -52,7 +52,7 @@ def test_profiles_merge_over_params_and_unknown_ones_are_named(tmp_path):
 def test_smoke_workspace_gets_merged_params_and_its_own_dvc(tmp_path):
     import yaml
 
-    from components.run_pipeline import prepare_workspace
+    from busi.orchestration.workspace import prepare_workspace
     from tests.conftest import REPO_ROOT
 
     ws = prepare_workspace(REPO_ROOT, "smoke", tmp_path / "ws")
@@ -64,4 +64,5 @@ def test_smoke_workspace_gets_merged_params_and_its_own_dvc(tmp_path):
     assert "synthetic" not in params  # generator settings are not a stage's params
     assert (ws / ".dvc").is_dir()
     assert (ws / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
-    assert (ws / "components").resolve() == (REPO_ROOT / "components").resolve()
+    for package in ("components", "busi"):
+        assert (ws / package).resolve() == (REPO_ROOT / package).resolve()

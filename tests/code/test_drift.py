@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from components.drift import ACCEPT_MARKER, FEATURES, DriftConfig, compare, image_features, mmd_test
+from busi.data.synthetic import synth_pair
+from busi.model.drift import ACCEPT_MARKER, FEATURES, DriftConfig, compare, image_features, mmd_test
 from components.ingest_batch import IngestBatchConfig, ingest_batches, summarize
-from components.synthetic import synth_pair
 from tests.code.test_ingest_batch import _png, put, put_image, ready, template, ws  # noqa: F401
 
 CFG = DriftConfig(permutations=499)
@@ -136,7 +136,7 @@ def test_the_unet_encoder_embedding_joins_the_test(smoke_run, tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from components.drift import check_batch
+    from busi.model.drift import check_batch
 
     smoke = smoke_run["workspace"]
     splits = pd.read_csv(smoke / "data/splits.csv")

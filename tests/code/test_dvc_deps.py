@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.cli import entry_point
+from busi.cli import entry_point
 from tests.conftest import REPO_ROOT
 
 STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-# components/cli.py only dispatches and builds the parsers (the paths a stage uses are the
+# busi/cli.py only dispatches and builds the parsers (the paths a stage uses are the
 # ones dvc.yaml passes, which test_cli checks are the defaults): a new command or help line
 # does not make every stage stale.
-DISPATCHER = "components/cli.py"
+DISPATCHER = "busi/cli.py"
+# The project's code: the steps and their library.
+PACKAGES = ("components", "busi")
 
 
 def module_file(name: str, root: Path = REPO_ROOT) -> Path | None:
@@ -36,9 +38,9 @@ def project_imports(path: Path, root: Path = REPO_ROOT) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            # `from components import tracking` imports the module components.tracking
+            # `from components import tracking` imports the module busi.tracking
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {n for n in names if n.split(".")[0] == "components" and module_file(n, root)}
+    return {n for n in names if n.split(".")[0] in PACKAGES and module_file(n, root)}
 
 
 def code_of(module: str, root: Path = REPO_ROOT) -> set[str]:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from busi import registry
+from busi.data.synthetic import synth_pair
 from components import evaluate_external as ee
-from components import registry
-from components.synthetic import synth_pair
 
 
 def _save(path: Path, pixels: np.ndarray) -> None:
@@ -114,11 +114,11 @@ def test_with_no_set_configured_the_step_says_so_and_passes(tmp_path, capsys):
 def smoke_chain(smoke_run):
     import keras
 
-    from components.chain import predict_chain
-    from components.evaluate_models import chain_settings
+    from busi.model.chain import predict_chain
+    from busi.model.loading import chain_settings
 
     ws = smoke_run["workspace"]
-    from components.train_unet import load_unet
+    from busi.model.unet import load_unet
 
     unet = load_unet(ws / "models/unet.keras")
     classifier = keras.models.load_model(ws / "models/classifier.keras")

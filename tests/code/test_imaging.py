@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.imaging import (
+from busi.data.imaging import (
     ImageDecodeError,
     decode_image,
     decode_mask,
     hamming_matrix,
     perceptual_hash,
 )
-from components.synthetic import synth_pair
+from busi.data.synthetic import synth_pair
 
 LIMIT = 10_000_000
 

@@ -62,7 +62,11 @@ def _env_reads(tree: ast.AST) -> set[str]:
 
 @cache
 def code_settings() -> frozenset[str]:
-    files = sorted((REPO / "components").glob("*.py")) + sorted((REPO / "dags").glob("*.py"))
+    files = [
+        *sorted((REPO / "components").glob("*.py")),
+        *sorted((REPO / "busi").rglob("*.py")),
+        *sorted((REPO / "dags").glob("*.py")),
+    ]
     names = set()
     for path in files:
         names |= _env_reads(ast.parse(path.read_text(), str(path)))

@@ -18,8 +18,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from components import cli
-from components.errors import BusiError
+from busi import cli
+from busi.data.importer import ingest
+from busi.data.synthetic import make_busi_like, synth_pair
+from busi.data.validation import ValidateConfig
+from busi.data.versions import DATA_DIR, DVC_FILE, Dvc
+from busi.errors import BusiError
 from components.ingest_batch import (
     LOCK_FILE,
     Batch,
@@ -30,9 +34,7 @@ from components.ingest_batch import (
     next_numbers,
     workspace_lock,
 )
-from components.ingest_data import DATA_DIR, DVC_FILE, Dvc, ingest
-from components.synthetic import make_busi_like, synth_pair
-from components.validate_data import ValidateConfig, run
+from components.validate_data import run
 from tests.conftest import REPO_ROOT, run_dvc
 
 # ---------------------------------------------------------------- building batches

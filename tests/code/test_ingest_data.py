@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.errors import BusiError
-from components.ingest_data import DATA_DIR, DVC_FILE, ingest, same_tree
-from components.synthetic import make_busi_like
+from busi.data.importer import ingest, same_tree
+from busi.data.synthetic import make_busi_like
+from busi.data.versions import DATA_DIR, DVC_FILE
+from busi.errors import BusiError
 from tests.conftest import run_dvc
 
 

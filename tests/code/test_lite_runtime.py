@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components import lite_runtime
-from components.lite_runtime import CompileError, LiteModel, compile_checked, probe_inputs
-from components.pipeline_model import serving_runtime
+from busi.model import lite_runtime
+from busi.model.lite_runtime import CompileError, LiteModel, compile_checked, probe_inputs
+from busi.model.pipeline_model import serving_runtime
 
 
 def _tiny_model(seed: int = 0, channels: int = 1):
@@ -83,7 +83,7 @@ def test_the_runtime_follows_config_then_environment_then_the_artifacts(monkeypa
 
 
 def test_the_keras_runtime_predicts_in_chunks_like_one_call():
-    from components.pipeline_model import DirectPredict
+    from busi.model.pipeline_model import DirectPredict
 
     model = _tiny_model()
     x = np.random.default_rng(2).random((5, 16, 16, 1), dtype=np.float32)

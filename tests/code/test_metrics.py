@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from components.metrics import (
+from busi.model.metrics import (
     classification_metrics,
     confusion_counts,
     dice,

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.errors import BusiError
+from busi.data.synthetic import synthetic_predictions
+from busi.errors import BusiError
+from busi.model.model_card import CardInputs, card_of, failure_modes, render_card
 from components.evaluate_models import EvaluateConfig, uncertainty_report
-from components.model_card import CardInputs, card_of, failure_modes, render_card
-from components.synthetic import synthetic_predictions
 
 TAGS = {
     "git_commit": "abc123",
@@ -107,7 +107,7 @@ def test_a_version_without_a_card_is_explained():
 
 @pytest.mark.slow
 def test_show_model_prints_the_champions_card(smoke_champion, capsys):
-    from components.cli import main
+    from busi.cli import main
 
     assert main(["show-model", "--tracking-uri", smoke_champion.tracking_uri]) == 0
     out = capsys.readouterr().out
@@ -124,7 +124,7 @@ def test_a_long_card_is_cut_to_the_backend_s_description_column():
     # more. A card past that gives up its least needed sections first: the failure modes,
     # the intended use and the figures stay (CI's card once lost its failure modes when it
     # was cut at the end).
-    from components.model_card import CARD_NAME, MAX_DESCRIPTION, description_of
+    from busi.model.model_card import CARD_NAME, MAX_DESCRIPTION, description_of
 
     def section(title, n):
         return f"## {title}\n" + f"a line of {title}\n" * n + "\n"

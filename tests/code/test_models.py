@@ -60,7 +60,7 @@ def test_losses_and_the_lesion_dice_on_hand_made_masks():
 
 
 def test_the_training_lesion_dice_is_the_evaluation_one():
-    from components.metrics import segmentation_metrics
+    from busi.model.metrics import segmentation_metrics
     from components.train_unet import lesion_dice_metric
 
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_the_training_lesion_dice_is_the_evaluation_one():
 
 
 def test_the_epoch_scores_are_evaluation_figures_of_the_cleaned_masks():
-    from components.chain import RoiConfig
+    from busi.model.chain import RoiConfig
     from components.train_unet import chain_scores
 
     truth = [np.zeros((20, 20), bool) for _ in range(3)]
@@ -191,7 +191,7 @@ def test_only_the_train_split_is_augmented():
 
 
 def test_tfrecords_round_trip(tmp_path):
-    from components.augment_data import read_tfrecord, write_tfrecord
+    from busi.data.tfrecords import read_tfrecord, write_tfrecord
 
     images = np.random.default_rng(0).integers(0, 255, (3, 16, 16), dtype=np.uint8)
     masks = (images > 128).astype(np.uint8)
@@ -210,7 +210,7 @@ def test_balanced_class_weights():
     # every class then carries the same total weight
     totals = [weights[c] * (labels == c).sum() for c in range(3)]
     assert max(totals) == pytest.approx(min(totals))
-    from components.errors import BusiError
+    from busi.errors import BusiError
 
     with pytest.raises(BusiError, match="normal"):
         class_weights(np.array([0, 1, 1]))
@@ -231,7 +231,7 @@ def test_classifiers_take_crop_and_mask(backbone):
 
 
 def test_imagenet_weights_offline_give_a_clear_error(monkeypatch):
-    from components.errors import BusiError
+    from busi.errors import BusiError
 
     def no_network(*args, **kwargs):
         raise Exception("URL fetch failure: host unreachable")

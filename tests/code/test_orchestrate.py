@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.errors import BusiError
-from components.orchestrate import (
+from busi.errors import BusiError
+from busi.orchestration.orchestrate import (
     DVC_STAGES,
     GPU_STEPS,
     TRAINING_STEPS,
@@ -97,3 +97,12 @@ def test_pods_use_the_configmap_and_secret_of_infra_k8s():
     with pytest.raises(ValueError, match="unknown step"):
         pod_settings("train_everything", {})
     assert set(GPU_STEPS) <= set(TRAINING_STEPS)
+
+
+def test_the_project_is_the_checkout_holding_the_code_unless_set(monkeypatch, tmp_path):
+    from busi.orchestration.orchestrate import project_dir
+
+    monkeypatch.delenv("BUSI_PROJECT_DIR", raising=False)
+    assert project_dir() == REPO
+    monkeypatch.setenv("BUSI_PROJECT_DIR", str(tmp_path))
+    assert project_dir() == tmp_path.resolve()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.synthetic import make_busi_like
+from busi.data.synthetic import make_busi_like
 from tests.conftest import REPO_ROOT, run_dvc
 
 
@@ -31,7 +31,8 @@ def _busi(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_data_stages_then_skips_them(dvc_project, tmp_path):
-    shutil.copytree(REPO_ROOT / "components", dvc_project / "components")  # stage deps
+    for package in ("components", "busi"):  # stage deps
+        shutil.copytree(REPO_ROOT / package, dvc_project / package)
     source = tmp_path / "source"
     make_busi_like(source, n_per_class=12, seed=11)
     proc = _busi(dvc_project, "ingest-data", str(source), "--remote", str(tmp_path / "remote"))
@@ -74,7 +75,7 @@ def test_cli_lists_commands_and_rejects_unknown_ones():
 def test_step_names_agree_across_components_cli_and_dvc():
     import yaml
 
-    from components.cli import COMMANDS
+    from busi.cli import COMMANDS
 
     stages = set(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
     for stage in stages:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from components import platform as plat
-from components.errors import BusiError
+from busi.errors import BusiError
+from busi.local import platform_services as plat
 from tests.conftest import free_port, wait_for_http
 
 VENV_BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components import platform as plat
+from busi.local import platform_services as plat
 from tests.conftest import free_port, pg_rows, started_service
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.errors import BusiError
-from components.ingest_data import recorded_version
+from busi.data.synthetic import make_busi_like
+from busi.data.versions import recorded_version
+from busi.errors import BusiError
+from busi.orchestration.workspace import prepare_workspace, resolve_source
 from components.reproduce import DEFAULT_TOLERANCE
-from components.run_pipeline import prepare_workspace, resolve_source
-from components.synthetic import make_busi_like
 from tests.conftest import REPO_ROOT
 
 

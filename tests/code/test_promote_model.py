@@ -10,16 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import registry
-from components.errors import BusiError
-from components.promote_model import (
-    PromotionRule,
-    decide,
-    decide_paired,
-    promote,
-    promote_by_hand,
-)
-from components.synthetic import synthetic_predictions
+from busi import registry
+from busi.data.synthetic import synthetic_predictions
+from busi.errors import BusiError
+from components.promote_model import PromotionRule, decide, decide_paired, promote, promote_by_hand
 
 RULE = PromotionRule(min_gain=0.01, max_guard_drop=0.0)
 BASE = {"macro_f1": 0.70, "lesion_dice": 0.69, "malignant_recall": 0.78}

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components import registry
-from components.pipeline_model import InvalidImageError, predict_frame
+from busi import registry
+from busi.model.pipeline_model import InvalidImageError, predict_frame
 from components.register_model import register
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def test_register_makes_three_linked_versions_and_a_retry_makes_none(smoke_run, 
 
 
 def test_a_failure_midway_leaves_no_half_registered_model(smoke_run, store, monkeypatch):
-    import components.pipeline_model as pm
+    import busi.model.pipeline_model as pm
 
     def broken(*args, **kwargs):
         raise RuntimeError("artifact store went away")
@@ -88,9 +88,9 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
 def test_registered_pyfunc_predicts_like_the_evaluation(smoke_run, store):
     import mlflow.pyfunc
 
-    from components.chain import predict_chain
-    from components.evaluate_models import chain_settings
-    from components.synthetic import synth_pair
+    from busi.data.synthetic import synth_pair
+    from busi.model.chain import predict_chain
+    from busi.model.loading import chain_settings
 
     ws = smoke_run["workspace"]
     _register(ws, store)
@@ -107,7 +107,7 @@ def test_registered_pyfunc_predicts_like_the_evaluation(smoke_run, store):
     # The same images through the evaluation's code path give the same answer.
     import keras
 
-    from components.train_unet import load_unet
+    from busi.model.unet import load_unet
 
     unet = load_unet(ws / "models/unet.keras")
     classifier = keras.models.load_model(ws / "models/classifier.keras")
@@ -143,7 +143,7 @@ def test_bad_inputs_get_the_documented_error(payload, reason):
 
 
 def test_a_huge_image_is_refused_before_decoding(monkeypatch):
-    import components.pipeline_model as pm
+    import busi.model.pipeline_model as pm
 
     monkeypatch.setattr(pm, "MAX_PIXELS", 100)
     with pytest.raises(InvalidImageError, match="too_large"):
@@ -151,7 +151,7 @@ def test_a_huge_image_is_refused_before_decoding(monkeypatch):
 
 
 def test_sixteen_bit_and_rgba_are_converted():
-    import components.pipeline_model as pm
+    import busi.model.pipeline_model as pm
 
     sixteen = png_bytes((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
     rgba = png_bytes(np.full((64, 64, 4), 200, np.uint8), mode="RGBA")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.errors import BusiError
+from busi.errors import BusiError
 from components.reproduce import (
     DEFAULT_TOLERANCE,
     NONDETERMINISM,
@@ -287,8 +287,9 @@ class FakeProject:
     def __init__(self, base: Path):
         from mlflow import MlflowClient
 
-        from components.ingest_data import ingest, recorded_version
-        from components.synthetic import make_busi_like
+        from busi.data.importer import ingest
+        from busi.data.synthetic import make_busi_like
+        from busi.data.versions import recorded_version
         from tests.conftest import run_dvc
 
         self.repo = base / "project"
@@ -410,7 +411,7 @@ def test_a_step_run_with_params_other_than_the_commits_uses_the_logged_params(fa
 
 @pytest.mark.slow
 def test_a_gap_beyond_the_tolerance_exits_1_with_the_reason(fake, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("components.tracking.PROJECT_ROOT", fake.repo)
+    monkeypatch.setattr("busi.tracking.PROJECT_ROOT", fake.repo)
     original = fake.original(metrics={"accuracy": 0.9, "files": fake.files})
     argv = [original, "--workspace", str(tmp_path / "r"), "--tracking-uri", fake.uri]
     assert main(argv) == 1
@@ -434,7 +435,7 @@ def test_a_data_version_in_neither_cache_nor_remote_is_refused(fake, tmp_path):
 
 @pytest.mark.slow
 def test_unknown_runs_commits_and_runs_without_lineage_are_refused(fake, tmp_path, capsys):
-    from components.cli import main as busi
+    from busi.cli import main as busi
     from components.reproduce import reproduce
 
     assert busi(["reproduce", "0" * 32, "--tracking-uri", fake.uri]) == 2

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import components.serve_model as sm
-from components.preprocess import CLASSES
-from components.synthetic import synth_pair
+import busi.serving.server as sm
+from busi.data.preprocess import CLASSES
+from busi.data.synthetic import synth_pair
 from tests.conftest import free_port, service_process
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +48,7 @@ class EchoModel:
         self.tag = tag
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        from components.pipeline_model import decode_upload, image_bytes
+        from busi.model.pipeline_model import decode_upload, image_bytes
 
         rows = []
         for row, cell in enumerate(frame["image"]):
@@ -357,7 +357,7 @@ def test_busi_predict_prints_good_files_and_flags_bad_ones(fresh_smoke_champion,
 def test_predict_lines_leave_the_mask_out_unless_asked():
     from pathlib import Path
 
-    from components.predict_images import mask_name, result_line
+    from busi.serving.predict import mask_name, result_line
 
     row = {"class": "benign", "mask_png": "iVBOR"}
     assert "mask_png" not in result_line("a.png", row, {}, with_mask=False)

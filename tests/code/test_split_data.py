@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from components.errors import BusiError
+from busi.errors import BusiError
 from components.split_data import SplitConfig, run, split_manifest
 
 CFG = SplitConfig(seed=7, val_fraction=0.15, test_fraction=0.15)
@@ -166,14 +166,14 @@ def test_the_project_excludes_the_known_leak_and_its_committed_split_agrees():
     from dataclasses import asdict
     from pathlib import Path
 
-    from components.config import load_section
+    from busi.config import load_section
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_section(root / "params.yaml", "split_data", SplitConfig)
     leak = "malignant/malignant (40)"
     assert cfg.excluded.get(leak) == "same_lesion_as_test"
     # MLflow takes the section as step params (dict keys would become param names)
-    from components.tracking import _flatten
+    from busi.tracking import _flatten
 
     assert "exclude" in _flatten(asdict(cfg))
     splits = pd.read_csv(root / "data" / "splits.csv").set_index("id")

@@ -1,4 +1,4 @@
-"""S3 for the MLflow artifact store: buckets made on demand (components.storage), and an
+"""S3 for the MLflow artifact store: buckets made on demand (busi.storage), and an
 MLflow server started the way `busi up` starts it with BUSI_MLFLOW_ARTIFACTS=s3://... on a
 moto server, through which a client holding no AWS keys logs and loads artifacts and models.
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
-from components import platform as plat
-from components.errors import BusiError
-from components.storage import ensure_bucket, s3_endpoint, split_s3_url
+from busi.errors import BusiError
+from busi.local import platform_services as plat
+from busi.storage import ensure_bucket, s3_endpoint, split_s3_url
 from tests.conftest import free_port, started_service
 
 # moto accepts any key; these never leave the test.

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from components.metrics import robustness_figures
-from components.preprocess import CLASSES
+from busi.data.preprocess import CLASSES
+from busi.data.synthetic import synth_pair
+from busi.model.metrics import robustness_figures
 from components.stress_test_models import StressConfig, apply_shift, crop_view, shifts
-from components.synthetic import synth_pair
 
 CFG = StressConfig()
 

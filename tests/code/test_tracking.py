@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from components.tracking import git_commit
+from busi.tracking import git_commit
 
 
 def _git(repo, *args):
@@ -39,7 +39,7 @@ def test_a_retried_step_continues_its_run_instead_of_adding_one(tmp_path, monkey
     import mlflow
     import pytest
 
-    from components import tracking
+    from busi import tracking
 
     monkeypatch.setenv("BUSI_TRACKING", "on")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.evaluate_models import EvaluateConfig, interval_metrics, uncertainty_report
-from components.metrics import classification_metrics, segmentation_metrics
-from components.preprocess import CLASSES
-from components.synthetic import synthetic_predictions
-from components.uncertainty import (
+from busi.data.preprocess import CLASSES
+from busi.data.synthetic import synthetic_predictions
+from busi.model.metrics import classification_metrics, segmentation_metrics
+from busi.model.uncertainty import (
     BootstrapConfig,
     figures_with_intervals,
     paired_differences,
@@ -20,6 +19,7 @@ from components.uncertainty import (
     reliability_bins,
     weighted_figures,
 )
+from components.evaluate_models import EvaluateConfig, interval_metrics, uncertainty_report
 
 BOOT = BootstrapConfig(samples=500, seed=1)
 

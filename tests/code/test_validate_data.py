@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.errors import BusiError
-from components.synthetic import synth_pair
-from components.validate_data import ValidateConfig, main, run, summarize
+from busi.data.synthetic import synth_pair
+from busi.data.validation import ValidateConfig, summarize
+from busi.errors import BusiError
+from components.validate_data import main, run
 
 CFG = ValidateConfig()
 
@@ -258,7 +259,7 @@ def _cli_args(data_dir: Path, out: Path, params: Path) -> list[str]:
 
 
 def test_too_few_images_fails_with_a_clear_message(tmp_path, capsys):
-    from components.synthetic import make_busi_like
+    from busi.data.synthetic import make_busi_like
 
     root = tmp_path / "busi"
     make_busi_like(root, n_per_class=4, seed=3)
@@ -284,7 +285,7 @@ def test_missing_data_folder_says_what_to_do(tmp_path):
 
 
 def test_cli_exit_code_is_non_zero_on_failure(tmp_path, capsys):
-    from components.cli import main as cli_main
+    from busi.cli import main as cli_main
 
     shutil.copy(Path(__file__).parents[2] / "params.yaml", tmp_path / "params.yaml")
     code = cli_main(
@@ -303,7 +304,7 @@ def test_cli_exit_code_is_non_zero_on_failure(tmp_path, capsys):
 def test_near_duplicates_between_the_distances_need_agreeing_pixels():
     import pandas as pd
 
-    from components.validate_data import find_duplicates
+    from busi.data.validation import find_duplicates
 
     base = 0x0F0F0F0F0F0F0F0F
     twelve_bits_off = base ^ 0xFFF  # Hamming distance 12

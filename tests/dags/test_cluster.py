@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from components import cluster as cl
-from components import cluster_run
-from components import platform as plat
-from components.errors import BusiError
+from busi.errors import BusiError
+from busi.local import cluster as cl
+from busi.local import cluster_run
+from busi.local import platform_services as plat
 from tests.code.test_platform import busi
 from tests.conftest import free_port
 

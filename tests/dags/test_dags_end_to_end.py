@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from components.orchestrate import TRAINING_STEPS as STEPS
-from components.synthetic import synth_pair
+from busi.data.synthetic import synth_pair
+from busi.orchestration.orchestrate import TRAINING_STEPS as STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ PROFILE = "quick"
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory, mlflow_server):
     """A fresh Airflow home and a smoke workspace holding the synthetic data."""
-    from components.ingest_data import ingest
-    from components.run_pipeline import prepare_workspace, synthetic_source
+    from busi.data.importer import ingest
+    from busi.orchestration.workspace import prepare_workspace, synthetic_source
 
     base = tmp_path_factory.mktemp("airflow-e2e")
     ws = prepare_workspace(REPO, PROFILE, base / "workspace")
@@ -200,7 +200,7 @@ def test_rerunning_a_step_adds_no_run_and_no_version(platform):
     """What an Airflow retry of register_model does: the same models, the same DAG run."""
     from mlflow import MlflowClient
 
-    from components.orchestrate import run_step
+    from busi.orchestration.orchestrate import run_step
 
     env, uri = platform["env"], platform["uri"]
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components import platform as plat
+from busi.local import platform_services as plat
 from tests.code.test_platform import busi
 from tests.conftest import free_port
 from tests.dags.test_dags_end_to_end import land_batch
@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_landed_batch_starts_training_after_busi_up(tmp_path):
-    from components.ingest_data import ingest
-    from components.run_pipeline import prepare_workspace, synthetic_source
+    from busi.data.importer import ingest
+    from busi.orchestration.workspace import prepare_workspace, synthetic_source
 
     ws = prepare_workspace(REPO, "quick", tmp_path / "workspace")
     ingest(synthetic_source(REPO, "quick", ws), ws, str(tmp_path / "dvc-remote"))

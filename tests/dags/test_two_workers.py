@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import platform as plat
-from components.orchestrate import DVC_STAGES, RUN_STATE, TRAINING_STEPS
+from busi.local import platform_services as plat
+from busi.orchestration.orchestrate import DVC_STAGES, RUN_STATE, TRAINING_STEPS
 from tests.conftest import free_port, pg_rows, started_service
 
 pytestmark = pytest.mark.slow
@@ -74,9 +74,9 @@ def test_a_dag_run_alternating_between_two_workers_on_s3_and_postgres(
 def _two_workers(tmp_path, s3, mlflow_uri: str, moto_server: str, monkeypatch) -> None:
     import mlflow
 
-    from components.ingest_data import ingest
-    from components.orchestrate import run_step
-    from components.run_pipeline import prepare_workspace, synthetic_source
+    from busi.data.importer import ingest
+    from busi.orchestration.orchestrate import run_step
+    from busi.orchestration.workspace import prepare_workspace, synthetic_source
 
     workers = [prepare_workspace(REPO, PROFILE, tmp_path / name) for name in ("a", "b")]
     ingest(synthetic_source(REPO, PROFILE, workers[0]), workers[0], "s3://busi/dvc", moto_server)

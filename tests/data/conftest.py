@@ -51,7 +51,7 @@ class Pipeline:
 
 
 def _data_root(source: Path, scratch: Path) -> Path:
-    from components.ingest_data import find_dataset_root
+    from busi.data.importer import find_dataset_root
 
     if source.is_file():
         if source.suffix.lower() != ".zip":
@@ -65,8 +65,9 @@ def _data_root(source: Path, scratch: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def busi(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    from busi.config import load_section
+    from busi.data.validation import ValidateConfig
     from components import split_data, validate_data
-    from components.config import load_section
 
     source = busi_source()
     if not source.exists():  # also guards a direct call outside this folder
@@ -74,7 +75,7 @@ def busi(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     scratch = tmp_path_factory.mktemp("busi_real")
     data_dir = _data_root(source, scratch)
     params = REPO / "params.yaml"
-    validate_cfg = load_section(params, "validate_data", validate_data.ValidateConfig)
+    validate_cfg = load_section(params, "validate_data", ValidateConfig)
     split_cfg = load_section(params, "split_data", split_data.SplitConfig)
 
     manifest_path = scratch / "data" / "manifest.csv"

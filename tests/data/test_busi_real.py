@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.imaging import hamming_matrix
+from busi.data.imaging import hamming_matrix
 from components.split_data import SPLITS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_committed_split_is_consistent_with_the_data_and_params(busi) -> None:
     """The committed data/splits.csv is what split-data keeps when it runs on this data:
     re-splitting with it as the previous split changes no assignment, and no near-duplicate
     group of the current validation spans two of its splits."""
-    from components.config import load_section
+    from busi.config import load_section
     from components.split_data import SPLITS as SIDES
     from components.split_data import SplitConfig, split_manifest
 

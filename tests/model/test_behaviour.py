@@ -1,15 +1,15 @@
 """Behavioural checks of the U-Net trained in the smoke profile (synthetic data, where
 lesions are dark, hypoechoic ellipses, as in real scans). The checks are the library's
-(components/behaviour.py), the same that evaluate_models runs on the real-data model."""
+(busi/model/behaviour.py), the same that evaluate_models runs on the real-data model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from components import behaviour
-from components.chain import RoiConfig
-from components.synthetic import synth_pair
+from busi.data.synthetic import synth_pair
+from busi.model import behaviour
+from busi.model.chain import RoiConfig
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ CFG = behaviour.BehaviourConfig()
 
 @pytest.fixture(scope="module")
 def unet(smoke_run):
-    from components.train_unet import load_unet
+    from busi.model.unet import load_unet
 
     return load_unet(smoke_run["workspace"] / "models" / "unet.keras")
 

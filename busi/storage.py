@@ -3,7 +3,7 @@
 change of settings only.
 
 Used by ``busi up`` for ``BUSI_MLFLOW_ARTIFACTS=s3://...``, and by hand for the other
-stores: ``python -m components.storage s3://busi-data s3://busi-mlflow --endpoint-url
+stores: ``python -m busi.storage s3://busi-data s3://busi-mlflow --endpoint-url
 http://127.0.0.1:9000``. Credentials come as boto3 finds them (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``, a profile, an instance role); the endpoint from the argument, else
 ``MLFLOW_S3_ENDPOINT_URL`` / ``BUSI_S3_ENDPOINT_URL``, else AWS itself.
@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from components.errors import BusiError
+from busi.errors import BusiError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def ensure_bucket(url: str, endpoint_url: str | None = None, client=None) -> boo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m components.storage", description=__doc__.split("\n")[0]
+        prog="python -m busi.storage", description=__doc__.split("\n")[0]
     )
     parser.add_argument("urls", nargs="+", metavar="s3://bucket[/prefix]", help="S3 URLs to create")
     parser.add_argument(

@@ -35,7 +35,7 @@ def enabled() -> bool:
     return os.environ.get("BUSI_TRACKING", "on").lower() not in ("off", "0", "false")
 
 
-# The project the running code belongs to (the components package's parent, links resolved):
+# The project the running code belongs to (the busi package's parent, links resolved):
 # its commit is the code version, wherever the pipeline's workspace lies.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def git_commit(cwd: Path = PROJECT_ROOT) -> str | None:
 
 def data_version(dvc_file: Path = Path("data.dvc")) -> str | None:
     """The md5 of the dataset recorded in data.dvc: the data version."""
-    from components.ingest_data import recorded_version
+    from busi.data.versions import recorded_version
 
     return recorded_version(dvc_file)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.imaging import decode_image, decode_mask
+from busi.data.imaging import decode_image, decode_mask
 
 # The labels, in the order of the classifier's outputs.
 CLASSES = ("benign", "malignant", "normal")

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from components.pipeline_model import MAX_PIXELS, InvalidImageError, decode_upload
-from components.preprocess import CLASSES
-from components.serve_model import DEFAULT_MODEL_URI, MAX_BYTES, ModelRef
+from busi.data.preprocess import CLASSES
+from busi.model.pipeline_model import MAX_PIXELS, InvalidImageError, decode_upload
+from busi.serving.server import DEFAULT_MODEL_URI, MAX_BYTES, ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def check_upload(data: bytes, max_bytes: int = MAX_BYTES) -> np.ndarray:
 
 def analyse(data: bytes, model, max_bytes: int = MAX_BYTES) -> Analysis:
     """Check, decode and predict one upload (bytes in memory; nothing is written)."""
-    from components.serve_model import predict_rows
+    from busi.serving.server import predict_rows
 
     image = check_upload(data, max_bytes)
     row = predict_rows(model, [data])[0]
@@ -176,7 +176,7 @@ def analyse(data: bytes, model, max_bytes: int = MAX_BYTES) -> Analysis:
 @st.cache_data(ttl=RESOLVE_TTL_S, show_spinner=False)
 def resolve_cached(model_uri: str, tracking_uri: str) -> ModelRef:
     """The version the alias points at, checked again at most every 30 s."""
-    from components.serve_model import registry_client, resolve_model
+    from busi.serving.server import registry_client, resolve_model
 
     return resolve_model(model_uri, registry_client(model_uri, tracking_uri))
 
@@ -184,7 +184,7 @@ def resolve_cached(model_uri: str, tracking_uri: str) -> ModelRef:
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (once per version)...")
 def load_cached(load_uri: str, tracking_uri: str):
     """One loaded pyfunc per version (and registry), shared by all sessions."""
-    from components.serve_model import load_pyfunc
+    from busi.serving.server import load_pyfunc
 
     return load_pyfunc(load_uri, tracking_uri)
 
@@ -192,7 +192,7 @@ def load_cached(load_uri: str, tracking_uri: str):
 @st.cache_data(ttl=RESOLVE_TTL_S, show_spinner=False)
 def model_card_cached(name: str, version: str, tracking_uri: str) -> str | None:
     """The model card (the registered version's description), checked again every 30 s."""
-    from components.model_card import version_description
+    from busi.model.model_card import version_description
 
     return version_description(name, version, tracking_uri)
 
@@ -212,7 +212,7 @@ def render_model_card(ref: ModelRef, tracking: str) -> None:
 
 
 def current_model() -> tuple[ModelRef, str]:
-    from components.tracking import tracking_uri
+    from busi.tracking import tracking_uri
 
     uri = tracking_uri()
     return resolve_cached(os.environ.get("BUSI_MODEL_URI") or DEFAULT_MODEL_URI, uri), uri
@@ -282,7 +282,7 @@ def page() -> None:
 def main_app(argv: list[str] | None = None) -> int:
     """``busi app``: this page under ``streamlit run`` on 127.0.0.1 (replaces the process,
     so stopping it stops Streamlit)."""
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("app")
     parser.add_argument(

@@ -12,12 +12,12 @@ Airflow's ``[core] hostname_callable``), so a task instance's ``hostname`` says 
 ran it.
 
 Settings (read by `busi up --cluster`, never at import), besides those of
-``components.platform``: ``BUSI_PG_PORT`` (55432), ``BUSI_REDIS_PORT`` (56379),
+``busi.local.platform_services``: ``BUSI_PG_PORT`` (55432), ``BUSI_REDIS_PORT`` (56379),
 ``BUSI_S3_PORT`` (55000), ``BUSI_CLUSTER_PROFILE`` (``quick``: the profile the workers run
 when a DAG run names none), ``BUSI_HEARTBEAT_TIMEOUT`` (60 s: how long the scheduler waits
 for a silent task, such as one on a worker that died, before it fails the try and retries).
 
-The processes are `components.platform` services: each in its own session, recorded with
+The processes are `busi.local.platform_services` services: each in its own session, recorded with
 its pid and start time in ``state.json``, stopped only by pid (``busi down``). The moto
 server keeps its objects in memory: `busi down` drops the bucket; Postgres keeps its data in
 ``<platform>/postgres``.
@@ -35,8 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from components import platform as plat
-from components.errors import BusiError
+from busi.errors import BusiError
+from busi.local import platform_services as plat
 
 WORKERS = ("worker-1", "worker-2")
 BUCKET = "busi"
@@ -175,7 +175,7 @@ def worker_env(cluster: Cluster, worker: str, airflow: Mapping[str, str]) -> dic
         "BUSI_WORKSPACE": str(cluster.workspace(worker)),
         "BUSI_DVC_SYNC": "1",
         "BUSI_WORKER_HOSTNAME": worker,
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "components.cluster.worker_hostname",
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "busi.local.cluster.worker_hostname",
         # A step fails within seconds when MLflow is down (Airflow retries it), instead of
         # waiting minutes in the client's own retries.
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -409,7 +409,7 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
         _wait_postgres(cluster, timeout)
         plat.wait_ready({"s3": started["s3"]}, timeout)
         _wait_port(cluster.redis_port, "redis", started, timeout)
-        from components.storage import ensure_bucket
+        from busi.storage import ensure_bucket
 
         ensure_bucket(f"s3://{BUCKET}/", client=s3_client(cluster))
         launch("mlflow")
@@ -465,7 +465,7 @@ def s3_client(cluster: Cluster, environ: Mapping[str, str] | None = None):
 def prepare_worker(cluster: Cluster, worker: str) -> Path:
     """The worker's work tree: the project's stage files and params of the cluster's
     profile, its own DVC project and cache (what a checkout on another machine holds)."""
-    from components.run_pipeline import prepare_workspace
+    from busi.orchestration.workspace import prepare_workspace
 
     return prepare_workspace(cluster.platform.project, cluster.profile, cluster.workspace(worker))
 

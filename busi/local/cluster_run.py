@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-from components import cluster as cl
-from components import platform as plat
-from components.errors import BusiError
+from busi.errors import BusiError
+from busi.local import cluster as cl
+from busi.local import platform_services as plat
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def running_state(cluster: cl.Cluster) -> dict:
 def publish_data(cluster: cl.Cluster) -> str:
     """Import the profile's synthetic data into the first worker's work tree (pushed to the
     S3 remote) and hand its data.dvc to the others; returns the data version."""
-    from components.ingest_data import ingest
-    from components.run_pipeline import synthetic_source
+    from busi.data.importer import ingest
+    from busi.orchestration.workspace import synthetic_source
 
     first, *others = [cl.prepare_worker(cluster, w) for w in cl.WORKERS]
     source = synthetic_source(cluster.platform.project, cluster.profile, first)

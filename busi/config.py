@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from components.errors import BusiError
+from busi.errors import BusiError
 
 T = TypeVar("T")
 

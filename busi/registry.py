@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from components.errors import BusiError
+from busi.errors import BusiError
 
 PIPELINE_MODEL = "busi-pipeline"
 UNET_MODEL = "busi-unet"
@@ -87,7 +87,7 @@ def per_image_predictions(c, info: VersionInfo):
 def client(tracking_uri: str | None = None):
     """An MlflowClient for the configured tracking URI, after checking that it answers:
     a clear error instead of minutes of retries when the server is down."""
-    from components.tracking import tracking_uri as default_uri
+    from busi.tracking import tracking_uri as default_uri
 
     uri = tracking_uri or default_uri()
     # Fail fast: MLflow's default retries an unreachable server for minutes.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from components.preprocess import CLASSES
+from busi.data.preprocess import CLASSES
 
 
 @dataclass(frozen=True)

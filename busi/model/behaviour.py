@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from components.chain import RoiConfig, clean_mask, predict_chain, segment
-from components.metrics import confusion_counts, dice
+from busi.model.chain import RoiConfig, clean_mask, predict_chain, segment
+from busi.model.metrics import confusion_counts, dice
 
 CHECKS = ("blank_image", "lesion_free_tissue", "flip_invariance", "drawn_lesion")
 

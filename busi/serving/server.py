@@ -49,9 +49,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from components.errors import BusiError
-from components.pipeline_model import InvalidImageError, image_bytes
-from components.registry import CHAMPION, PIPELINE_MODEL
+from busi.errors import BusiError
+from busi.model.pipeline_model import InvalidImageError, image_bytes
+from busi.registry import CHAMPION, PIPELINE_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def registry_client(model_uri: str, tracking_uri: str | None = None):
     """A checked MlflowClient when the URI needs the registry, else None."""
     if not needs_registry(model_uri):
         return None
-    from components import registry
+    from busi import registry
 
     return registry.client(tracking_uri)
 
@@ -135,6 +135,11 @@ def load_pyfunc(uri: str, tracking_uri: str | None = None):
     """The pyfunc at ``uri``; ``models:/`` URIs are read from ``tracking_uri``'s registry
     when given (else from the one set last, as ``registry.client`` does)."""
     import mlflow.pyfunc
+
+    # Versions logged before the library moved to busi/ name their class
+    # components.pipeline_model.BusiPipeline: with that module imported they run this code,
+    # as they did then, rather than the copy logged with them (components/pipeline_model.py).
+    import components.pipeline_model  # noqa: F401
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -493,7 +498,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main_serve(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("serve")
     _add_model_args(parser)

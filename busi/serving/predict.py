@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from components.pipeline_model import MAX_PIXELS, InvalidImageError, decode_upload
-from components.serve_model import DEFAULT_MODEL_URI, MAX_BYTES, load_resolved, predict_rows
+from busi.model.pipeline_model import MAX_PIXELS, InvalidImageError, decode_upload
+from busi.serving.server import DEFAULT_MODEL_URI, MAX_BYTES, load_resolved, predict_rows
 
 
 def read_image(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
@@ -49,7 +49,7 @@ def mask_name(path: Path, used: set[str]) -> str:
 
 
 def main_predict(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("predict")
     parser.add_argument(

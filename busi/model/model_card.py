@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components import registry
-from components.errors import BusiError
-from components.uncertainty import SIZE_LABELS
+from busi import registry
+from busi.errors import BusiError
+from busi.model.uncertainty import SIZE_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -323,8 +323,7 @@ def description_of(card: str) -> str:
         if len("".join(parts)) <= MAX_DESCRIPTION:
             break
         parts = [
-            f"## {title}\n{pointer}" if part.startswith(f"## {title}\n") else part
-            for part in parts
+            f"## {title}\n{pointer}" if part.startswith(f"## {title}\n") else part for part in parts
         ]
     text = "".join(parts)
     if len(text) <= MAX_DESCRIPTION:
@@ -449,7 +448,7 @@ def version_description(name: str, version: str, tracking_uri: str) -> str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("show-model")
     parser.add_argument("--version", type=int, default=None, help="default: the champion")

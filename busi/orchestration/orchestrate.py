@@ -98,7 +98,7 @@ def dag_settings(execution_timeout_minutes: int) -> dict:
 
 def execution_mode(environ=None) -> str:
     """``BUSI_EXECUTION``: where the training tasks run (``local`` or ``kubernetes``)."""
-    from components.errors import BusiError
+    from busi.errors import BusiError
 
     value = (os.environ if environ is None else environ).get("BUSI_EXECUTION") or "local"
     if value not in EXECUTIONS:
@@ -109,7 +109,7 @@ def execution_mode(environ=None) -> str:
 def dvc_sync(environ=None) -> bool:
     """``BUSI_DVC_SYNC``: whether each task pulls its inputs and pushes its outputs (default:
     on for pod execution, where every task may land on another node)."""
-    from components.errors import BusiError
+    from busi.errors import BusiError
 
     environ = os.environ if environ is None else environ
     value = (environ.get("BUSI_DVC_SYNC") or "").strip().lower()
@@ -192,7 +192,7 @@ def save_run_state(client, parent: str, ws: Path) -> list[str]:
 
 def project_dir() -> Path:
     env = os.environ.get("BUSI_PROJECT_DIR")
-    return Path(env).resolve() if env else Path(__file__).resolve().parents[1]
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
 
 
 def workspace_for(profile: str, project: Path | None = None) -> Path:
@@ -200,7 +200,7 @@ def workspace_for(profile: str, project: Path | None = None) -> Path:
     project = project or project_dir()
     if profile == "default":
         return project
-    from components.run_pipeline import prepare_workspace
+    from busi.orchestration.workspace import prepare_workspace
 
     ws = os.environ.get("BUSI_WORKSPACE")
     return prepare_workspace(project, profile, Path(ws) if ws else None)
@@ -228,7 +228,7 @@ def parent_run(airflow_run_id: str, dag_id: str, profile: str, ws: Path, uri: st
     try:
         import mlflow
 
-        from components import tracking
+        from busi import tracking
 
         tracking._setup()
         found = mlflow.search_runs(
@@ -261,7 +261,7 @@ def finish_parent(run_id: str, uri: str, ws: Path, status: str = "FINISHED") -> 
 
     import mlflow
 
-    from components import tracking
+    from busi import tracking
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     evaluation = ws / "metrics" / "evaluation.json"
@@ -305,8 +305,8 @@ def run_step(step: str, airflow_run_id: str, dag_id: str, profile: str | None = 
 
         client = mlflow.MlflowClient(tracking_uri=uri)
         if os.environ.get("BUSI_DVC_REMOTE"):
-            from components.ingest_data import Dvc
-            from components.storage import s3_endpoint
+            from busi.data.versions import Dvc
+            from busi.storage import s3_endpoint
 
             Dvc(ws).configure_remote(os.environ["BUSI_DVC_REMOTE"], s3_endpoint())
         restored = restore_run_state(client, parent, ws)
@@ -379,10 +379,10 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
     busi_training DAG end to end through Airflow (`airflow dags test`, recorded in the
     platform's Airflow database, so the UI of `busi up` shows it), tracked to the
     platform's MLflow server when it is up, else to the workspace's local store."""
-    from components import platform
-    from components.errors import BusiError
-    from components.ingest_data import ingest
-    from components.run_pipeline import prepare_workspace, resolve_source
+    from busi.data.importer import ingest
+    from busi.errors import BusiError
+    from busi.local import platform_services as platform
+    from busi.orchestration.workspace import prepare_workspace, resolve_source
 
     project = (project or project_dir()).resolve()
     settings = platform.settings_from_env(project)
@@ -423,7 +423,7 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
 
 def main_run_training(argv: list[str] | None = None) -> int:
 
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("run-training")
     parser.add_argument(
@@ -446,7 +446,7 @@ def main_run_training(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.cluster:
-        from components.cluster_run import run_training_cluster
+        from busi.local.cluster_run import run_training_cluster
 
         profile = None if args.profile == "default" else args.profile
         result = run_training_cluster(project_dir(), profile=profile)
@@ -469,7 +469,7 @@ def main_run_step(argv: list[str] | None = None) -> int:
     Airflow worker (what a Kubernetes pod runs)."""
     import json
 
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for("run-step")
     parser.add_argument("step", choices=TRAINING_STEPS, help="the step (task id) to run")

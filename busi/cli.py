@@ -1,4 +1,5 @@
-"""The `busi` command: one sub-command per pipeline step, named exactly like the step."""
+"""The `busi` command: one sub-command per pipeline step, named exactly like the step, and the
+platform's commands (up, down, serve, app, predict, show-model, run-training, run-step)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import logging
 import sys
 import textwrap
 
-from components.errors import BusiError
+from busi.errors import BusiError
 
 # The one table: command -> (entry point "module:function", what it does in whole sentences).
 # Each pipeline step's command is the step's name with '-' for '_' (the DVC stage and the
-# Airflow task id), and its module is components/<step>.py.
+# Airflow task id), and its module is components/<step>.py; the other commands are entry
+# points of the library (busi/).
 TABLE: dict[str, tuple[str, str]] = {
     "ingest-data": (
         "components.ingest_data:main",
@@ -71,7 +73,7 @@ TABLE: dict[str, tuple[str, str]] = {
         "so; roll back by hand.",
     ),
     "show-model": (
-        "components.model_card:main",
+        "busi.model.model_card:main",
         "Print the model card of the champion (or --version N) of busi-pipeline.",
     ),
     "ingest-batch": (
@@ -85,31 +87,34 @@ TABLE: dict[str, tuple[str, str]] = {
         "compare the metrics.",
     ),
     "run-training": (
-        "components.orchestrate:main_run_training",
+        "busi.orchestration.orchestrate:main_run_training",
         "Import the data and run the busi_training DAG end to end through Airflow.",
     ),
     "run-step": (
-        "components.orchestrate:main_run_step",
+        "busi.orchestration.orchestrate:main_run_step",
         "Run one step of a busi_training DAG run (what a Kubernetes pod runs).",
     ),
     "serve": (
-        "components.serve_model:main_serve",
+        "busi.serving.server:main_serve",
         "Serve the champion model over REST on 127.0.0.1; promotions and rollbacks are "
         "followed without a restart.",
     ),
     "predict": (
-        "components.predict_images:main_predict",
+        "busi.serving.predict:main_predict",
         "Print the champion's answer for image files, one JSON line per image.",
     ),
     "app": (
-        "components.app:main_app",
+        "busi.serving.app:main_app",
         "Start the Streamlit page: upload an image, see the lesion outline, ROI and class.",
     ),
     "up": (
-        "components.platform:main_up",
+        "busi.local.platform_services:main_up",
         "Start the local platform: the MLflow server and Airflow, on 127.0.0.1.",
     ),
-    "down": ("components.platform:main_down", "Stop the local platform started by `busi up`."),
+    "down": (
+        "busi.local.platform_services:main_down",
+        "Stop the local platform started by `busi up`.",
+    ),
 }
 
 COMMANDS = {name: text for name, (_entry, text) in TABLE.items()}

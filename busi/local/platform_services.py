@@ -46,8 +46,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.errors import BusiError
-from components.storage import ensure_bucket, s3_endpoint
+from busi.errors import BusiError
+from busi.storage import ensure_bucket, s3_endpoint
 
 HOST = "127.0.0.1"
 DEFAULT_MLFLOW_PORT = 5000
@@ -781,7 +781,7 @@ def _print_summary(state: dict, out, password: str | None) -> None:
 def _landing(settings: Settings) -> str:
     """The landing zone the new-data DAG watches (the tasks inherit the environment of
     `busi up`); a local one is created, so the DAG does not fail on a missing folder."""
-    from components.orchestrate import landing_zone
+    from busi.orchestration.orchestrate import landing_zone
 
     landing = landing_zone(settings.project)
     if "://" not in landing:
@@ -817,13 +817,13 @@ def down(state_dir: Path, timeout: float = 30.0, out=print) -> bool:
 
 
 def _project_default() -> Path:
-    from components.tracking import PROJECT_ROOT
+    from busi.tracking import PROJECT_ROOT
 
     return PROJECT_ROOT
 
 
 def _parser(command: str, timeout: float) -> argparse.ArgumentParser:
-    from components.cli import parser_for
+    from busi.cli import parser_for
 
     parser = parser_for(command)
     parser.add_argument(
@@ -843,11 +843,11 @@ def main_up(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cluster",
         action="store_true",
-        help="CeleryExecutor with two workers, Redis, Postgres and S3 (components/cluster.py)",
+        help="CeleryExecutor with two workers, Redis, Postgres and S3 (busi/local/cluster.py)",
     )
     args = parser.parse_args(argv)
     if args.cluster:
-        from components import cluster
+        from busi.local import cluster
 
         cluster.up(cluster.load(args.project or _project_default()), timeout=max(args.timeout, 300))
         return 0

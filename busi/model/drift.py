@@ -194,8 +194,8 @@ def reference_images(
 
 
 def _load(image: Path, masks: list[Path]) -> tuple[np.ndarray, np.ndarray | None]:
-    from components.imaging import decode_image, decode_mask
-    from components.preprocess import MAX_PIXELS
+    from busi.data.imaging import decode_image, decode_mask
+    from busi.data.preprocess import MAX_PIXELS
 
     pixels = decode_image(image.read_bytes(), max_pixels=MAX_PIXELS).pixels
     mask = None
@@ -213,8 +213,8 @@ def encoder(unet_path: Path):
         return None
     import keras
 
-    from components.preprocess import prepare_image
-    from components.train_unet import load_unet
+    from busi.data.preprocess import prepare_image
+    from busi.model.unet import load_unet
 
     unet = load_unet(unet_path)
     up = next(layer for layer in unet.layers if isinstance(layer, keras.layers.Conv2DTranspose))

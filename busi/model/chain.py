@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.metrics import keep_components
-from components.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
+from busi.data.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
+from busi.model.metrics import keep_components
 
 MASK_CHANNELS = ("binary", "probability")
 
@@ -177,3 +177,47 @@ def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tt
     )
     proba = predict_proba(classifier, classifier_input(crops, mask_crops))
     return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)
+
+
+# The crop_rois section of params.yaml: the chain as trained, evaluated and served.
+@dataclass(frozen=True)
+class CropConfig:
+    threshold: float = 0.5
+    min_area: float = 0.002
+    keep: str = "largest"
+    margin: float = 0.15
+    crop_size: int = 128
+    tta_flip: bool = True
+    train_masks: str = "predicted"  # predicted | ground_truth | both
+    # binary | probability; summaries written before this existed mean binary
+    mask_channel: str = "binary"
+    # fixed: ``threshold`` as given. val: chosen on the val split from threshold_grid, the
+    # one that misses the fewest lesions while giving a false lesion to at most
+    # max_val_false_lesion_rate of the normal images (ties: the better lesion Dice, then
+    # the higher threshold); the summary records the choice, which evaluation and serving
+    # then use.
+    threshold_choice: str = "fixed"
+    threshold_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
+    max_val_false_lesion_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.train_masks not in ("predicted", "ground_truth", "both"):
+            raise ValueError("train_masks must be predicted, ground_truth or both")
+        if self.threshold_choice not in ("fixed", "val"):
+            raise ValueError("threshold_choice must be fixed or val")
+        if not self.threshold_grid or not all(0 < t < 1 for t in self.threshold_grid):
+            raise ValueError("threshold_grid must list thresholds in (0, 1)")
+        if not 0 <= self.max_val_false_lesion_rate <= 1:
+            raise ValueError("max_val_false_lesion_rate must lie in [0, 1]")
+        self.roi  # validates the ROI settings  # noqa: B018
+
+    @property
+    def roi(self) -> RoiConfig:
+        return RoiConfig(
+            self.threshold,
+            self.min_area,
+            self.keep,
+            self.margin,
+            self.crop_size,
+            self.mask_channel,
+        )

@@ -1,0 +1,2 @@
+"""Images, the dataset and its versions: decoding, preprocessing, validation checks, the
+split and TFRecords, DVC."""

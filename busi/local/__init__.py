@@ -1,0 +1,1 @@
+"""The local platform: MLflow and Airflow on this machine (`busi up`), and the local cluster."""

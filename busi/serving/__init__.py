@@ -1,0 +1,1 @@
+"""Serving the champion: the REST server, the Streamlit page and `busi predict`."""
