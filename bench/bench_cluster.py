@@ -72,7 +72,7 @@ def step_walls(uri: str, airflow_run_id: str | None = None) -> dict[str, float]:
 def cluster_run(base: Path) -> dict:
     from busi.local import cluster as cl
     from busi.local import cluster_run as cr
-    from busi.local import platform_services as plat
+    from busi.local.up import down
 
     env = {
         **os.environ,
@@ -102,7 +102,7 @@ def cluster_run(base: Path) -> dict:
         result = cr.follow(api, cr.trigger(api, cluster.profile), timeout=1800)
         walls = step_walls(cluster.platform.tracking_uri, result["run_id"])
     finally:
-        plat.down(base / "platform", out=print)
+        down(base / "platform", out=print)
     tis = sorted(result["task_instances"], key=lambda t: t["start_date"] or "~")
     tasks, previous_end = [], result["start_date"]
     for ti in tis:

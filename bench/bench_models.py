@@ -95,7 +95,7 @@ def stage_costs(tracking_uri: str, lookback: int = 20) -> dict:
             }
     latest = parents[0]
     total = (latest.info.end_time - latest.info.start_time) / 1000 if latest.info.end_time else None
-    from busi.orchestration.orchestrate import TRAINING_STEPS
+    from busi.orchestration.dag_settings import TRAINING_STEPS
 
     steps = {step: steps[step] for step in TRAINING_STEPS if step in steps}
     return {"parent_run_id": latest.info.run_id, "pipeline_wall_s": total, "steps": steps}

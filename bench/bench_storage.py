@@ -114,7 +114,7 @@ def dvc_bench(source: Path, base: Path, endpoint: str) -> dict:
 def mlflow_bench(base: Path, endpoint: str, megabytes: int, repeats: int) -> dict:
     import mlflow
 
-    from busi.local import platform_services as platform
+    from busi.local.services import mlflow_service, settings_from_env
     from tests.conftest import started_service
 
     artifact = base / "model.bin"
@@ -122,7 +122,7 @@ def mlflow_bench(base: Path, endpoint: str, megabytes: int, repeats: int) -> dic
     stores = {"local": str(base / "mlartifacts"), "s3": f"s3://{BUCKET}/mlflow"}
     out = {"bytes": artifact.stat().st_size, "repeats": repeats}
     for name, store in stores.items():
-        settings = platform.settings_from_env(
+        settings = settings_from_env(
             base,
             {
                 "BUSI_PLATFORM_DIR": str(base / f"platform-{name}"),
@@ -131,9 +131,7 @@ def mlflow_bench(base: Path, endpoint: str, megabytes: int, repeats: int) -> dic
                 "BUSI_MLFLOW_ARTIFACTS": store,
             },
         )
-        service = platform.mlflow_service(
-            settings, {**os.environ, "BUSI_S3_ENDPOINT_URL": endpoint}
-        )
+        service = mlflow_service(settings, {**os.environ, "BUSI_S3_ENDPOINT_URL": endpoint})
         with started_service(service, base, timeout=180):
             client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
             experiment = client.create_experiment(f"bench-{name}")

@@ -87,11 +87,11 @@ TABLE: dict[str, tuple[str, str]] = {
         "compare the metrics.",
     ),
     "run-training": (
-        "busi.orchestration.orchestrate:main_run_training",
+        "busi.orchestration.run_training:main_run_training",
         "Import the data and run the busi_training DAG end to end through Airflow.",
     ),
     "run-step": (
-        "busi.orchestration.orchestrate:main_run_step",
+        "busi.orchestration.tasks:main_run_step",
         "Run one step of a busi_training DAG run (what a Kubernetes pod runs).",
     ),
     "serve": (
@@ -108,11 +108,11 @@ TABLE: dict[str, tuple[str, str]] = {
         "Start the Streamlit page: upload an image, see the lesion outline, ROI and class.",
     ),
     "up": (
-        "busi.local.platform_services:main_up",
+        "busi.local.up:main_up",
         "Start the local platform: the MLflow server and Airflow, on 127.0.0.1.",
     ),
     "down": (
-        "busi.local.platform_services:main_down",
+        "busi.local.up:main_down",
         "Stop the local platform started by `busi up`.",
     ),
 }

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 
-from busi.orchestration.orchestrate import DATA_ASSET_NAME, DATA_ASSET_URI, dag_settings
+from busi.orchestration.dag_settings import DATA_ASSET_NAME, DATA_ASSET_URI, dag_settings
 
 DOC = """
 ### busi_new_data
@@ -34,7 +34,7 @@ merged (no batch ready, or every file bad) the task is skipped: no Asset event, 
 def busi_new_data():
     @task(task_id="ingest_batch", outlets=[Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)])
     def ingest_batch(**context) -> dict:
-        from busi.orchestration.orchestrate import ingest_new_data
+        from busi.orchestration.tasks import ingest_new_data
 
         return ingest_new_data(context["params"]["profile"], context["ti"].xcom_push)
 

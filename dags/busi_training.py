@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
 
-from busi.orchestration.orchestrate import (
+from busi.orchestration.dag_settings import (
     DATA_ASSET_NAME,
     DATA_ASSET_URI,
     DVC_STAGES,
     TRAINING_STEPS,
     dag_settings,
-    execution_mode,
 )
+from busi.orchestration.execution import execution_mode
 
 DOC = """
 ### busi_training
@@ -40,7 +40,7 @@ each step is a nested run. The `profile` param picks the data: `default` (real d
 
 
 def _on_failure(context) -> None:
-    from busi.orchestration.orchestrate import fail_parent
+    from busi.orchestration.tasks import fail_parent
 
     fail_parent(context["run_id"], context["dag"].dag_id, context["params"].get("profile"))
 
@@ -48,7 +48,7 @@ def _on_failure(context) -> None:
 def _step(step: str):
     @task(task_id=step)
     def run(**context) -> dict:
-        from busi.orchestration.orchestrate import run_step
+        from busi.orchestration.tasks import run_step
 
         return run_step(
             step, context["run_id"], context["dag"].dag_id, context["params"]["profile"]
@@ -70,7 +70,7 @@ def busi_training():
     previous = None
     for step in TRAINING_STEPS:
         if in_pods and step in DVC_STAGES:
-            from busi.orchestration.orchestrate import pod_operator
+            from busi.orchestration.pods import pod_operator
 
             current = pod_operator(step)
         else:

@@ -356,17 +356,17 @@ def fresh_smoke_champion(smoke_run, tmp_path_factory) -> SmokeChampion:
 
 @contextlib.contextmanager
 def started_service(service, cwd: Path, timeout: float = 120.0):
-    """Run one ``busi.local.platform_services.Service`` (as `busi up` starts it) until the
+    """Run one ``busi.local.services.Service`` (as `busi up` starts it) until the
     block ends, then stop its whole process group; fails with the tail of its log if it does not get
     ready."""
-    from busi.local import platform_services as platform
+    from busi.local.processes import start_service, stop_services, wait_ready
 
-    proc, record = platform.start_service(service, cwd)
+    proc, record = start_service(service, cwd)
     try:
-        platform.wait_ready({service.name: (service, proc)}, timeout)
+        wait_ready({service.name: (service, proc)}, timeout)
         yield record
     finally:
-        platform.stop_services({service.name: record}, timeout=20)
+        stop_services({service.name: record}, timeout=20)
         proc.wait(timeout=10)
 
 

@@ -11,16 +11,16 @@ and the metadata database. Each worker names itself (``BUSI_WORKER_HOSTNAME``, t
 Airflow's ``[core] hostname_callable``), so a task instance's ``hostname`` says which worker
 ran it.
 
-Settings (read by `busi up --cluster`, never at import), besides those of
-``busi.local.platform_services``: ``BUSI_PG_PORT`` (55432), ``BUSI_REDIS_PORT`` (56379),
+Settings (read by `busi up --cluster`, never at import), besides those of `busi up`
+(``busi.local.up``): ``BUSI_PG_PORT`` (55432), ``BUSI_REDIS_PORT`` (56379),
 ``BUSI_S3_PORT`` (55000), ``BUSI_CLUSTER_PROFILE`` (``quick``: the profile the workers run
 when a DAG run names none), ``BUSI_HEARTBEAT_TIMEOUT`` (60 s: how long the scheduler waits
 for a silent task, such as one on a worker that died, before it fails the try and retries).
 
-The processes are `busi.local.platform_services` services: each in its own session, recorded with
-its pid and start time in ``state.json``, stopped only by pid (``busi down``). The moto
-server keeps its objects in memory: `busi down` drops the bucket; Postgres keeps its data in
-``<platform>/postgres``.
+The processes are `busi up` services (``busi.local.services``, ``busi.local.processes``):
+each in its own session, recorded with its pid and start time in ``state.json``, stopped
+only by pid (``busi down``). The moto server keeps its objects in memory: `busi down` drops
+the bucket; Postgres keeps its data in ``<platform>/postgres``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,35 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from busi.errors import BusiError
-from busi.local import platform_services as plat
+from busi.local.processes import (
+    _clear_pids,
+    _locked,
+    _reap,
+    activate_dags,
+    ensure_airflow_db,
+    is_ours,
+    port_answers,
+    port_free,
+    raise_if_exited,
+    read_state,
+    start_service,
+    stop_services,
+    wait_ready,
+    write_state,
+)
+from busi.local.services import (
+    HOST,
+    Service,
+    Settings,
+    _executable,
+    _int_setting,
+    airflow_services,
+    mlflow_service,
+    platform_airflow_env,
+    running_services,
+    settings_from_env,
+)
+from busi.local.up import _print_summary
 
 WORKERS = ("worker-1", "worker-2")
 BUCKET = "busi"
@@ -56,7 +84,7 @@ S3_TEST_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testin
 
 @dataclass(frozen=True)
 class Cluster:
-    platform: plat.Settings
+    platform: Settings
     pg_port: int
     redis_port: int
     s3_port: int
@@ -74,14 +102,14 @@ class Cluster:
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://{plat.HOST}:{self.s3_port}"
+        return f"http://{HOST}:{self.s3_port}"
 
     @property
     def broker_url(self) -> str:
-        return f"redis://{plat.HOST}:{self.redis_port}/0"
+        return f"redis://{HOST}:{self.redis_port}/0"
 
     def db_uri(self, db: str) -> str:
-        return f"postgresql+psycopg2://{PG_USER}:{self.password}@{plat.HOST}:{self.pg_port}/{db}"
+        return f"postgresql+psycopg2://{PG_USER}:{self.password}@{HOST}:{self.pg_port}/{db}"
 
     def workspace(self, worker: str) -> Path:
         return self.state_dir / "workers" / worker / "workspace"
@@ -103,9 +131,9 @@ def cluster_from_env(
 ) -> Cluster:
     """The cluster's settings (``password``: Postgres's, see ``load``)."""
     environ = os.environ if environ is None else environ
-    base = plat.settings_from_env(project, environ)
+    base = settings_from_env(project, environ)
     ports = {
-        name: plat._int_setting(environ, name, default, 1, 65535)
+        name: _int_setting(environ, name, default, 1, 65535)
         for name, default in DEFAULT_PORTS.items()
     }
     used = [base.mlflow_port, base.airflow_port, *ports.values()]
@@ -118,7 +146,7 @@ def cluster_from_env(
         s3_port=ports["BUSI_S3_PORT"],
         password=password,
         profile=environ.get("BUSI_CLUSTER_PROFILE") or DEFAULT_PROFILE,
-        heartbeat_timeout=plat._int_setting(
+        heartbeat_timeout=_int_setting(
             environ, "BUSI_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT, 10, 3600
         ),
     )
@@ -157,7 +185,7 @@ def shared_env(cluster: Cluster, base: Mapping[str, str]) -> dict[str, str]:
 def cluster_airflow_env(cluster: Cluster, base: Mapping[str, str]) -> dict[str, str]:
     """Airflow's settings on the cluster: CeleryExecutor, Redis broker, results and metadata
     in Postgres, a short heartbeat timeout so a lost worker's task is retried soon."""
-    env = plat.platform_airflow_env(cluster.platform, shared_env(cluster, base))
+    env = platform_airflow_env(cluster.platform, shared_env(cluster, base))
     return env | {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cluster.db_uri("airflow"),
@@ -214,7 +242,7 @@ def redis_bin() -> str:
     return found
 
 
-def services(cluster: Cluster, base: Mapping[str, str] | None = None) -> list[plat.Service]:
+def services(cluster: Cluster, base: Mapping[str, str] | None = None) -> list[Service]:
     """Every process of the cluster, in start order."""
     base = os.environ if base is None else base
     logs = cluster.state_dir / "logs"
@@ -226,7 +254,7 @@ def services(cluster: Cluster, base: Mapping[str, str] | None = None) -> list[pl
         "-D",
         str(cluster.pg_data),
         "-h",
-        plat.HOST,
+        HOST,
         "-p",
         str(cluster.pg_port),
         "-k",
@@ -234,28 +262,28 @@ def services(cluster: Cluster, base: Mapping[str, str] | None = None) -> list[pl
         "-c",
         "max_connections=100",
     ]
-    redis = [redis_bin(), "--bind", plat.HOST, "--port", str(cluster.redis_port)]
+    redis = [redis_bin(), "--bind", HOST, "--port", str(cluster.redis_port)]
     redis += ["--dir", str(cluster.state_dir / "redis"), "--save", "", "--appendonly", "no"]
-    moto = [plat._executable("moto_server", airflow_env), "-H", plat.HOST]
+    moto = [_executable("moto_server", airflow_env), "-H", HOST]
     found = [
-        plat.Service("postgres", pg, dict(shared), logs / "postgres.log"),
-        plat.Service("redis", redis, dict(shared), logs / "redis.log"),
-        plat.Service(
+        Service("postgres", pg, dict(shared), logs / "postgres.log"),
+        Service("redis", redis, dict(shared), logs / "redis.log"),
+        Service(
             "s3",
             [*moto, "-p", str(cluster.s3_port)],
             dict(shared),
             logs / "s3.log",
             health_url=f"{cluster.s3_endpoint}/",
         ),
-        plat.mlflow_service(cluster.platform, shared),
-        *plat.airflow_services(cluster.platform, airflow_env),
+        mlflow_service(cluster.platform, shared),
+        *airflow_services(cluster.platform, airflow_env),
     ]
-    airflow = plat._executable("airflow", airflow_env)
+    airflow = _executable("airflow", airflow_env)
     for worker in WORKERS:
         argv = [airflow, "celery", "worker", "--celery-hostname", f"{worker}@%h"]
         argv += ["--concurrency", "1", "--skip-serve-logs", "--without-gossip"]
         env = worker_env(cluster, worker, airflow_env)
-        found.append(plat.Service(f"airflow-{worker}", argv, env, logs / f"airflow-{worker}.log"))
+        found.append(Service(f"airflow-{worker}", argv, env, logs / f"airflow-{worker}.log"))
     return found
 
 
@@ -309,7 +337,7 @@ def _wait_postgres(cluster: Cluster, timeout: float) -> None:
     while True:
         try:
             conn = psycopg2.connect(
-                host=plat.HOST,
+                host=HOST,
                 port=cluster.pg_port,
                 user=PG_USER,
                 password=cluster.password,
@@ -335,22 +363,22 @@ def _wait_postgres(cluster: Cluster, timeout: float) -> None:
 
 def _wait_port(port: int, name: str, started: dict, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not plat.port_answers(port):
-        plat.raise_if_exited(started)
+    while not port_answers(port):
+        raise_if_exited(started)
         if time.monotonic() > deadline:
-            raise BusiError(f"{name} did not listen on {plat.HOST}:{port} within {timeout:.0f} s")
+            raise BusiError(f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s")
         time.sleep(0.3)
 
 
 def up(cluster: Cluster, timeout: float = 300.0, out=print) -> dict:
     """Start the cluster (stopping what an earlier one left); returns its state."""
-    with plat._locked(cluster.state_dir):
-        state = plat.read_state(cluster.state_dir)
-        leftovers = plat.running_services(state)
+    with _locked(cluster.state_dir):
+        state = read_state(cluster.state_dir)
+        leftovers = running_services(state)
         if leftovers:
             out(f"stopping what was running ({', '.join(leftovers)}) before starting the cluster")
-            plat.stop_services(leftovers)
-            plat.write_state(cluster.state_dir, plat._clear_pids(state))
+            stop_services(leftovers)
+            write_state(cluster.state_dir, _clear_pids(state))
         ports = {
             "mlflow": cluster.platform.mlflow_port,
             "airflow": cluster.platform.airflow_port,
@@ -358,10 +386,10 @@ def up(cluster: Cluster, timeout: float = 300.0, out=print) -> dict:
             "redis": cluster.redis_port,
             "s3": cluster.s3_port,
         }
-        busy = [f"{name} {port}" for name, port in ports.items() if not plat.port_free(port)]
+        busy = [f"{name} {port}" for name, port in ports.items() if not port_free(port)]
         if busy:
             raise BusiError(
-                f"port(s) in use on {plat.HOST}: {', '.join(busy)}; set BUSI_MLFLOW_PORT, "
+                f"port(s) in use on {HOST}: {', '.join(busy)}; set BUSI_MLFLOW_PORT, "
                 "BUSI_AIRFLOW_PORT, BUSI_PG_PORT, BUSI_REDIS_PORT or BUSI_S3_PORT"
             )
         return _start(cluster, ports, timeout, out)
@@ -395,10 +423,10 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
     defined = {svc.name: svc for svc in services(cluster)}
 
     def launch(name: str) -> None:
-        proc, record = plat.start_service(defined[name], settings.project)
+        proc, record = start_service(defined[name], settings.project)
         started[name] = (defined[name], proc)
         state["services"][name] = record
-        plat.write_state(cluster.state_dir, state)
+        write_state(cluster.state_dir, state)
 
     try:
         init_postgres(cluster)
@@ -407,25 +435,25 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
         launch("s3")
         _wait_port(cluster.pg_port, "postgres", started, timeout)
         _wait_postgres(cluster, timeout)
-        plat.wait_ready({"s3": started["s3"]}, timeout)
+        wait_ready({"s3": started["s3"]}, timeout)
         _wait_port(cluster.redis_port, "redis", started, timeout)
         from busi.storage import ensure_bucket
 
         ensure_bucket(f"s3://{BUCKET}/", client=s3_client(cluster))
         launch("mlflow")
-        out(f"migrating the Airflow database (Postgres, {plat.HOST}:{cluster.pg_port}) ...")
+        out(f"migrating the Airflow database (Postgres, {HOST}:{cluster.pg_port}) ...")
         env = defined["airflow-scheduler"].env
-        plat.ensure_airflow_db(env, settings.log_dir / "airflow-db-migrate.log")
+        ensure_airflow_db(env, settings.log_dir / "airflow-db-migrate.log")
         for name in defined:
             if name.startswith("airflow-"):
                 launch(name)
-        plat.wait_ready(started, timeout)
+        wait_ready(started, timeout)
         for worker in WORKERS:
             prepare_worker(cluster, worker)
     except BaseException as exc:
-        plat.stop_services(plat.running_services(state))
-        plat._reap(proc for _, proc in started.values())
-        plat.write_state(cluster.state_dir, plat._clear_pids(state))
+        stop_services(running_services(state))
+        _reap(proc for _, proc in started.values())
+        write_state(cluster.state_dir, _clear_pids(state))
         if isinstance(exc, BusiError):
             raise BusiError(f"{exc}\n(stopped what had started: {', '.join(started)})") from None
         raise
@@ -433,16 +461,16 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
         settings.password_file.chmod(0o600)
     out("waiting for Airflow to parse the project's DAGs ...")
     try:
-        state["dags"] = plat.activate_dags(settings)
+        state["dags"] = activate_dags(settings)
     except (OSError, ValueError, KeyError) as exc:
         out(f"could not list or unpause the DAGs through {settings.airflow_url}/api/v2 ({exc})")
     state["ready_seconds"] = round(time.monotonic() - began, 1)
-    plat.write_state(cluster.state_dir, state)
+    write_state(cluster.state_dir, state)
     out(f"cluster up in {state['ready_seconds']} s")
     password = None
     if not password_existed and settings.password_file.exists():
         password = json.loads(settings.password_file.read_text()).get("admin")
-    plat._print_summary(state, out, password=password)
+    _print_summary(state, out, password=password)
     out(f"S3 (moto): {cluster.s3_endpoint}  bucket {BUCKET}: dvc/, mlflow/, landing/")
     out(f"Celery broker: {cluster.broker_url}; workers: {', '.join(WORKERS)}")
     return state
@@ -481,13 +509,13 @@ def restart(cluster: Cluster, name: str) -> dict:
     defined = {svc.name: svc for svc in services(cluster)}
     if name not in defined:
         raise BusiError(f"no service {name!r}; the cluster's are {', '.join(defined)}")
-    with plat._locked(cluster.state_dir):
-        state = plat.read_state(cluster.state_dir) or {}
+    with _locked(cluster.state_dir):
+        state = read_state(cluster.state_dir) or {}
         old = state.get("services", {}).get(name)
-        if old and old.get("pid") and plat.is_ours(old):
+        if old and old.get("pid") and is_ours(old):
             raise BusiError(f"{name} is running (pid {old['pid']})")
-        proc, record = plat.start_service(defined[name], cluster.platform.project)
+        proc, record = start_service(defined[name], cluster.platform.project)
         state.setdefault("services", {})[name] = record
-        plat.write_state(cluster.state_dir, state)
-    plat.wait_ready({name: (defined[name], proc)}, 180)
+        write_state(cluster.state_dir, state)
+    wait_ready({name: (defined[name], proc)}, 180)
     return record

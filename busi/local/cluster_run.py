@@ -21,7 +21,8 @@ from unittest import mock
 
 from busi.errors import BusiError
 from busi.local import cluster as cl
-from busi.local import platform_services as plat
+from busi.local.processes import airflow_api, airflow_token, is_ours, read_state
+from busi.local.services import running_services
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +36,18 @@ class Api:
     def __init__(self, state: dict):
         self.url = state["urls"]["airflow"]
         self.password = json.loads(Path(state["password_file"]).read_text())["admin"]
-        self.token = plat.airflow_token(self.url, self.password)
+        self.token = airflow_token(self.url, self.password)
 
     def __call__(self, method: str, path: str, body: dict | None = None) -> dict:
         import urllib.error
 
         try:
-            return plat.airflow_api(self.url, self.token, method, path, body)
+            return airflow_api(self.url, self.token, method, path, body)
         except urllib.error.HTTPError as exc:
             if exc.code != 401:
                 raise
-            self.token = plat.airflow_token(self.url, self.password)
-            return plat.airflow_api(self.url, self.token, method, path, body)
+            self.token = airflow_token(self.url, self.password)
+            return airflow_api(self.url, self.token, method, path, body)
 
     def task_instances(self, run_id: str) -> list[dict]:
         path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100"
@@ -59,14 +60,14 @@ class Api:
 
 def running_state(cluster: cl.Cluster) -> dict:
     """The state of a running cluster, or a message that says how to start one."""
-    state = plat.read_state(cluster.state_dir)
-    services = plat.running_services(state)
+    state = read_state(cluster.state_dir)
+    services = running_services(state)
     if not state or state.get("kind") != "cluster" or not services:
         raise BusiError(
             f"no cluster runs from {cluster.state_dir}: start one with `busi up --cluster` "
             "(make up-cluster)"
         )
-    dead = sorted(name for name, rec in services.items() if not plat.is_ours(rec))
+    dead = sorted(name for name, rec in services.items() if not is_ours(rec))
     if dead:
         raise BusiError(f"the cluster's {', '.join(dead)} stopped: `busi down`, then up again")
     return state

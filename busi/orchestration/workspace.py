@@ -165,3 +165,23 @@ def repro_under_parent(
     finally:
         os.chdir(cwd)
     return (parent.info.run_id if parent is not None else None), summary
+
+
+def project_dir() -> Path:
+    env = os.environ.get("BUSI_PROJECT_DIR")
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2]
+
+
+def workspace_for(profile: str, project: Path | None = None) -> Path:
+    """The folder a profile's pipeline runs in (prepared on first use for scratch ones)."""
+    project = project or project_dir()
+    if profile == "default":
+        return project
+    from busi.orchestration.workspace import prepare_workspace
+
+    ws = os.environ.get("BUSI_WORKSPACE")
+    return prepare_workspace(project, profile, Path(ws) if ws else None)
+
+
+def landing_zone(project: Path | None = None) -> str:
+    return os.environ.get("BUSI_LANDING") or str((project or project_dir()) / "landing")

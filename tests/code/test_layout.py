@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from busi.cli import TABLE
-from busi.orchestration.orchestrate import TRAINING_STEPS
+from busi.orchestration.dag_settings import TRAINING_STEPS
 from tests.conftest import REPO_ROOT
 
 # Modules of components/ that are not steps, and why.

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from busi.errors import BusiError
-from busi.orchestration.orchestrate import (
-    DVC_STAGES,
-    GPU_STEPS,
-    TRAINING_STEPS,
-    dvc_sync,
-    execution_mode,
-    pod_settings,
-    step_commands,
-    uncached_outputs,
-)
+from busi.orchestration.dag_settings import DVC_STAGES, TRAINING_STEPS
+from busi.orchestration.execution import dvc_sync, execution_mode, step_commands
+from busi.orchestration.pods import GPU_STEPS, pod_settings
+from busi.orchestration.run_state import uncached_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +94,7 @@ def test_pods_use_the_configmap_and_secret_of_infra_k8s():
 
 
 def test_the_project_is_the_checkout_holding_the_code_unless_set(monkeypatch, tmp_path):
-    from busi.orchestration.orchestrate import project_dir
+    from busi.orchestration.workspace import project_dir
 
     monkeypatch.delenv("BUSI_PROJECT_DIR", raising=False)
     assert project_dir() == REPO

@@ -15,22 +15,57 @@ from pathlib import Path
 import pytest
 
 from busi.errors import BusiError
-from busi.local import platform_services as plat
+from busi.local.processes import (
+    _alive,
+    airflow_api,
+    airflow_token,
+    is_ours,
+    port_answers,
+    port_free,
+    proc_stat,
+    read_state,
+    session_members,
+    start_service,
+    stop_services,
+    wait_ready,
+    write_state,
+)
+from busi.local.services import (
+    ProcStat,
+    Service,
+    Settings,
+    airflow_env,
+    airflow_health_ready,
+    airflow_services,
+    dag_files,
+    dag_lines,
+    log_tail,
+    mlflow_command,
+    mlflow_service,
+    parse_proc_stat,
+    platform_airflow_env,
+    platform_dir,
+    project_dags,
+    running_services,
+    settings_from_env,
+    unparsed,
+)
+from busi.local.up import main_down, up
 from tests.conftest import free_port, wait_for_http
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def settings(tmp_path: Path, **env: str) -> plat.Settings:
+def settings(tmp_path: Path, **env: str) -> Settings:
     environ = {"BUSI_PLATFORM_DIR": str(tmp_path / "state"), **env}
-    return plat.settings_from_env(tmp_path / "project", environ)
+    return settings_from_env(tmp_path / "project", environ)
 
 
 # --------------------------------------------------------------------------- pure core
 
 
 def test_airflow_env_is_local_without_examples(tmp_path):
-    env = plat.airflow_env(
+    env = airflow_env(
         tmp_path / "home", tmp_path / "proj", "http://127.0.0.1:5001", api_port=8099, base={}
     )
     assert env["AIRFLOW_HOME"] == str(tmp_path / "home")
@@ -50,7 +85,7 @@ def test_airflow_env_is_local_without_examples(tmp_path):
 
 
 def test_airflow_env_fixes_no_password(tmp_path):
-    env = plat.airflow_env(tmp_path / "home", tmp_path, "http://127.0.0.1:5000", base={})
+    env = airflow_env(tmp_path / "home", tmp_path, "http://127.0.0.1:5000", base={})
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
     # admin:admin is user:role; the password is Airflow's, generated into this file.
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
@@ -62,7 +97,7 @@ def test_airflow_env_fixes_no_password(tmp_path):
 
 
 def test_airflow_env_keeps_the_base_environment(tmp_path):
-    env = plat.airflow_env(
+    env = airflow_env(
         tmp_path, tmp_path, "http://127.0.0.1:5000", base={"PATH": "/usr/bin", "KEEP": "1"}
     )
     assert env["KEEP"] == "1"
@@ -70,8 +105,8 @@ def test_airflow_env_keeps_the_base_environment(tmp_path):
 
 
 def test_defaults_serve_the_project_store(tmp_path):
-    s = plat.settings_from_env(tmp_path, {})
-    assert s.state_dir == tmp_path / ".platform" == plat.platform_dir(tmp_path, {})
+    s = settings_from_env(tmp_path, {})
+    assert s.state_dir == tmp_path / ".platform" == platform_dir(tmp_path, {})
     assert s.airflow_home == tmp_path / ".platform" / "airflow"
     assert (s.mlflow_port, s.airflow_port) == (5000, 8080)
     # The same store tracking.py writes to without a server: runs made before `up` show.
@@ -110,7 +145,7 @@ def test_the_two_ports_must_differ(tmp_path):
 
 def test_mlflow_command(tmp_path):
     s = settings(tmp_path, BUSI_MLFLOW_PORT="5123")
-    argv = plat.mlflow_command(s)
+    argv = mlflow_command(s)
     opts = dict(zip(argv[2::2], argv[3::2], strict=True))
     assert argv[:2] == ["mlflow", "server"]
     assert opts == {
@@ -120,37 +155,37 @@ def test_mlflow_command(tmp_path):
         "--backend-store-uri": f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}",
         "--artifacts-destination": str(tmp_path / "project" / "mlartifacts"),
     }
-    service = plat.mlflow_service(s, {"PATH": "/usr/bin"})
+    service = mlflow_service(s, {"PATH": "/usr/bin"})
     assert service.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert service.health_url == "http://127.0.0.1:5123/health"
 
 
 def test_the_platform_gives_mlflow_the_s3_endpoint(tmp_path):
-    s = plat.settings_from_env(
+    s = settings_from_env(
         tmp_path, {"BUSI_MLFLOW_ARTIFACTS": "s3://busi/mlflow", "BUSI_PLATFORM_DIR": str(tmp_path)}
     )
-    env = plat.mlflow_service(s, {"PATH": "/usr/bin", "BUSI_S3_ENDPOINT_URL": "http://m:9000"}).env
+    env = mlflow_service(s, {"PATH": "/usr/bin", "BUSI_S3_ENDPOINT_URL": "http://m:9000"}).env
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://m:9000"
-    assert plat.mlflow_command(s)[-2:] == ["--artifacts-destination", "s3://busi/mlflow"]
+    assert mlflow_command(s)[-2:] == ["--artifacts-destination", "s3://busi/mlflow"]
     # A local store gets no endpoint.
-    local = plat.settings_from_env(tmp_path, {"BUSI_PLATFORM_DIR": str(tmp_path)})
-    env = plat.mlflow_service(local, {"PATH": "/usr/bin", "BUSI_S3_ENDPOINT_URL": "http://m"}).env
+    local = settings_from_env(tmp_path, {"BUSI_PLATFORM_DIR": str(tmp_path)})
+    env = mlflow_service(local, {"PATH": "/usr/bin", "BUSI_S3_ENDPOINT_URL": "http://m"}).env
     assert "MLFLOW_S3_ENDPOINT_URL" not in env
 
 
 def test_airflow_metadata_db_from_the_settings(tmp_path):
     uri = "postgresql+psycopg2://busi:change-me@db:5432/airflow"
-    env = plat.airflow_env(tmp_path, tmp_path, "http://x", base={"BUSI_AIRFLOW_DB_URI": uri})
+    env = airflow_env(tmp_path, tmp_path, "http://x", base={"BUSI_AIRFLOW_DB_URI": uri})
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == uri
     # Unset: Airflow's own default (SQLite in AIRFLOW_HOME), so nothing is forced.
-    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in plat.airflow_env(
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in airflow_env(
         tmp_path, tmp_path, "http://x", base={}
     )
 
 
 def test_airflow_services_listen_on_localhost_only(tmp_path):
     s = settings(tmp_path, BUSI_AIRFLOW_PORT="8123")
-    services = {svc.name: svc for svc in plat.airflow_services(s, plat.platform_airflow_env(s))}
+    services = {svc.name: svc for svc in airflow_services(s, platform_airflow_env(s))}
     assert set(services) == {
         "airflow-api-server",
         "airflow-scheduler",
@@ -173,10 +208,10 @@ def test_airflow_services_listen_on_localhost_only(tmp_path):
 def test_airflow_is_ready_when_every_component_is_healthy():
     healthy = {"status": "healthy"}
     body = dict.fromkeys(("metadatabase", "scheduler", "triggerer", "dag_processor"), healthy)
-    assert plat.airflow_health_ready(json.dumps(body).encode())
+    assert airflow_health_ready(json.dumps(body).encode())
     body["triggerer"] = {"status": None}
-    assert not plat.airflow_health_ready(json.dumps(body).encode())
-    assert not plat.airflow_health_ready(b"<html>")
+    assert not airflow_health_ready(json.dumps(body).encode())
+    assert not airflow_health_ready(b"<html>")
 
 
 def test_dag_files_are_those_airflow_parses(tmp_path):
@@ -185,7 +220,7 @@ def test_dag_files_are_those_airflow_parses(tmp_path):
     (tmp_path / "sub" / "b.py").write_text("from airflow.sdk import DAG\n")
     (tmp_path / "helpers.py").write_text("import os\n")  # no DAG: never parsed
     (tmp_path / "README.md").write_text("airflow dag\n")
-    assert plat.dag_files(tmp_path) == ["a_dag.py", "sub/b.py"]
+    assert dag_files(tmp_path) == ["a_dag.py", "sub/b.py"]
 
 
 def test_unparsed_files_and_the_project_dags():
@@ -195,9 +230,9 @@ def test_unparsed_files_and_the_project_dags():
         {"dag_id": "x", "relative_fileloc": "elsewhere.py", "is_stale": False},
         {"dag_id": "old", "relative_fileloc": "c.py", "is_stale": True},
     ]
-    assert plat.unparsed(files, dags, [{"filename": "b.py"}]) == []
-    assert plat.unparsed(files, dags, []) == ["b.py"]
-    assert [d["dag_id"] for d in plat.project_dags(files, dags)] == ["a1"]
+    assert unparsed(files, dags, [{"filename": "b.py"}]) == []
+    assert unparsed(files, dags, []) == ["b.py"]
+    assert [d["dag_id"] for d in project_dags(files, dags)] == ["a1"]
 
 
 def test_up_names_the_active_dags_and_the_landing_zone():
@@ -206,7 +241,7 @@ def test_up_names_the_active_dags_and_the_landing_zone():
         {"dag_id": "busi_new_data", "timetable_description": "", "timetable_summary": "0:05:00"},
     ]
     errors = [{"filename": "broken.py", "stack_trace": "Traceback\nNameError: x"}]
-    text = "\n".join(plat.dag_lines(dags, errors, "/p/landing"))
+    text = "\n".join(dag_lines(dags, errors, "/p/landing"))
     assert "DAGs active" in text
     assert text.index("busi_new_data") < text.index("busi_training")
     assert "every 0:05:00" in text and "Triggered by assets" in text
@@ -216,19 +251,19 @@ def test_up_names_the_active_dags_and_the_landing_zone():
 
 def test_parse_proc_stat_with_an_awkward_command_name():
     fields = ["S", "1", "42", "42"] + ["0"] * 15 + ["123456", "0"]
-    stat = plat.parse_proc_stat("4242 (airflow (x) y) " + " ".join(fields))
-    assert stat == plat.ProcStat(pid=4242, state="S", pgrp=42, session=42, start_time=123456)
-    own = plat.proc_stat(os.getpid())
+    stat = parse_proc_stat("4242 (airflow (x) y) " + " ".join(fields))
+    assert stat == ProcStat(pid=4242, state="S", pgrp=42, session=42, start_time=123456)
+    own = proc_stat(os.getpid())
     assert own.pid == os.getpid() and own.state != "Z"
 
 
 def test_read_state(tmp_path):
-    assert plat.read_state(tmp_path) is None
-    plat.write_state(tmp_path, {"services": {"mlflow": {"pid": 1}}})
-    assert plat.running_services(plat.read_state(tmp_path)) == {"mlflow": {"pid": 1}}
+    assert read_state(tmp_path) is None
+    write_state(tmp_path, {"services": {"mlflow": {"pid": 1}}})
+    assert running_services(read_state(tmp_path)) == {"mlflow": {"pid": 1}}
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(BusiError, match="not a platform state file"):
-        plat.read_state(tmp_path)
+        read_state(tmp_path)
 
 
 # --------------------------------------------------------------------------- processes
@@ -236,7 +271,7 @@ def test_read_state(tmp_path):
 
 def test_down_when_nothing_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BUSI_PLATFORM_DIR", str(tmp_path / "state"))
-    assert plat.main_down(["--project", str(tmp_path)]) == 0
+    assert main_down(["--project", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == "not running"
 
 
@@ -247,13 +282,13 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path):
         port = busy.getsockname()[1]
         s = settings(tmp_path, BUSI_MLFLOW_PORT=str(port), BUSI_AIRFLOW_PORT=str(free_port()))
         with pytest.raises(BusiError, match=rf"port {port} .*BUSI_MLFLOW_PORT"):
-            plat.up(s, out=lambda line: None)
-    assert plat.read_state(s.state_dir) is None
+            up(s, out=lambda line: None)
+    assert read_state(s.state_dir) is None
 
 
 def test_a_stale_state_is_cleared_before_starting(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
-    record = {"pid": gone.pid, "start_time": plat.proc_stat(gone.pid).start_time}
+    record = {"pid": gone.pid, "start_time": proc_stat(gone.pid).start_time}
     gone.wait()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -261,25 +296,25 @@ def test_a_stale_state_is_cleared_before_starting(tmp_path):
         port = busy.getsockname()[1]
         s = settings(tmp_path, BUSI_AIRFLOW_PORT=str(port), BUSI_MLFLOW_PORT=str(free_port()))
         s.state_dir.mkdir(parents=True)
-        plat.write_state(s.state_dir, {"ports": {}, "services": {"mlflow": record}})
+        write_state(s.state_dir, {"ports": {}, "services": {"mlflow": record}})
         said = []
         with pytest.raises(BusiError, match=rf"port {port} .*BUSI_AIRFLOW_PORT"):
-            plat.up(s, out=said.append)
+            up(s, out=said.append)
     assert said == ["the processes recorded in state.json are gone; starting afresh"]
-    assert plat.running_services(plat.read_state(s.state_dir)) == {}
+    assert running_services(read_state(s.state_dir)) == {}
 
 
 def test_stop_never_signals_a_process_it_did_not_start():
     proc = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     )
-    record = {"pid": proc.pid, "start_time": plat.proc_stat(proc.pid).start_time}
+    record = {"pid": proc.pid, "start_time": proc_stat(proc.pid).start_time}
     try:
         # The same pid with another start time: a different process, left alone.
-        assert plat.stop_services({"x": {**record, "start_time": record["start_time"] + 1}}) == []
+        assert stop_services({"x": {**record, "start_time": record["start_time"] + 1}}) == []
         assert proc.poll() is None
-        assert plat.is_ours(record)
-        assert plat.stop_services({"x": record}, timeout=10) == []
+        assert is_ours(record)
+        assert stop_services({"x": record}, timeout=10) == []
         assert proc.wait(timeout=5) == -signal.SIGTERM
     finally:
         proc.kill()
@@ -288,14 +323,14 @@ def test_stop_never_signals_a_process_it_did_not_start():
 
 def test_a_service_that_dies_while_starting_shows_its_log(tmp_path):
     port = free_port()
-    server = plat.Service(
+    server = Service(
         "web",
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
         dict(os.environ),
         tmp_path / "web.log",
         health_url=f"http://127.0.0.1:{port}/",
     )
-    broken = plat.Service(
+    broken = Service(
         "broken",
         [sys.executable, "-c", "import sys; print('boom: no config'); sys.exit(3)"],
         dict(os.environ),
@@ -303,15 +338,15 @@ def test_a_service_that_dies_while_starting_shows_its_log(tmp_path):
     )
     started, records = {}, {}
     for svc in (server, broken):
-        proc, records[svc.name] = plat.start_service(svc, tmp_path)
+        proc, records[svc.name] = start_service(svc, tmp_path)
         started[svc.name] = (svc, proc)
     try:
         with pytest.raises(BusiError, match=r"(?s)broken exited with code 3.*boom: no config"):
-            plat.wait_ready(started, timeout=30)
+            wait_ready(started, timeout=30)
     finally:
-        plat.stop_services(records, timeout=10)
+        stop_services(records, timeout=10)
     assert started["web"][1].wait(timeout=5) is not None
-    assert not plat.port_answers(port)
+    assert not port_answers(port)
 
 
 # --------------------------------------------------------------------------- real services
@@ -377,9 +412,7 @@ def listening_addresses(pids) -> set[tuple[str, int]]:
 
 
 def platform_pids(state: dict) -> list[int]:
-    return [
-        pid for rec in plat.running_services(state).values() for pid in plat.session_members(rec)
-    ]
+    return [pid for rec in running_services(state).values() for pid in session_members(rec)]
 
 
 def poll(probe, timeout: float):
@@ -405,9 +438,9 @@ def platform_project(tmp_path):
     }
     env.pop("BUSI_LANDING", None)  # the default: <project>/landing
     yield project, env
-    state = plat.read_state(tmp_path / "platform")
-    if plat.running_services(state):
-        plat.stop_services(plat.running_services(state), timeout=20)
+    state = read_state(tmp_path / "platform")
+    if running_services(state):
+        stop_services(running_services(state), timeout=20)
 
 
 @pytest.mark.slow
@@ -419,9 +452,9 @@ def test_a_service_that_fails_to_start_is_reported_and_the_rest_stopped(platform
     assert "mlflow exited with code" in proc.stderr
     assert "bogus://nowhere" in proc.stderr  # the tail of MLflow's log
     assert "stopped what had started" in proc.stderr
-    state = plat.read_state(Path(env["BUSI_PLATFORM_DIR"]))
-    assert plat.running_services(state) == {}
-    assert plat.port_free(int(env["BUSI_AIRFLOW_PORT"]))
+    state = read_state(Path(env["BUSI_PLATFORM_DIR"]))
+    assert running_services(state) == {}
+    assert port_free(int(env["BUSI_AIRFLOW_PORT"]))
 
 
 @pytest.mark.slow
@@ -433,7 +466,7 @@ def test_up_then_down(platform_project):
 
     first = busi("up", "--project", str(project), env=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    state = plat.read_state(state_dir)
+    state = read_state(state_dir)
     assert state["urls"] == {"mlflow": mlflow_url, "airflow": airflow_url}
     assert f"MLflow UI:  {mlflow_url}" in first.stdout
     assert f"Airflow UI: {airflow_url}" in first.stdout
@@ -449,31 +482,29 @@ def test_up_then_down(platform_project):
     password = json.loads(password_file.read_text())["admin"]
     assert first.stdout.count(password) == 1
     assert oct(password_file.stat().st_mode & 0o777) == "0o600"
-    token = plat.airflow_token(airflow_url, password)
+    token = airflow_token(airflow_url, password)
 
     again = busi("up", "--project", str(project), env=env)
     assert again.returncode == 0, again.stderr
     assert "already up" in again.stdout
     assert password not in again.stdout and str(password_file) in again.stdout
-    assert plat.read_state(state_dir)["services"] == state["services"]
+    assert read_state(state_dir)["services"] == state["services"]
 
     # The project's dags/ is read, without Airflow's examples (the DB was migrated fresh), and
     # its DAG, created paused (it does not say otherwise), was unpaused and named by `up`;
     # the landing zone the new-data DAG watches exists.
-    dags = plat.airflow_api(airflow_url, token, "GET", "/dags")["dags"]
+    dags = airflow_api(airflow_url, token, "GET", "/dags")["dags"]
     assert [(d["dag_id"], d["is_paused"]) for d in dags] == [("platform_envcheck", False)]
     assert "DAGs active" in first.stdout and "  platform_envcheck" in first.stdout
     assert f"landing zone: {project / 'landing'}" in first.stdout
     assert (project / "landing").is_dir()
 
     # A task run by the scheduler sees the tracking server, the project and the venv.
-    plat.airflow_api(
+    airflow_api(
         airflow_url, token, "POST", "/dags/platform_envcheck/dagRuns", {"logical_date": None}
     )
     seen = project / "task_env.json"
-    assert poll(seen.exists, timeout=90), plat.log_tail(
-        state_dir / "logs" / "airflow-scheduler.log"
-    )
+    assert poll(seen.exists, timeout=90), log_tail(state_dir / "logs" / "airflow-scheduler.log")
     task_env = json.loads(seen.read_text())
     assert task_env["MLFLOW_TRACKING_URI"] == mlflow_url
     assert task_env["BUSI_PROJECT_DIR"] == str(project)
@@ -482,7 +513,7 @@ def test_up_then_down(platform_project):
     down = busi("down", "--project", str(project), env=env, timeout=90)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "stopped" in down.stdout
-    assert not [pid for pid in pids if plat._alive(plat.proc_stat(pid))]
-    assert plat.port_free(mlflow_port) and plat.port_free(airflow_port)
-    assert plat.running_services(plat.read_state(state_dir)) == {}
+    assert not [pid for pid in pids if _alive(proc_stat(pid))]
+    assert port_free(mlflow_port) and port_free(airflow_port)
+    assert running_services(read_state(state_dir)) == {}
     assert busi("down", "--project", str(project), env=env).stdout.strip() == "not running"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from busi.local import platform_services as plat
+from busi.local.processes import ensure_airflow_db
+from busi.local.services import airflow_env, mlflow_service, settings_from_env
 from tests.conftest import free_port, pg_rows, started_service
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def test_airflow_migrates_and_a_dag_run_records_into_postgres(postgres, dvc_proj
         **os.environ,
         "BUSI_AIRFLOW_DB_URI": postgres.uri("airflow", "postgresql+psycopg2"),
     }
-    env = plat.airflow_env(home, REPO, "http://127.0.0.1:9", base=base)
+    env = airflow_env(home, REPO, "http://127.0.0.1:9", base=base)
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     # The DAGs of this project, run against a scratch project with an empty landing zone.
     env |= {
@@ -35,7 +36,7 @@ def test_airflow_migrates_and_a_dag_run_records_into_postgres(postgres, dvc_proj
         "BUSI_PROFILE": "default",
     }
     env.pop("BUSI_WORKSPACE", None)
-    plat.ensure_airflow_db(env, tmp_path / "migrate.log")
+    ensure_airflow_db(env, tmp_path / "migrate.log")
     assert pg_rows(postgres, "airflow", "SELECT count(*) FROM alembic_version")[0][0] == 1
 
     proc = subprocess.run(
@@ -62,7 +63,7 @@ def test_airflow_migrates_and_a_dag_run_records_into_postgres(postgres, dvc_proj
 def test_mlflow_server_on_postgres_keeps_runs_and_model_versions(postgres, tmp_path):
     import mlflow
 
-    settings = plat.settings_from_env(
+    settings = settings_from_env(
         tmp_path,
         {
             "BUSI_PLATFORM_DIR": str(tmp_path / "platform"),
@@ -72,7 +73,7 @@ def test_mlflow_server_on_postgres_keeps_runs_and_model_versions(postgres, tmp_p
             "BUSI_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
         },
     )
-    service = plat.mlflow_service(settings, dict(os.environ))
+    service = mlflow_service(settings, dict(os.environ))
     with started_service(service, tmp_path, timeout=180):
         client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
         experiment = client.create_experiment("busi-postgres")

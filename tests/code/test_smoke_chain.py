@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from busi.orchestration.orchestrate import DVC_STAGES
+from busi.orchestration.dag_settings import DVC_STAGES
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from botocore.stub import Stubber
 
 from busi.errors import BusiError
-from busi.local import platform_services as plat
+from busi.local.services import mlflow_service, settings_from_env
 from busi.storage import ensure_bucket, s3_endpoint, split_s3_url
 from tests.conftest import free_port, started_service
 
@@ -104,7 +104,7 @@ def test_proxied_s3_artifacts_need_no_keys_on_the_client(moto_server, tmp_path, 
     assert ensure_bucket(url, client=keyed) is True  # what `busi up` does first
     assert ensure_bucket(url, client=keyed) is False
 
-    settings = plat.settings_from_env(
+    settings = settings_from_env(
         tmp_path,
         {
             "BUSI_PLATFORM_DIR": str(tmp_path / "platform"),
@@ -114,7 +114,7 @@ def test_proxied_s3_artifacts_need_no_keys_on_the_client(moto_server, tmp_path, 
     )
     # The keys and the endpoint live in the server's environment only.
     server_env = {**os.environ, **TEST_KEYS, "BUSI_S3_ENDPOINT_URL": moto_server}
-    service = plat.mlflow_service(settings, server_env)
+    service = mlflow_service(settings, server_env)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)

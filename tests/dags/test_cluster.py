@@ -26,7 +26,8 @@ import pytest
 from busi.errors import BusiError
 from busi.local import cluster as cl
 from busi.local import cluster_run
-from busi.local import platform_services as plat
+from busi.local.processes import read_state, session_members, stop_services
+from busi.local.services import HOST
 from tests.code.test_platform import busi
 from tests.conftest import free_port
 
@@ -81,7 +82,7 @@ class Faults:
         self.mlflow_back = False
 
     def record(self, name: str) -> dict:
-        return plat.read_state(self.cluster.state_dir)["services"][name]
+        return read_state(self.cluster.state_dir)["services"][name]
 
     def __call__(self, tis: list[dict]) -> None:
         by_task = {t["task_id"]: t for t in tis}
@@ -89,7 +90,7 @@ class Faults:
         if self.killed_worker is None and unet["state"] == "running" and unet["hostname"]:
             self.killed_worker = unet["hostname"]
             time.sleep(15)  # into the training itself, past the task's start-up
-            members = plat.session_members(self.record(f"airflow-{self.killed_worker}"))
+            members = session_members(self.record(f"airflow-{self.killed_worker}"))
             for pid in members:
                 os.kill(pid, signal.SIGKILL)
             print(f"SIGKILL to {self.killed_worker}: pids {members}")
@@ -97,7 +98,7 @@ class Faults:
             cl.restart(self.cluster, f"airflow-{self.killed_worker}")
             self.worker_back = True
         if not self.mlflow_stopped and register["state"] == "running":
-            plat.stop_services({"mlflow": self.record("mlflow")}, timeout=20)
+            stop_services({"mlflow": self.record("mlflow")}, timeout=20)
             self.mlflow_stopped = True
             print("MLflow server stopped while register_model runs")
         if self.mlflow_stopped and not self.mlflow_back and register["state"] != "running":
@@ -130,7 +131,7 @@ def _pg_count(cluster: cl.Cluster, sql: str) -> int:
     import psycopg2
 
     conn = psycopg2.connect(
-        host=plat.HOST,
+        host=HOST,
         port=cluster.pg_port,
         user=cl.PG_USER,
         password=cluster.password,

@@ -68,7 +68,7 @@ def test_no_cycles_and_a_single_root(dagbag):
 
 
 def test_training_is_scheduled_on_the_asset_new_data_updates(dagbag):
-    from busi.orchestration.orchestrate import DATA_ASSET_URI
+    from busi.orchestration.dag_settings import DATA_ASSET_URI
 
     bag = dagbag[0]
     training, new_data = bag.dags["busi_training"], bag.dags["busi_new_data"]
@@ -102,7 +102,8 @@ def test_kubernetes_execution_runs_the_dvc_stages_as_pods(monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-    from busi.orchestration.orchestrate import DVC_STAGES, GPU_STEPS, REGISTRY_STEPS, TRAINING_STEPS
+    from busi.orchestration.dag_settings import DVC_STAGES, REGISTRY_STEPS, TRAINING_STEPS
+    from busi.orchestration.pods import GPU_STEPS
 
     monkeypatch.setenv("BUSI_EXECUTION", "kubernetes")
     monkeypatch.setenv("BUSI_IMAGE", "registry.example.com/busi-pipeline:0.1.0")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from busi.data.synthetic import synth_pair
-from busi.orchestration.orchestrate import TRAINING_STEPS as STEPS
+from busi.orchestration.dag_settings import TRAINING_STEPS as STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +200,7 @@ def test_rerunning_a_step_adds_no_run_and_no_version(platform):
     """What an Airflow retry of register_model does: the same models, the same DAG run."""
     from mlflow import MlflowClient
 
-    from busi.orchestration.orchestrate import run_step
+    from busi.orchestration.tasks import run_step
 
     env, uri = platform["env"], platform["uri"]
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from busi.local import platform_services as plat
+from busi.local.processes import airflow_api, airflow_token, read_state
+from busi.local.services import log_tail
 from tests.code.test_platform import busi
 from tests.conftest import free_port
 from tests.dags.test_dags_end_to_end import land_batch
@@ -51,19 +52,19 @@ def test_a_landed_batch_starts_training_after_busi_up(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         assert "DAGs active" in up.stdout and f"landing zone: {landing}" in up.stdout
         assert "  busi_new_data" in up.stdout and "  busi_training" in up.stdout
-        state = plat.read_state(state_dir)
+        state = read_state(state_dir)
         url = state["urls"]["airflow"]
         password = json.loads(Path(state["password_file"]).read_text())["admin"]
-        token = plat.airflow_token(url, password)
+        token = airflow_token(url, password)
 
         def asset_runs() -> list[dict]:
-            runs = plat.airflow_api(url, token, "GET", "/dags/busi_training/dagRuns")
+            runs = airflow_api(url, token, "GET", "/dags/busi_training/dagRuns")
             return [r for r in runs["dag_runs"] if r["run_type"] == "asset_triggered"]
 
         deadline = time.monotonic() + 300
         while not (runs := asset_runs()) and time.monotonic() < deadline:
             time.sleep(2)
-        assert runs, plat.log_tail(state_dir / "logs" / "airflow-scheduler.log", 60)
+        assert runs, log_tail(state_dir / "logs" / "airflow-scheduler.log", 60)
         print(f"busi up to the Asset-triggered training run: {time.monotonic() - started:.0f} s")
         assert (ws / "data.dvc").read_text() != before, "no new data version"
         assert (landing / "_done" / "batch-001" / "report.json").is_file()

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from busi.local import platform_services as plat
-from busi.orchestration.orchestrate import DVC_STAGES, RUN_STATE, TRAINING_STEPS
+from busi.local.services import mlflow_service, settings_from_env
+from busi.orchestration.dag_settings import DVC_STAGES, TRAINING_STEPS
+from busi.orchestration.run_state import RUN_STATE
 from tests.conftest import free_port, pg_rows, started_service
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_a_dag_run_alternating_between_two_workers_on_s3_and_postgres(
     s3 = boto3.client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket="busi")
     postgres.create_database("mlflow_workers")
-    settings = plat.settings_from_env(
+    settings = settings_from_env(
         tmp_path,
         {
             "BUSI_PLATFORM_DIR": str(tmp_path / "platform"),
@@ -61,7 +62,7 @@ def test_a_dag_run_alternating_between_two_workers_on_s3_and_postgres(
             "BUSI_MLFLOW_ARTIFACTS": "s3://busi/mlflow",
         },
     )
-    with started_service(plat.mlflow_service(settings, dict(os.environ)), tmp_path, timeout=180):
+    with started_service(mlflow_service(settings, dict(os.environ)), tmp_path, timeout=180):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
         _two_workers(tmp_path, s3, settings.tracking_uri, moto_server, monkeypatch)
     # The runs and the model versions are in Postgres, the artifacts in the bucket.
@@ -75,7 +76,7 @@ def _two_workers(tmp_path, s3, mlflow_uri: str, moto_server: str, monkeypatch) -
     import mlflow
 
     from busi.data.importer import ingest
-    from busi.orchestration.orchestrate import run_step
+    from busi.orchestration.tasks import run_step
     from busi.orchestration.workspace import prepare_workspace, synthetic_source
 
     workers = [prepare_workspace(REPO, PROFILE, tmp_path / name) for name in ("a", "b")]
