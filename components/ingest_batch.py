@@ -10,8 +10,10 @@ bad files go to ``<landing>/_quarantine/<batch>/`` beside a ``report.json`` sayi
 what to do; the processed batch goes to ``<landing>/_done/<batch>/``.
 
 Core: ``is_ready``, ``next_numbers`` and ``judge_batch`` (files and a reader -> accepted
-and quarantined, no I/O of their own). Shell: ``ingest_batches`` (lock, landing zone,
-merge, ``dvc commit`` and ``dvc push``), which the Airflow DAG calls, and ``main``.
+and quarantined, no I/O of their own), with validate-data's checks from
+``busi.data.validation``. Shell: ``ingest_batches`` (lock, landing zone from
+``busi.data.landing``, merge, ``dvc commit`` and ``dvc push``), which the Airflow DAG
+calls, and ``main``.
 """
 
 from __future__ import annotations
@@ -26,14 +28,21 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from busi.config import load_section
 from busi.data.imaging import sha256_bytes
-from busi.data.importer import list_tree
+from busi.data.landing import (
+    DONE,
+    QUARANTINE,
+    Batch,
+    LocalLanding,
+    S3Landing,
+    open_landing,
+)
 from busi.data.validation import (
     FILE_REASONS,
     ImageFiles,
@@ -56,9 +65,6 @@ from busi.model import drift
 
 logger = logging.getLogger(__name__)
 
-DONE = "_done"
-QUARANTINE = "_quarantine"
-REPORT_NAME = "report.json"
 LOCK_FILE = ".busi-ingest.lock"
 # Beside data/busi, on the same filesystem, so moving a file from there into it is a rename.
 STAGING_DIR = Path("data/.busi-batch.incoming")
@@ -123,17 +129,6 @@ DEFAULT_FIX = "fix the file and upload it in a new batch"
 
 
 # ---------------------------------------------------------------- core (no I/O of its own)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One batch as listed in the landing zone: relative paths, newest change (epoch s)."""
-
-    name: str
-    files: tuple[str, ...]
-    links: tuple[str, ...] = ()
-    newest: float = 0.0
-    folders: tuple[str, ...] = ()
 
 
 def is_ready(batch: Batch, cfg: IngestBatchConfig, now: float) -> bool:
@@ -309,164 +304,6 @@ def judge_batch(
             }
         )
     return verdict
-
-
-# ---------------------------------------------------------------- landing zones
-
-
-class LocalLanding:
-    """A landing zone in a local folder."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise BusiError(
-                f"landing zone {self.root} does not exist: create it (mkdir -p {self.root}) "
-                "or pass another --landing"
-            )
-
-    def __str__(self) -> str:
-        return str(self.root)
-
-    def batches(self) -> list[Batch]:
-        found = []
-        for path in sorted(self.root.iterdir()):
-            if not path.is_dir() or path.is_symlink() or path.name.startswith(("_", ".")):
-                continue
-            files, links = list_tree(path)
-            stamps, folders = [path.lstat().st_mtime], []
-            for dirpath, dirnames, filenames in os.walk(path):
-                for name in dirnames + filenames:
-                    stamps.append((Path(dirpath) / name).lstat().st_mtime)
-                folders += [(Path(dirpath) / d).relative_to(path).as_posix() for d in dirnames]
-            found.append(
-                Batch(path.name, tuple(files), tuple(links), max(stamps), tuple(sorted(folders)))
-            )
-        return found
-
-    def fetch(self, batch: Batch, rel: str, target: Path) -> None:
-        shutil.copyfile(self.root / batch.name / rel, target)
-
-    def taken(self, area: str, name: str) -> bool:
-        return (self.root / area / name).exists()
-
-    def move(self, batch: Batch, rel: str, area: str, dest: str) -> None:
-        target = self.root / area / dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.root / batch.name / rel, target)
-
-    def put_report(self, area: str, dest: str, text: str) -> str:
-        path = self.root / area / dest / REPORT_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return str(path)
-
-    def tidy(self, batch: Batch) -> None:
-        """Remove the batch's emptied folders; files that arrived meanwhile stay."""
-        folder = self.root / batch.name
-        for dirpath, _, _ in sorted(os.walk(folder), key=lambda t: -len(t[0])):
-            with suppress(OSError):
-                Path(dirpath).rmdir()
-        if folder.exists():
-            logger.warning("%s got files while it was processed; they wait for a new run", folder)
-
-
-class S3Landing:
-    """A landing zone under ``s3://bucket/prefix``, through boto3 (endpoint from the argument
-    or $BUSI_S3_ENDPOINT_URL, credentials as boto3 finds them)."""
-
-    def __init__(self, url: str, endpoint_url: str | None = None):
-        import boto3
-
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise BusiError(f"{url}: expected s3://bucket/prefix")
-        self.url, self.bucket = url.rstrip("/"), bucket
-        self.base = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        endpoint = endpoint_url or os.environ.get("BUSI_S3_ENDPOINT_URL") or None
-        self.client = boto3.client("s3", endpoint_url=endpoint)
-
-    def __str__(self) -> str:
-        return self.url
-
-    def _objects(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            kwargs["Delimiter"] = delimiter
-        try:
-            yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
-        except (BotoCoreError, ClientError) as exc:
-            raise BusiError(
-                f"cannot list s3://{self.bucket}/{prefix}: {exc}; check the bucket, "
-                "BUSI_S3_ENDPOINT_URL and the AWS credentials"
-            ) from exc
-
-    def batches(self) -> list[Batch]:
-        names = [
-            common["Prefix"][len(self.base) :].rstrip("/")
-            for page in self._objects(self.base, "/")
-            for common in page.get("CommonPrefixes", [])
-        ]
-        found = []
-        for name in sorted(names):
-            if name.startswith(("_", ".")):
-                continue
-            files, newest, folders = [], 0.0, []
-            for page in self._objects(f"{self.base}{name}/"):
-                for obj in page.get("Contents", []):
-                    newest = max(newest, obj["LastModified"].timestamp())
-                    rel = obj["Key"][len(self.base) + len(name) + 1 :]
-                    if rel.endswith("/"):  # "folder/" keys are console placeholders
-                        folders.append(rel.rstrip("/"))
-                    elif rel:
-                        files.append(rel)
-            found.append(Batch(name, tuple(sorted(files)), (), newest, tuple(sorted(folders))))
-        return found
-
-    def _key(self, *parts: str) -> str:
-        return self.base + "/".join(parts)
-
-    def fetch(self, batch: Batch, rel: str, target: Path) -> None:
-        self.client.download_file(self.bucket, self._key(batch.name, rel), str(target))
-
-    def taken(self, area: str, name: str) -> bool:
-        page = self.client.list_objects_v2(
-            Bucket=self.bucket, Prefix=self._key(area, name) + "/", MaxKeys=1
-        )
-        return bool(page.get("KeyCount"))
-
-    def move(self, batch: Batch, rel: str, area: str, dest: str) -> None:
-        source = self._key(batch.name, rel)
-        # Copy, then delete: a failure in between leaves two copies, never none.
-        self.client.copy(
-            {"Bucket": self.bucket, "Key": source}, self.bucket, self._key(area, dest, rel)
-        )
-        self.client.delete_object(Bucket=self.bucket, Key=source)
-
-    def put_report(self, area: str, dest: str, text: str) -> str:
-        key = self._key(area, dest, REPORT_NAME)
-        self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=text.encode(), ContentType="application/json"
-        )
-        return f"s3://{self.bucket}/{key}"
-
-    def tidy(self, batch: Batch) -> None:
-        # Only "folder/" placeholder keys can be left; a batch of them alone would never settle.
-        for page in self._objects(self._key(batch.name) + "/"):
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/"):
-                    self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
-
-
-def open_landing(landing: str | Path, endpoint_url: str | None = None) -> LocalLanding | S3Landing:
-    text = str(landing)
-    if text.startswith("s3://"):
-        return S3Landing(text, endpoint_url)
-    if "://" in text:
-        raise BusiError(f"landing zone {text}: only a folder or s3://bucket/prefix is supported")
-    return LocalLanding(Path(text))
 
 
 # ---------------------------------------------------------------- shell
@@ -664,57 +501,35 @@ def _merge(
     """Judge the ready batches, merge the accepted images, commit, file the batches away,
     push. Until the commit succeeds, a failure undoes the merge and leaves the landing zone
     as it was."""
-    data_dir = workspace / DATA_DIR
+    plans, drifts, held, new_version = _merge_into_data(
+        zone, ready, workspace, dvc, validate_cfg, cfg
+    )
+    outcomes = _file_all_away(zone, plans, drifts, workspace, new_version, previous)
+    if new_version:
+        _push(dvc, workspace, new_version)
+    message = _merge_message(outcomes, previous, new_version, dvc)
+    return drift.with_held(_result(previous, new_version, outcomes, waiting, message), held)
+
+
+def _merge_into_data(
+    zone: LocalLanding | S3Landing,
+    ready: list[Batch],
+    workspace: Path,
+    dvc: Dvc,
+    validate_cfg: ValidateConfig,
+    cfg: IngestBatchConfig,
+) -> tuple[list[tuple[Batch, Verdict]], dict[str, dict], list[dict], str | None]:
+    """Judge the ready batches, move the accepted files into data/busi and record the new
+    version (None when nothing was accepted); a failure on the way removes what was moved
+    and restores data.dvc. Returns the (batch, verdict) plans, the drift reports by batch,
+    the batches held for drift and the new version."""
     staging = workspace / STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
-    known, next_free = _dataset_index(data_dir)
-    plans: list[tuple[Batch, Verdict]] = []
-    drifts: dict[str, dict] = {}
-    held: list[dict] = []
     merged: list[Path] = []
     dvc_text = (workspace / DVC_FILE).read_text()
     try:
-        # 1. Snapshot and judge every ready batch; nothing outside the staging folder changes.
-        for batch in ready:
-            snapshot = staging / batch.name
-            files = [f for f in batch.files if f not in (cfg.ready_marker, drift.ACCEPT_MARKER)]
-            # Validate and merge a copy, so what is merged is exactly what was checked.
-            for rel in filter(is_read, files):
-                (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
-                zone.fetch(batch, rel, snapshot / rel)
-            verdict = judge_batch(
-                files,
-                read=lambda rel, s=snapshot: (s / rel).read_bytes(),
-                size_of=lambda rel, s=snapshot: (s / rel).stat().st_size,
-                cfg=validate_cfg,
-                known=known,
-                next_free=next_free,
-                links=batch.links,
-                folders=batch.folders,
-            )
-            report = drift.check_accepted(workspace, snapshot, batch, verdict, cfg.drift_config())
-            if report.get("hold"):
-                held.append(drift.hold(zone, batch, verdict, report))
-                continue
-            drifts[batch.name] = report
-            # The next batch of this run sees these images as already in the dataset.
-            for item in verdict.accepted:
-                new_name = item["renamed"][item["path"]]
-                known[item["sha256"]] = f"{new_name} (accepted from batch {batch.name})"
-            next_free |= next_numbers(
-                new for item in verdict.accepted for new in item["renamed"].values()
-            )
-            plans.append((batch, verdict))
-        # 2. Move the accepted files into data/busi, then record the version; undo on failure.
-        for batch, verdict in plans:
-            for item in verdict.accepted:
-                for old, new in item["renamed"].items():
-                    target = data_dir / new
-                    if target.exists():
-                        raise BusiError(f"{target} exists already; it was free a moment ago")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staging / batch.name / old, target)
-                    merged.append(target)
+        plans, drifts, held = _judge_ready(zone, ready, staging, workspace, validate_cfg, cfg)
+        _move_accepted(plans, staging, workspace / DATA_DIR, merged)
         new_version = None
         if merged:
             dvc("commit", "--force", str(DVC_FILE))
@@ -726,8 +541,81 @@ def _merge(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return plans, drifts, held, new_version
 
-    # 3. Tidy the landing zone: bad files to _quarantine, the rest of the batch to _done.
+
+def _judge_ready(
+    zone: LocalLanding | S3Landing,
+    ready: list[Batch],
+    staging: Path,
+    workspace: Path,
+    validate_cfg: ValidateConfig,
+    cfg: IngestBatchConfig,
+) -> tuple[list[tuple[Batch, Verdict]], dict[str, dict], list[dict]]:
+    """Snapshot and judge every ready batch; nothing outside the staging folder changes.
+    Validating and merging a copy makes what is merged exactly what was checked."""
+    known, next_free = _dataset_index(workspace / DATA_DIR)
+    plans: list[tuple[Batch, Verdict]] = []
+    drifts: dict[str, dict] = {}
+    held: list[dict] = []
+    for batch in ready:
+        snapshot = staging / batch.name
+        files = [f for f in batch.files if f not in (cfg.ready_marker, drift.ACCEPT_MARKER)]
+        for rel in filter(is_read, files):
+            (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+            zone.fetch(batch, rel, snapshot / rel)
+        verdict = judge_batch(
+            files,
+            read=lambda rel, s=snapshot: (s / rel).read_bytes(),
+            size_of=lambda rel, s=snapshot: (s / rel).stat().st_size,
+            cfg=validate_cfg,
+            known=known,
+            next_free=next_free,
+            links=batch.links,
+            folders=batch.folders,
+        )
+        report = drift.check_accepted(workspace, snapshot, batch, verdict, cfg.drift_config())
+        if report.get("hold"):
+            held.append(drift.hold(zone, batch, verdict, report))
+            continue
+        drifts[batch.name] = report
+        # The next batch of this run sees these images as already in the dataset.
+        for item in verdict.accepted:
+            new_name = item["renamed"][item["path"]]
+            known[item["sha256"]] = f"{new_name} (accepted from batch {batch.name})"
+        next_free |= next_numbers(
+            new for item in verdict.accepted for new in item["renamed"].values()
+        )
+        plans.append((batch, verdict))
+    return plans, drifts, held
+
+
+def _move_accepted(
+    plans: list[tuple[Batch, Verdict]], staging: Path, data_dir: Path, merged: list[Path]
+) -> None:
+    """Move the accepted files from the staging folder into data/busi under their new
+    names, adding each to ``merged`` as it lands (what an undo removes)."""
+    for batch, verdict in plans:
+        for item in verdict.accepted:
+            for old, new in item["renamed"].items():
+                target = data_dir / new
+                if target.exists():
+                    raise BusiError(f"{target} exists already; it was free a moment ago")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / batch.name / old, target)
+                merged.append(target)
+
+
+def _file_all_away(
+    zone: LocalLanding | S3Landing,
+    plans: list[tuple[Batch, Verdict]],
+    drifts: dict[str, dict],
+    workspace: Path,
+    new_version: str | None,
+    previous: str,
+) -> list[BatchOutcome]:
+    """Tidy the landing zone after the merge: bad files to _quarantine, the rest of each
+    batch to _done. A failure here comes after the commit: it says what to move by hand."""
     outcomes = []
     try:
         for batch, verdict in plans:
@@ -745,21 +633,24 @@ def _merge(
             f"left of them to {zone}/{DONE}/ by hand (a retry would judge them again, and "
             "quarantine merged images as already in the dataset)"
         ) from exc
+    return outcomes
+
+
+def _merge_message(
+    outcomes: list[BatchOutcome], previous: str, new_version: str | None, dvc: Dvc
+) -> str:
     if new_version:
-        _push(dvc, workspace, new_version)
         accepted = sum(o.accepted for o in outcomes)
-        message = (
+        return (
             f"merged {accepted} images from {len(outcomes)} batches: new data version "
             f"{new_version} (was {previous}), pushed to remote '{dvc.default_remote()}'"
         )
-    else:
-        message = "nothing to merge: no image accepted; " + "; ".join(
-            f"batch {o.name}: {o.quarantined} quarantined ("
-            + ", ".join(f"{code} {n}" for code, n in sorted(o.reasons.items()))
-            + f"), see {o.reports[0]}"
-            for o in outcomes
-        )
-    return drift.with_held(_result(previous, new_version, outcomes, waiting, message), held)
+    return "nothing to merge: no image accepted; " + "; ".join(
+        f"batch {o.name}: {o.quarantined} quarantined ("
+        + ", ".join(f"{code} {n}" for code, n in sorted(o.reasons.items()))
+        + f"), see {o.reports[0]}"
+        for o in outcomes
+    )
 
 
 def _file_away(

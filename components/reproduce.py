@@ -3,8 +3,9 @@ params) in a git worktree, run it again under a new MLflow run and compare the m
 
 Given a pipeline run (``pipeline-<profile>``) or one of its step runs, ``busi reproduce``
 checks the commit out into ``<dir>/code`` (a detached ``git worktree``, removed at the end)
-and runs *that* code: its ``components`` come first on PYTHONPATH, so the ``busi`` commands
-of dvc.yaml import the worktree, not this checkout.
+and runs *that* code: its ``components`` (and ``busi``) come first on PYTHONPATH, so the
+``busi`` commands of dvc.yaml import the worktree, not this checkout (a commit from before
+busi/ existed gets its own dispatcher first on PATH).
 
 - ``default`` profile (real data): the worktree's DVC points at the project's cache and
   remotes, ``data.dvc`` is checked out (or pulled) at the run's data version, the params are
@@ -18,33 +19,40 @@ The new runs go to the original's tracking store and experiment, tagged
 the verdict and the table go to stdout and ``<dir>/comparison.json``; exit 0 when reproduced.
 
 Core (pure): ``pipeline_run_of``, ``make_plan``, ``code_drift``, ``compare_metrics``,
-``compare_lineage``, ``judge``, ``format_report``. Shell: git, DVC and MLflow.
+``compare_lineage``, ``judge``, ``format_report``. Shell: ``reproduce`` and ``main``, with
+git, DVC and MLflow from ``busi.reproduction`` (``mlflow_runs``, ``git_worktree``,
+``rerun``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from busi.errors import BusiError
+from busi.reproduction.git_worktree import require_commit, worktree
+from busi.reproduction.mlflow_runs import RunRecord, client_for, download_artifacts, fetcher
+from busi.reproduction.rerun import (
+    Plan,
+    code_env,
+    code_location,
+    old_layout_launcher,
+    rerun_default,
+    rerun_profile,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 0.02
 REQUIRED_TAGS = ("git_commit", "data_version", "profile")
 PARENT_TAG = "mlflow.parentRunId"
-ARTIFACTS = ("params.yaml", "dvc.lock", "evaluation.json")
 # Lineage shown side by side; the decisive ones must be equal for a reproduction. dvc.lock
 # holds the outputs' hashes too, which differ as soon as a model file differs by a byte.
 LINEAGE = ("git_commit", "data_version", "params_md5", "dvc_lock_md5")
@@ -59,33 +67,6 @@ NONDETERMINISM = (
 
 
 # --- core -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """What reproduce reads of an MLflow run."""
-
-    run_id: str
-    name: str
-    experiment_id: str
-    status: str
-    tags: dict[str, str]
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to rebuild, read from the pipeline run's tags and metrics."""
-
-    run_id: str  # the pipeline (parent) run
-    requested_id: str  # the id asked for: the same, or one of its step runs
-    profile: str
-    commit: str  # without the -dirty suffix
-    dirty: bool
-    data_version: str
-    params_md5: str | None
-    dvc_lock_md5: str | None
-    metrics: dict[str, float]
 
 
 def split_commit(tag: str) -> tuple[str, bool]:
@@ -350,272 +331,6 @@ def format_report(
     return "\n".join(lines)
 
 
-# --- shell: MLflow ------------------------------------------------------------------------
-
-
-def _client(uri: str):
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        # MlflowClient would create an empty store there and then not find the run.
-        raise BusiError(
-            f"no MLflow store at {uri}: pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the "
-            "store the run was logged to"
-        )
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
-
-
-def _fetcher(client) -> Callable[[str], RunRecord | None]:
-    from mlflow.exceptions import MlflowException
-
-    def fetch(run_id: str) -> RunRecord | None:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise BusiError(f"MLflow could not read run {run_id}: {exc.message}") from exc
-        return RunRecord(
-            run_id=run.info.run_id,
-            name=run.info.run_name or "",
-            experiment_id=run.info.experiment_id,
-            status=run.info.status,
-            tags=dict(run.data.tags),
-            metrics=dict(run.data.metrics),
-        )
-
-    return fetch
-
-
-def download_artifacts(client, run_id: str, dest: Path) -> list[str]:
-    """The run's files that define it (params.yaml, dvc.lock, evaluation.json) into dest."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    logged = {item.path for item in client.list_artifacts(run_id)}
-    for name in ARTIFACTS:
-        if name in logged:
-            client.download_artifacts(run_id, name, str(dest))
-    return sorted(set(ARTIFACTS) - logged)
-
-
-def _reproductions(client, experiment_id: str, original: str) -> set[str]:
-    """The ids of the pipeline runs tagged as reproductions of ``original``."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.reproduces = '{original}' and tags.kind = 'pipeline'",
-        max_results=1000,
-    )
-    return {run.info.run_id for run in runs}
-
-
-# --- shell: git ---------------------------------------------------------------------------
-
-
-def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise BusiError(f"`git {' '.join(args)}` failed in {repo}: {proc.stderr.strip()}")
-    return proc
-
-
-def require_commit(project: Path, commit: str) -> None:
-    if _git(project, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
-        raise BusiError(
-            f"commit {commit} is not in the repository at {project}: fetch it "
-            "(`git fetch --all`) or run reproduce in a clone that has it"
-        )
-
-
-def _remove_worktree(project: Path, path: Path) -> None:
-    _git(project, "worktree", "remove", "--force", "--force", str(path), check=False)
-    if path.exists():  # git could not: it is ours all the same
-        shutil.rmtree(path)
-    _git(project, "worktree", "prune", check=False)
-
-
-@contextlib.contextmanager
-def worktree(project: Path, commit: str, path: Path) -> Iterator[Path]:
-    """The commit checked out (detached) at ``path``; removed, and pruned, afterwards."""
-    _git(project, "worktree", "prune", check=False)  # forget worktrees whose folder is gone
-    listed = _git(project, "worktree", "list", "--porcelain").stdout.splitlines()
-    if f"worktree {path}" in listed:  # the leftover of an interrupted reproduction
-        _remove_worktree(project, path)
-    elif path.exists():
-        raise BusiError(
-            f"{path} exists and is not a worktree of {project}: choose another --workspace "
-            "or remove that folder"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _git(project, "worktree", "add", "--detach", str(path), commit)
-    try:
-        yield path
-    finally:
-        _remove_worktree(project, path)
-
-
-# --- shell: running the worktree's code ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def _environ(updates: Mapping[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def code_env(tree: Path, uri: str, experiment: str, profile: str) -> dict[str, str]:
-    """The settings the reproduction runs under: the worktree's ``components`` first on the
-    path, tracking on, to the original's store and experiment."""
-    pythonpath = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH")) if p)
-    return {
-        "PYTHONPATH": pythonpath,
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_EXPERIMENT_NAME": experiment,
-        "BUSI_TRACKING": "on",
-        "BUSI_PROFILE": profile,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-
-
-def code_location(tree: Path, env: Mapping[str, str]) -> Path:
-    """Where the stages' ``busi`` commands import ``components`` from under ``env``; it must be
-    the worktree. (``-P``: like a console script, the current folder does not count.)"""
-    probe = "import components; print(components.__file__)"
-    proc = subprocess.run(
-        [sys.executable, "-P", "-c", probe], cwd=tree, env=dict(env), capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise BusiError(f"commit's code does not import: {proc.stderr.strip()[-2000:]}")
-    where = Path(proc.stdout.strip()).resolve().parent
-    if not where.is_relative_to(tree.resolve()):
-        raise BusiError(
-            f"the stages would run {where}, not the worktree {tree}: unset PYTHONPATH entries "
-            "or installs that shadow it"
-        )
-    return where
-
-
-def point_dvc_at_project(project: Path, tree: Path) -> None:
-    """The worktree's DVC uses the project's cache and remotes (paths made absolute)."""
-    from dvc.config import Config
-
-    source = Config(dvc_dir=project / ".dvc").read()  # merged levels, paths resolved
-    with Config(dvc_dir=tree / ".dvc").edit("local") as conf:
-        conf["cache"]["dir"] = str(source["cache"].get("dir") or project / ".dvc" / "cache")
-        conf["remote"] = dict(source.get("remote") or {})
-        if source["core"].get("remote"):
-            conf["core"]["remote"] = source["core"]["remote"]
-
-
-def restore_data(tree: Path, version: str) -> list[str]:
-    """data/busi at ``version`` in the worktree, from the cache or else the remote."""
-    from busi.data.versions import DATA_DIR, DVC_FILE, Dvc, recorded_version
-
-    notes = []
-    dvc, target = Dvc(tree), str(DVC_FILE)
-    recorded = recorded_version(tree / DVC_FILE)
-    if recorded != version:
-        out = {"path": DATA_DIR.as_posix(), "md5": version, "hash": "md5"}
-        (tree / DVC_FILE).write_text(yaml.safe_dump({"outs": [out]}, sort_keys=False))
-        notes.append(
-            f"data.dvc at the commit records {recorded}, not the run's data version {version}; "
-            "restored the run's version"
-        )
-    if dvc("checkout", target, check=False).returncode != 0:
-        pulled = dvc("pull", target, check=False)
-        if pulled.returncode != 0:
-            said = (pulled.stderr or pulled.stdout).strip().splitlines()
-            error = next((line for line in said if line.startswith("ERROR")), " ".join(said[-1:]))
-            raise BusiError(
-                f"data version {version} is in neither the project's DVC cache nor its remote "
-                f"(dvc pull: {error}): ingest that data again with `busi ingest-data`, or "
-                "point the project at the remote that holds it"
-            )
-    status = dvc("status", target, "--json").stdout.strip()
-    if recorded_version(tree / DVC_FILE) != version or status not in ("{}", ""):
-        raise BusiError(f"the restored data/busi is not data version {version}: {status}")
-    return notes
-
-
-def choose_params(tree: Path, plan: Plan, original: Path) -> str | None:
-    """The commit's params.yaml, or the run's logged one when only that matches params_md5."""
-    from busi.tracking import file_md5
-
-    at_commit = file_md5(tree / "params.yaml")
-    if plan.params_md5 is None or at_commit == plan.params_md5:
-        return None
-    if file_md5(original / "params.yaml") == plan.params_md5:
-        shutil.copyfile(original / "params.yaml", tree / "params.yaml")
-        return (
-            f"params.yaml at commit {plan.commit[:12]} is not the run's (md5 {at_commit}, the "
-            f"run's {plan.params_md5}): using the params.yaml logged with the run"
-        )
-    return (
-        f"params.yaml at commit {plan.commit[:12]} is not the run's (md5 {at_commit}, the run's "
-        f"{plan.params_md5}) and the run logged no matching params.yaml: running the commit's"
-    )
-
-
-def rerun_default(project: Path, plan: Plan, tree: Path, out: Path, env: dict) -> tuple[str, list]:
-    """`dvc repro --force` of the real-data pipeline in the worktree, under a new parent run."""
-    from busi import tracking
-    from busi.orchestration.workspace import repro_under_parent
-
-    point_dvc_at_project(project, tree)
-    notes = restore_data(tree, plan.data_version)
-    note = choose_params(tree, plan, out / "original")
-    notes += [note] if note else []
-    # Read before the run: the run itself rewrites dvc.lock, which git would call dirty.
-    commit = tracking.git_commit(tree) or plan.commit
-    with _environ(env):
-        run_id, _ = repro_under_parent(tree, "default", tags={"git_commit": commit}, force=True)
-    new = out / "new"
-    new.mkdir(exist_ok=True)
-    for name in ("metrics/evaluation.json", "dvc.lock", "params.yaml"):
-        if (tree / name).is_file():
-            shutil.copyfile(tree / name, new / Path(name).name)
-    assert run_id, "tracking is on in env"
-    return run_id, notes
-
-
-def rerun_profile(plan: Plan, tree: Path, out: Path, env: dict, client, experiment_id) -> str:
-    """The worktree's own `run-pipeline --profile P` into ``<out>/workspace``."""
-    workspace = out / "workspace"
-    for stale in (workspace, out / "workspace.source", out / "workspace.dvc-remote"):
-        if stale.exists():  # a previous reproduction's: its outputs would skip the stages
-            logger.info("removing the previous reproduction's %s", stale)
-            shutil.rmtree(stale)
-    run_env = {**os.environ, **env}
-    for name in ("BUSI_SOURCE", "BUSI_PARENT_RUN_ID"):
-        run_env.pop(name, None)  # the profile makes its own data; the run is top-level
-    earlier = _reproductions(client, experiment_id, plan.run_id)
-    cmd = [sys.executable, "-m", "components", "run-pipeline", "--profile", plan.profile]
-    cmd += ["--project", str(tree), "--workspace", str(workspace)]
-    proc = subprocess.run(cmd, cwd=tree, env=run_env)
-    if proc.returncode != 0:
-        raise BusiError(
-            f"the commit's run-pipeline --profile {plan.profile} failed (exit "
-            f"{proc.returncode}); see its output above"
-        )
-    made = sorted(_reproductions(client, experiment_id, plan.run_id) - earlier)
-    if len(made) != 1:
-        raise BusiError(
-            f"the reproduction ran, but {len(made)} new pipeline runs tagged "
-            f"reproduces={plan.run_id} are in the store instead of one: was tracking off "
-            "(BUSI_TRACKING), or did another reproduction of it run at the same time?"
-        )
-    return made[0]
-
-
 def _read_yaml(path: Path) -> dict | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
@@ -636,8 +351,8 @@ def reproduce(
 
     project = (project or tracking.PROJECT_ROOT).resolve()
     uri = tracking_uri or tracking.tracking_uri()
-    client = _client(uri)
-    fetch = _fetcher(client)
+    client = client_for(uri)
+    fetch = fetcher(client)
     original = pipeline_run_of(run_id, fetch, uri)
     plan = make_plan(original, run_id)
     require_commit(project, plan.commit)
@@ -654,7 +369,8 @@ def reproduce(
         if warning:
             logger.warning("!!! %s !!!", warning)
             notes.append(warning)
-        env = code_env(tree, uri, experiment, plan.profile)
+        launcher = old_layout_launcher(tree, out / "bin")
+        env = code_env(tree, uri, experiment, plan.profile, launcher)
         code_dir = code_location(tree, {**os.environ, **env})
         # MLflow adds these tags to every run it starts under env: the parent and its steps.
         tags = {"reproduces": plan.run_id, "reproduce_code_dir": str(code_dir)}

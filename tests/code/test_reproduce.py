@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -527,3 +528,23 @@ def test_the_smoke_run_is_reproduced_from_its_commit_in_a_worktree(smoke_run, tm
         assert run.data.tags["reproduces"] == parent.info.run_id
     assert (out / "workspace" / "metrics" / "evaluation.json").is_file()
     assert str(out / "code") not in _worktrees(REPO_ROOT)
+
+
+def test_a_commit_from_before_busi_existed_gets_its_own_dispatcher(tmp_path):
+    from busi.reproduction.rerun import code_env, old_layout_launcher
+
+    old = tmp_path / "old"
+    (old / "components").mkdir(parents=True)
+    (old / "components" / "__init__.py").write_text("")
+    (old / "components" / "cli.py").write_text("def main():\n    print('old dispatcher')\n")
+    launcher = old_layout_launcher(old, tmp_path / "bin")
+    assert launcher == tmp_path / "bin"
+    env = {**os.environ, **code_env(old, "sqlite:///x.db", "e", "smoke", launcher)}
+    assert env["PATH"].split(os.pathsep)[0] == str(launcher)
+    proc = subprocess.run(["busi"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.stdout.strip() == "old dispatcher", proc.stderr
+    new = tmp_path / "new"
+    (new / "busi").mkdir(parents=True)
+    (new / "busi" / "cli.py").write_text("")
+    assert old_layout_launcher(new, tmp_path / "bin2") is None
+    assert old_layout_launcher(Path(__file__).resolve().parents[2], tmp_path / "b3") is None
