@@ -146,6 +146,25 @@ def parser_for(command: str, *paths: str):
     return parser
 
 
+def add_profile_options(parser) -> None:
+    """``--profile`` and ``--source``, as run-pipeline and run-training take them."""
+    import os
+    from pathlib import Path
+
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("BUSI_PROFILE", "default"),
+        help="default (real data) or a profiles/NAME.yaml (default: $BUSI_PROFILE, else default)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="BUSI folder or zip for the default profile (default $BUSI_SOURCE); profiles "
+        "with synthetic data (smoke, quick) make their own and ignore $BUSI_SOURCE",
+    )
+
+
 # The path options several steps share: flag -> (default, what it is). The defaults are
 # the paths dvc.yaml passes (tests/code/test_cli.py checks that).
 PATH_OPTIONS = {

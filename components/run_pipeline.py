@@ -48,21 +48,10 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from busi.cli import parser_for
+    from busi.cli import add_profile_options, parser_for
 
     parser = parser_for("run-pipeline")
-    parser.add_argument(
-        "--profile",
-        default=os.environ.get("BUSI_PROFILE", "default"),
-        help="default (real data, this project) or a profiles/<name>.yaml",
-    )
-    parser.add_argument(
-        "--source",
-        type=Path,
-        default=None,
-        help="BUSI folder or zip for the default profile (default $BUSI_SOURCE); profiles "
-        "with synthetic data (smoke, quick) make their own and ignore $BUSI_SOURCE",
-    )
+    add_profile_options(parser)
     parser.add_argument(
         "--workspace",
         type=Path,

@@ -64,22 +64,10 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
 
 
 def main_run_training(argv: list[str] | None = None) -> int:
-
-    from busi.cli import parser_for
+    from busi.cli import add_profile_options, parser_for
 
     parser = parser_for("run-training")
-    parser.add_argument(
-        "--profile",
-        default=os.environ.get("BUSI_PROFILE", "default"),
-        help="default (real data) or profiles/NAME.yaml (default: $BUSI_PROFILE or default)",
-    )
-    parser.add_argument(
-        "--source",
-        type=Path,
-        default=None,
-        help="BUSI folder or zip for the default profile (default $BUSI_SOURCE); profiles "
-        "with synthetic data (smoke, quick) make their own and ignore $BUSI_SOURCE",
-    )
+    add_profile_options(parser)
     parser.add_argument(
         "--cluster",
         action="store_true",

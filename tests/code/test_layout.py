@@ -12,6 +12,7 @@ import yaml
 
 from busi.cli import TABLE
 from busi.orchestration.dag_settings import TRAINING_STEPS
+from tests.code.test_dvc_deps import project_imports
 from tests.conftest import REPO_ROOT
 
 # Modules of components/ that are not steps, and why.
@@ -20,19 +21,6 @@ NOT_STEPS = {
     "__main__": "`python -m components` is the `busi` command",
     "pipeline_model": "versions logged before busi/ existed pickled this name",
 }
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module ``path`` imports anywhere in its body (``from a import b`` gives a and
-    a.b: b may be a module)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return names
 
 
 def module_names(package: Path) -> dict[str, Path]:
@@ -50,9 +38,8 @@ def step_imports(components: Path) -> dict[str, list[str]]:
     steps = {f"components.{p.stem}" for p in components.glob("*.py") if p.stem not in NOT_STEPS}
     found = {}
     for step in sorted(steps):
-        others = sorted(
-            (imported_modules(components / f"{step.split('.')[1]}.py") & steps) - {step}
-        )
+        imports = project_imports(components / f"{step.split('.')[1]}.py", components.parent)
+        others = sorted((imports & steps) - {step})
         if others:
             found[step] = others
     return found
@@ -102,7 +89,7 @@ def test_no_step_imports_another_step():
 
 
 def test_the_compatibility_module_imports_no_step():
-    imports = imported_modules(REPO_ROOT / "components" / "pipeline_model.py")
+    imports = project_imports(REPO_ROOT / "components" / "pipeline_model.py")
     assert {m for m in imports if m.startswith("components")} == set()
 
 
@@ -136,7 +123,7 @@ def test_the_code_logged_with_the_pipeline_model_is_all_it_imports():
         if name in seen or name not in library:
             continue
         seen.add(name)
-        imports = imported_modules(library[name])
+        imports = project_imports(library[name])
         assert not {m for m in imports if m.split(".")[0] == "components"}, name
         todo.extend(imports)
     assert "busi.model.chain" in seen
