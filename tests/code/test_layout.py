@@ -127,3 +127,19 @@ def test_the_code_logged_with_the_pipeline_model_is_all_it_imports():
         assert not {m for m in imports if m.split(".")[0] == "components"}, name
         todo.extend(imports)
     assert "busi.model.chain" in seen
+
+
+# Where the library reaches into components/, and why; nothing else may.
+LIBRARY_USES_OF_STEPS = {
+    "busi.orchestration.tasks": {"components.ingest_batch"},  # the busi_new_data task
+    "busi.serving.server": {"components.pipeline_model"},  # versions pickled before busi/
+}
+
+
+def test_the_library_uses_the_steps_only_where_listed():
+    uses = {}
+    for name, path in module_names(REPO_ROOT / "busi").items():
+        steps = {m for m in project_imports(path) if m.startswith("components.")}
+        if steps:
+            uses[name] = steps
+    assert uses == LIBRARY_USES_OF_STEPS
