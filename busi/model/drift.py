@@ -193,7 +193,8 @@ def reference_images(
     return [(p, sorted(p.parent.glob(f"{p.stem}_mask*.png"))) for p in paths], source
 
 
-def _load(image: Path, masks: list[Path]) -> tuple[np.ndarray, np.ndarray | None]:
+def load_image_and_mask(image: Path, masks: list[Path]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A grayscale image and the union of its masks of the same shape (None without one)."""
     from busi.data.imaging import decode_image, decode_mask
     from busi.data.preprocess import MAX_PIXELS
 
@@ -241,8 +242,8 @@ def check_batch(
             "checked": False,
             "why": f"too few images to compare: {len(refs)} reference, {len(batch_files)} new",
         }
-    ref_loaded = [_load(i, m) for i, m in refs]
-    new_loaded = [_load(i, m) for i, m in batch_files]
+    ref_loaded = [load_image_and_mask(i, m) for i, m in refs]
+    new_loaded = [load_image_and_mask(i, m) for i, m in batch_files]
     ref_x = np.stack([image_features(p, m) for p, m in ref_loaded])
     new_x = np.stack([image_features(p, m) for p, m in new_loaded])
     embed = encoder(workspace / "models" / "unet.keras")
