@@ -109,6 +109,35 @@ def test_a_clearly_better_challenger_is_promoted(champion_table):
     assert d.differences["malignant_recall"]["value"] >= 0
 
 
+def test_a_gain_within_the_retraining_noise_is_not_promoted(champion_table):
+    # Eight benign images fixed: on the test images alone the gain is sure (P > 0.9), but
+    # two seeds of the same settings differ by more than that (params.yaml: primary_seed_sd).
+    fixed = _rows(champion_table, False, "benign")[:8]
+    challenger = _set_prediction(champion_table, fixed, True)
+    assert decide_paired(challenger, champion_table, PAIRED).promote
+    noisy = PromotionRule(probability=0.9, bootstrap_samples=1000, primary_seed_sd=0.06)
+    d = decide_paired(challenger, champion_table, noisy)
+    assert not d.promote, d.reason
+    assert "not better" in d.reason
+    assert "retraining noise" in d.reason
+    assert d.differences["macro_f1"]["p"] < 0.9
+    assert d.differences["macro_f1"]["seed_sd"] == 0.06
+    # Far better than a reseed: promoted all the same.
+    wrong = _rows(champion_table, False)
+    better = _set_prediction(champion_table, wrong, True)
+    assert decide_paired(better, champion_table, noisy).promote
+
+
+def test_the_promotion_rule_in_params_counts_retraining_noise():
+    from busi.config import load_section
+    from tests.conftest import REPO_ROOT
+
+    rule = load_section(REPO_ROOT / "params.yaml", "promote_model", PromotionRule)
+    assert rule.primary_seed_sd > 0
+    with pytest.raises(ValueError, match="seed_sd"):
+        PromotionRule(primary_seed_sd=-0.1)
+
+
 def test_the_guard_blocks_a_drop_in_malignant_recall(champion_table):
     # Far better on benign and normal images, but four cancers the champion found are missed.
     wrong = [
