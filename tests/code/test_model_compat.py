@@ -86,7 +86,13 @@ LOAD_AND_PREDICT = textwrap.dedent(
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    # No MLFLOW_* from earlier tests in this process (mlflow.set_experiment leaves
+    # MLFLOW_EXPERIMENT_ID behind: an id that the fresh store below does not have).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "PYTHONPATH" and not k.startswith(("MLFLOW_", "BUSI_"))
+    }
     return {**env, "BUSI_TRACKING": "off", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
