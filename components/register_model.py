@@ -216,6 +216,15 @@ def register(
                 c.set_model_version_tag(
                     registry.PIPELINE_MODEL, str(pipe_info.registered_model_version), key, value
                 )
+            # The per-image predictions, the card and the alias belong to the version too: a
+            # failure here removes the versions like any other, so that a retry registers
+            # them whole (a retry that found the version would leave it without a card).
+            _attach_per_image(c, run, str(pipe_info.registered_model_version), Path(per_image))
+            pipeline = registry.version_info(
+                c, registry.PIPELINE_MODEL, pipe_info.registered_model_version
+            )
+            _write_card(c, run, pipeline, evaluation_path, splits_csv, Path(per_image).parent)
+            registry.set_alias_all(c, registry.CHALLENGER, pipeline)
         except BaseException:
             for name, version in reversed(created):
                 try:
@@ -223,12 +232,6 @@ def register(
                 except Exception:  # best effort: report the original failure
                     logger.exception("could not delete %s v%s", name, version)
             raise
-        _attach_per_image(c, run, str(pipe_info.registered_model_version), Path(per_image))
-        pipeline = registry.version_info(
-            c, registry.PIPELINE_MODEL, pipe_info.registered_model_version
-        )
-        _write_card(c, run, pipeline, evaluation_path, splits_csv, Path(per_image).parent)
-        registry.set_alias_all(c, registry.CHALLENGER, pipeline)
         if run is not None:
             import mlflow
 

@@ -79,6 +79,29 @@ def test_a_failure_midway_leaves_no_half_registered_model(smoke_run, store, monk
         assert c.search_model_versions(f"name='{name}'") == []
 
 
+def test_a_failed_card_leaves_no_version_and_the_retry_has_its_card(smoke_run, store, monkeypatch):
+    # The card is written after the versions exist (a backend that refuses the description,
+    # say): the versions go, and the retry registers them whole, card included, instead of
+    # finding a version without one.
+    import busi.model.model_card as mc
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("value too long for type character varying(5000)")
+
+    with monkeypatch.context() as m:
+        m.setattr(mc, "publish_card", refused)
+        with pytest.raises(RuntimeError, match="character varying"):
+            _register(smoke_run["workspace"], store)
+    c = _client(store)
+    for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
+        assert c.search_model_versions(f"name='{name}'") == []
+    again = _register(smoke_run["workspace"], store)
+    assert not again.reused
+    mv = c.get_model_version(registry.PIPELINE_MODEL, str(again.pipeline_version))
+    assert "## Known failure modes" in mv.description
+    assert registry.alias_version(c, registry.PIPELINE_MODEL, registry.CHALLENGER) is not None
+
+
 def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels, mode=mode).save(buf, format="PNG")
