@@ -19,8 +19,12 @@ layout (`<batch>/benign/benign (1).png`, `..._mask.png`); it is ready when it ho
 `ingest_batch` validates each file with the same checks as `validate_data`, moves bad files
 to `<landing>/_quarantine/<batch>/` with a `report.json`, merges good ones into
 `data/busi/`, records a new data version (`data.dvc`) and pushes it to the DVC remote.
-Then it updates the Asset `busi_data`, which schedules `busi_training`. When nothing was
-merged (no batch ready, or every file bad) the task is skipped: no Asset event, no training.
+Then it updates the Asset `busi_data` (extra: `data_version` and the new `data.dvc`), which
+schedules `busi_training`. When nothing was merged (no batch ready, or every file bad) the
+task is skipped: no Asset event, no training. All batches ready at one run are merged in
+one version; one run at a time. With `BUSI_DVC_SYNC=1` (workers with work trees of their
+own) the task first takes the `data.dvc` of the newest `busi_data` event and pulls it, so
+each merge builds on the last one, whichever worker made it.
 """
 
 
@@ -32,11 +36,19 @@ merged (no batch ready, or every file bad) the task is skipped: no Asset event, 
     **dag_settings(execution_timeout_minutes=30),
 )
 def busi_new_data():
-    @task(task_id="ingest_batch", outlets=[Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)])
+    data = Asset(name=DATA_ASSET_NAME, uri=DATA_ASSET_URI)
+
+    # Inlet too: with DVC sync the task reads the newest event's data.dvc before merging.
+    @task(task_id="ingest_batch", inlets=[data], outlets=[data])
     def ingest_batch(**context) -> dict:
         from busi.orchestration.tasks import ingest_new_data
 
-        return ingest_new_data(context["params"]["profile"], context["ti"].xcom_push)
+        return ingest_new_data(
+            context["params"]["profile"],
+            context["ti"].xcom_push,
+            event_extra=context["outlet_events"][data].extra,
+            latest_events=lambda: context["inlet_events"][data].ascending(False).limit(20),
+        )
 
     ingest_batch()
 

@@ -33,6 +33,8 @@ Trains and evaluates the BUSI chain and promotes the model only if it is better.
 remote and pushing its outputs; the registry steps stay in the Airflow worker.
 
 Runs when `busi_new_data` publishes a new data version (Asset `busi_data`), or by hand.
+With `BUSI_DVC_SYNC=1` a run triggered by the Asset trains on the `data.dvc` its newest
+event carries, whichever worker merged it.
 One run at a time. All tasks of a run share one MLflow parent run (tag `airflow_run_id`);
 each step is a nested run. The `profile` param picks the data: `default` (real data) or
 `smoke` (synthetic, scratch workspace).
@@ -51,7 +53,11 @@ def _step(step: str):
         from busi.orchestration.tasks import run_step
 
         return run_step(
-            step, context["run_id"], context["dag"].dag_id, context["params"]["profile"]
+            step,
+            context["run_id"],
+            context["dag"].dag_id,
+            context["params"]["profile"],
+            getattr(context["dag_run"], "consumed_asset_events", None) or (),
         )
 
     return run()

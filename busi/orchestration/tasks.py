@@ -36,8 +36,10 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from busi.orchestration import data_event
 from busi.orchestration.dag_settings import TRAINING_STEPS
 from busi.orchestration.execution import dvc_sync, step_commands
 from busi.orchestration.parent_run import finish_parent, parent_run, tracking_uri_for
@@ -47,11 +49,25 @@ from busi.orchestration.workspace import landing_zone, workspace_for
 logger = logging.getLogger(__name__)
 
 
-def run_step(step: str, airflow_run_id: str, dag_id: str, profile: str | None = None) -> dict:
-    """Run one pipeline step for one DAG run; raises on failure (Airflow retries)."""
+def run_step(
+    step: str,
+    airflow_run_id: str,
+    dag_id: str,
+    profile: str | None = None,
+    triggering_events: Iterable = (),
+) -> dict:
+    """Run one pipeline step for one DAG run; raises on failure (Airflow retries).
+
+    ``triggering_events``: the DAG run's Asset events; with DVC sync the work tree takes
+    the newest one's data.dvc before the parent run is looked up or made, so the run trains
+    on the version that triggered it whichever worker merged it (``data_event``)."""
     profile = profile or os.environ.get("BUSI_PROFILE", "default")
     ws = workspace_for(profile)
     uri = tracking_uri_for(ws)
+    sync = dvc_sync()
+    data_before = data_event.read_data_dvc(ws)
+    if sync and data_event.write_data_dvc(ws, data_event.newest_data_dvc(triggering_events)):
+        logger.info("%s: data.dvc from the DAG run's newest busi_data event", step)
     parent = parent_run(airflow_run_id, dag_id, profile, ws, uri)
     env = {
         **os.environ,
@@ -61,19 +77,22 @@ def run_step(step: str, airflow_run_id: str, dag_id: str, profile: str | None = 
         "BUSI_PROFILE": profile,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    sync = dvc_sync()
     client = None
     if sync:
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        if os.environ.get("BUSI_DVC_REMOTE"):
-            from busi.data.versions import Dvc
-            from busi.storage import s3_endpoint
+        from busi.storage import s3_endpoint
 
-            Dvc(ws).configure_remote(os.environ["BUSI_DVC_REMOTE"], s3_endpoint())
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        remote = os.environ.get("BUSI_DVC_REMOTE")
+        if remote:
+            from busi.data.versions import Dvc
+
+            Dvc(ws).configure_remote(remote, s3_endpoint())
         restored = restore_run_state(client, parent, ws)
         logger.info("%s: restored %s from the DAG run's MLflow run", step, restored or "nothing")
+        if data_event.pull_if_changed(ws, data_before, None, None):  # remote set above
+            logger.info("%s: pulled data/busi at the run's data version", step)
     before, command, after = step_commands(step, sync)
     logger.info("%s: %s (in %s, MLflow parent run %s)", step, " ".join(command), ws, parent)
     for cmd in [*before, command, *after]:
@@ -100,18 +119,33 @@ def fail_parent(airflow_run_id: str, dag_id: str, profile: str | None = None) ->
     mlflow.MlflowClient(tracking_uri=uri).set_terminated(parent, "FAILED")
 
 
-def ingest_new_data(profile: str | None = None, xcom_push=None) -> dict:
+def ingest_new_data(
+    profile: str | None = None,
+    xcom_push=None,
+    event_extra: dict | None = None,
+    latest_events: Callable[[], Iterable] | None = None,
+) -> dict:
     """The busi_new_data task: merge the ready batches of the landing zone into the
     workspace's data and version it. Raises AirflowSkipException when nothing was merged, so
     the data Asset is not updated and no training is scheduled. ``xcom_push(key, value)``
     (the task instance's) gets the result as ``ingest_result`` in every case, so a batch held
-    for drift or quarantined whole shows in XCom too, not only in the log."""
+    for drift or quarantined whole shows in XCom too, not only in the log.
+
+    ``event_extra`` (the outlet event's extra) gets the new version and its data.dvc. With
+    DVC sync the work tree first takes the newest ``busi_data`` event's data.dvc
+    (``latest_events()``: the latest events, any order) and pulls that version, so the merge
+    builds on the newest version wherever it was made (``data_event``)."""
     from dataclasses import asdict
 
     from components.ingest_batch import ingest_batches
 
     profile = profile or os.environ.get("BUSI_PROFILE", "default")
     ws = workspace_for(profile)
+    if dvc_sync():
+        from busi.storage import s3_endpoint
+
+        newest = data_event.newest_data_dvc(latest_events() if latest_events else ())
+        data_event.take_data_version(ws, newest, os.environ.get("BUSI_DVC_REMOTE"), s3_endpoint())
     result = ingest_batches(landing_zone(), ws, params=ws / "params.yaml")
     summary = {k: v for k, v in asdict(result).items() if _jsonable(v)}
     if xcom_push is not None:
@@ -120,6 +154,10 @@ def ingest_new_data(profile: str | None = None, xcom_push=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         raise AirflowSkipException(f"no new data version: {result.message}")
+    if event_extra is not None:
+        event_extra.update(
+            data_event.event_extra(result.new_version, (ws / "data.dvc").read_text())
+        )
     return summary
 
 
