@@ -19,7 +19,8 @@ the registered model say so), whichever worker merged and whichever ran each tas
 
 Measured on 2 shared cores (AMD EPYC, load 3-4 from other runs, 2026-12-02): cluster up
 39 s, landing to the Asset-triggered busi_training run 15 s, that run with both faults
-458 s, the module 8.9 min (earlier, without the new-data scenario and at load 5-6: 15 min)."""
+458 s, the module 8.9 min (a second run: 524 s and 10.2 min; earlier, without the new-data
+scenario and at load 5-6: 15 min)."""
 
 from __future__ import annotations
 
