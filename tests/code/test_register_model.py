@@ -65,6 +65,11 @@ def test_register_makes_three_linked_versions_and_a_retry_makes_none(smoke_run, 
     assert len(c.search_runs([e.experiment_id for e in c.search_experiments()])) == len(runs)
 
 
+def _assert_no_versions(c) -> None:
+    for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
+        assert c.search_model_versions(f"name='{name}'") == [], name
+
+
 def test_a_failure_midway_leaves_no_half_registered_model(smoke_run, store, monkeypatch):
     import busi.model.pipeline_model as pm
 
@@ -75,8 +80,7 @@ def test_a_failure_midway_leaves_no_half_registered_model(smoke_run, store, monk
     with pytest.raises(RuntimeError, match="went away"):
         _register(smoke_run["workspace"], store)
     c = _client(store)
-    for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
-        assert c.search_model_versions(f"name='{name}'") == []
+    _assert_no_versions(c)
 
 
 def test_a_failed_card_leaves_no_version_and_the_retry_has_its_card(smoke_run, store, monkeypatch):
@@ -93,8 +97,7 @@ def test_a_failed_card_leaves_no_version_and_the_retry_has_its_card(smoke_run, s
         with pytest.raises(RuntimeError, match="character varying"):
             _register(smoke_run["workspace"], store)
     c = _client(store)
-    for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
-        assert c.search_model_versions(f"name='{name}'") == []
+    _assert_no_versions(c)
     again = _register(smoke_run["workspace"], store)
     assert not again.reused
     mv = c.get_model_version(registry.PIPELINE_MODEL, str(again.pipeline_version))
