@@ -153,3 +153,31 @@ def test_a_long_card_is_cut_to_the_backend_s_description_column():
     assert len(cut) == MAX_DESCRIPTION
     assert cut.startswith(flat[:1000]) and cut.rstrip().endswith(f"artifact {CARD_NAME})")
     assert description_of("# short card\n") == "# short card\n"
+
+
+def test_the_whole_card_comes_from_the_artifact_when_the_description_was_shortened(tmp_path):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from busi.model.model_card import CARD_NAME, description_of, full_card
+
+    card = (
+        "# card\n\n## Lineage\n" + "a line of Lineage\n" * 400 + "\n## Known failure modes\n- x\n"
+    )
+    downloads = []
+
+    class Client:
+        def download_artifacts(self, run_id, path, dst):
+            downloads.append((run_id, path))
+            out = Path(dst) / CARD_NAME
+            out.write_text(card)
+            return str(out)
+
+    tags = {"model_card": f"runs:/r1/model_card/{CARD_NAME}"}
+    shortened = SimpleNamespace(description=description_of(card), tags=tags)
+    assert len(shortened.description) < len(card)
+    assert full_card(Client(), shortened) == card
+    assert downloads == [("r1", f"model_card/{CARD_NAME}")]
+    whole = SimpleNamespace(description="# short card\n", tags=tags)
+    assert full_card(Client(), whole) == "# short card\n"
+    assert len(downloads) == 1  # a card that fits is not downloaded
