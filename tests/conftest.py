@@ -131,19 +131,31 @@ def dvc_project(tmp_path: Path) -> Path:
     return repo
 
 
+# Images per class of the smoke run's BUSI_SOURCE: not the smoke profile's 12.
+FOREIGN_PER_CLASS = 14
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> dict:
     """One run of the whole pipeline on the smoke profile, in a scratch workspace, tracked to
-    its own MLflow store. Shared by the chain, DAG and model tests."""
+    its own MLflow store. Shared by the chain, DAG and model tests.
+
+    It runs as in a user's shell after `make run`: ``BUSI_SOURCE`` points at other data
+    (``foreign_source``, BUSI-like but not the smoke profile's), which a synthetic profile
+    must ignore (``test_profile_isolation``). In CI the project has the real data imported
+    beside it too (``.ci/run`` imports it before `make test`)."""
     import json
 
     base = tmp_path_factory.mktemp("smoke")
     workspace = base / "workspace"
+    foreign = base / "Dataset_BUSI_with_GT"
+    make_busi_like(foreign, n_per_class=FOREIGN_PER_CLASS, seed=5)
     uri = f"sqlite:///{base / 'mlflow.db'}"
     env = {
         **os.environ,
         "DVC_NO_ANALYTICS": "1",
         "BUSI_TRACKING": "on",
+        "BUSI_SOURCE": str(foreign),
         "MLFLOW_TRACKING_URI": uri,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
@@ -170,6 +182,7 @@ def smoke_run(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {
         "workspace": workspace,
+        "foreign_source": foreign,
         "tracking_uri": uri,
         "env": env,
         "stdout": proc.stdout,

@@ -26,12 +26,38 @@ DATA_ASSET_NAME = "busi_data"
 DATA_ASSET_URI = "busi://data/busi"
 
 
-def dag_settings(execution_timeout_minutes: int) -> dict:
+# Seconds before a failed task's first retry (doubled for each further try, at most 10 min).
+DEFAULT_RETRY_DELAY = 30
+
+
+def retry_delay_seconds(environ) -> float:
+    """``BUSI_RETRY_DELAY`` (seconds, 1-3600; default 30): how long Airflow waits before it
+    retries a failed task. The tests of the local cluster shorten it."""
+    raw = environ.get("BUSI_RETRY_DELAY", "").strip()
+    if not raw:
+        return float(DEFAULT_RETRY_DELAY)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 3600:
+        raise ValueError(
+            f"BUSI_RETRY_DELAY={raw!r} is not a number of seconds from 1 to 3600: "
+            f"set it so, or unset it for the default of {DEFAULT_RETRY_DELAY} s"
+        )
+    return value
+
+
+def dag_settings(execution_timeout_minutes: int, environ=None) -> dict:
     """What every busi DAG shares: owner, retries with backoff, one run at a time, and the
-    ``profile`` param. Keyword arguments for ``@dag``."""
+    ``profile`` param. Keyword arguments for ``@dag``; ``environ`` (default ``os.environ``)
+    gives ``BUSI_RETRY_DELAY``."""
+    import os
     from datetime import timedelta
 
     from airflow.sdk import Param
+
+    retry_delay = retry_delay_seconds(os.environ if environ is None else environ)
 
     return {
         "start_date": None,
@@ -42,7 +68,7 @@ def dag_settings(execution_timeout_minutes: int) -> dict:
         "default_args": {
             "owner": "busi-pipeline",
             "retries": 2,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(seconds=retry_delay),
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=10),
             "execution_timeout": timedelta(minutes=execution_timeout_minutes),

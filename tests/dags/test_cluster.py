@@ -65,6 +65,7 @@ def cluster():
         **os.environ,
         "BUSI_PLATFORM_DIR": str(base / "platform"),
         "BUSI_HEARTBEAT_TIMEOUT": "30",
+        "BUSI_RETRY_DELAY": "5",  # Airflow waits 30 s before a retry otherwise
         "BUSI_CLUSTER_PROFILE": "quick",
         **{name: str(free_port()) for name in cl.PORT_SETTINGS},
     }

@@ -45,6 +45,7 @@ def test_operational_settings(dagbag, dag_id):
     for t in dag.tasks:
         assert t.retries >= 1, f"{t.task_id} has no retries"
         assert t.retry_exponential_backoff, f"{t.task_id} retries without backoff"
+        assert t.retry_delay.total_seconds() == 30, t.task_id
         assert t.owner == "busi-pipeline"
 
 
@@ -142,3 +143,21 @@ def test_a_wrong_execution_setting_is_a_clear_import_error(monkeypatch):
     bag = DagBag(dag_folder=str(REPO / "dags" / "busi_training.py"))
     (message,) = bag.import_errors.values()
     assert "BUSI_EXECUTION='slurm': expected one of local, kubernetes" in message
+
+
+def test_the_retry_delay_is_30_s_unless_busi_retry_delay_says_otherwise():
+    from busi.orchestration.dag_settings import dag_settings, retry_delay_seconds
+
+    assert retry_delay_seconds({}) == 30
+    assert retry_delay_seconds({"BUSI_RETRY_DELAY": " "}) == 30
+    assert retry_delay_seconds({"BUSI_RETRY_DELAY": "5"}) == 5
+    args = dag_settings(10, {"BUSI_RETRY_DELAY": "5"})["default_args"]
+    assert args["retry_delay"].total_seconds() == 5
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-3", "7200", "nan"])
+def test_a_bad_busi_retry_delay_is_refused_with_what_to_set(raw):
+    from busi.orchestration.dag_settings import retry_delay_seconds
+
+    with pytest.raises(ValueError, match=r"BUSI_RETRY_DELAY=.* from 1 to 3600"):
+        retry_delay_seconds({"BUSI_RETRY_DELAY": raw})
