@@ -4,6 +4,7 @@ stress tests per shift; against issue 13's bars.
 
     python bench/bench_chain_seeds.py --seeds 0 1 2            # the real data ($BUSI_SOURCE)
     python bench/bench_chain_seeds.py --profile smoke --seeds 0 1   # a check in minutes
+    python bench/bench_chain_seeds.py --seeds 0 1 2 --reuse 0=metrics  # seed 0 = the project's run
 
 Each seed runs `busi run-pipeline` in a scratch workspace of its own
 (scratch/chain-seeds/<profile>/seed-<n>/, the project's frozen split copied in) with
@@ -105,6 +106,11 @@ def render(result: dict) -> str:
         f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}, "
         f"profile `{result['profile']}`, seeds {result['seeds']}: "
         f"{result['minutes_per_seed']:.1f} min a seed.",
+        *(
+            [f"Seeds taken from an existing run (same code, data and params): {reused}."]
+            if (reused := ", ".join(f"{k} from `{v}`" for k, v in result.get("reused", {}).items()))
+            else []
+        ),
         "",
         "| figure | mean | min-max over seeds | each seed [95 % interval] | bar | mean meets it |",
         "|---|---:|---:|---|---|---|",
@@ -133,37 +139,69 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def read_seed(folder: Path) -> dict:
+    """A seed's figures from a metrics folder a run left (evaluation.json, stress_test.json)."""
+    evaluation = folder / "evaluation.json"
+    if not evaluation.is_file():
+        raise SystemExit(f"--reuse: no evaluation.json in {folder}: name a run's metrics folder")
+    result = json.loads(evaluation.read_text())
+    stress = folder / "stress_test.json"
+    if stress.is_file():
+        result["stress"] = json.loads(stress.read_text())
+    return result
+
+
+def parse_reuse(items: list[str]) -> dict[int, Path]:
+    """``SEED=FOLDER`` pairs: a seed whose run already exists (same code, data and params)."""
+    out = {}
+    for item in items:
+        seed, sep, folder = item.partition("=")
+        if not sep or not seed.strip().isdigit():
+            raise SystemExit(f"--reuse {item!r}: write SEED=FOLDER, e.g. 0=metrics")
+        out[int(seed)] = Path(folder)
+    return out
+
+
 def run_seed(profile: str, seed: int, base: Path) -> dict:
     from components.run_pipeline import run
 
     workspace = base / f"seed-{seed}" / "workspace"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
     run(profile, None, REPO, workspace, seed_settings(seed))
-    result = json.loads((workspace / "metrics" / "evaluation.json").read_text())
-    stress = workspace / "metrics" / "stress_test.json"
-    if stress.is_file():
-        result["stress"] = json.loads(stress.read_text())
-    return result
+    return read_seed(workspace / "metrics")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--profile", default="default", help="default (real data) or smoke")
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="SEED=FOLDER",
+        help="take a seed's figures from the metrics folder of a run that exists (same code, "
+        "data and params; the steps are deterministic on one machine), e.g. 0=metrics for "
+        "the project's own run, whose seeds are all 0",
+    )
     args = parser.parse_args()
+    reused = parse_reuse(args.reuse)
     sys.path.insert(0, str(REPO))
     from bench.bench_models import machine
     from bench.results_files import write_results
 
     base = REPO / "scratch" / "chain-seeds" / args.profile
     start = time.perf_counter()
-    per_seed = {seed: run_seed(args.profile, seed, base) for seed in args.seeds}
-    minutes = (time.perf_counter() - start) / 60 / len(args.seeds)
+    trained = [seed for seed in args.seeds if seed not in reused]
+    per_seed = {seed: run_seed(args.profile, seed, base) for seed in trained}
+    per_seed |= {seed: read_seed(folder) for seed, folder in reused.items()}
+    minutes = (time.perf_counter() - start) / 60 / max(len(trained), 1)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "profile": args.profile,
-        "seeds": args.seeds,
+        "seeds": sorted(per_seed),
+        "reused": {str(seed): str(folder) for seed, folder in reused.items()},
         "minutes_per_seed": minutes,
         "summary": summarize(per_seed),
     }

@@ -3,10 +3,12 @@ workspace it runs each seed in."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
-from bench.bench_chain_seeds import render, seed_settings, summarize
+from bench.bench_chain_seeds import parse_reuse, read_seed, render, seed_settings, summarize
 from busi.orchestration.workspace import prepare_workspace
 from tests.conftest import REPO_ROOT
 
@@ -71,3 +73,39 @@ def test_a_seeded_default_workspace_keeps_the_frozen_split_and_sets_the_seeds(tm
     assert (ws / "data" / "splits.csv").read_bytes() == frozen.read_bytes()
     # without settings or a workspace the default profile is the project itself
     assert prepare_workspace(REPO_ROOT, "default") == REPO_ROOT
+
+
+def test_a_reused_seed_is_read_from_a_run_s_metrics_folder_and_said_in_the_results(tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    evaluation = _evaluation(0.7, 0.9, 0.1)
+    stress = evaluation.pop("stress")
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    (folder / "stress_test.json").write_text(json.dumps(stress))
+    assert parse_reuse(["0=" + str(folder)]) == {0: folder}
+    assert read_seed(folder) == {**evaluation, "stress": stress}
+    table = render(
+        {
+            "date": "2026-12-02",
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "commit": "abc"},
+            "profile": "default",
+            "seeds": [0, 1],
+            "reused": {"0": "metrics"},
+            "minutes_per_seed": 40.0,
+            "summary": summarize({0: read_seed(folder), 1: _evaluation(0.8, 0.9, 0.1)}),
+        }
+    )
+    assert "Seeds taken from an existing run (same code, data and params): 0 from `metrics`." in (
+        table
+    )
+
+
+@pytest.mark.parametrize("item", ["0", "x=metrics", "=metrics"])
+def test_a_reuse_without_seed_equals_folder_is_refused(item):
+    with pytest.raises(SystemExit, match="write SEED=FOLDER"):
+        parse_reuse([item])
+
+
+def test_a_reused_folder_without_an_evaluation_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"no evaluation\.json"):
+        read_seed(tmp_path)
