@@ -37,9 +37,6 @@ from pathlib import Path
 
 from busi.errors import BusiError
 from busi.local.processes import (
-    _clear_pids,
-    _locked,
-    _reap,
     activate_dags,
     ensure_airflow_db,
     is_ours,
@@ -47,24 +44,27 @@ from busi.local.processes import (
     port_free,
     raise_if_exited,
     read_state,
+    reap,
     start_service,
+    state_lock,
     stop_services,
     wait_ready,
+    without_pids,
     write_state,
 )
 from busi.local.services import (
     HOST,
     Service,
     Settings,
-    _executable,
-    _int_setting,
     airflow_services,
+    int_setting,
     mlflow_service,
     platform_airflow_env,
     running_services,
     settings_from_env,
+    venv_executable,
 )
-from busi.local.up import _print_summary
+from busi.local.up import print_summary
 
 WORKERS = ("worker-1", "worker-2")
 BUCKET = "busi"
@@ -133,7 +133,7 @@ def cluster_from_env(
     environ = os.environ if environ is None else environ
     base = settings_from_env(project, environ)
     ports = {
-        name: _int_setting(environ, name, default, 1, 65535)
+        name: int_setting(environ, name, default, 1, 65535)
         for name, default in DEFAULT_PORTS.items()
     }
     used = [base.mlflow_port, base.airflow_port, *ports.values()]
@@ -146,7 +146,7 @@ def cluster_from_env(
         s3_port=ports["BUSI_S3_PORT"],
         password=password,
         profile=environ.get("BUSI_CLUSTER_PROFILE") or DEFAULT_PROFILE,
-        heartbeat_timeout=_int_setting(
+        heartbeat_timeout=int_setting(
             environ, "BUSI_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT, 10, 3600
         ),
     )
@@ -264,7 +264,7 @@ def services(cluster: Cluster, base: Mapping[str, str] | None = None) -> list[Se
     ]
     redis = [redis_bin(), "--bind", HOST, "--port", str(cluster.redis_port)]
     redis += ["--dir", str(cluster.state_dir / "redis"), "--save", "", "--appendonly", "no"]
-    moto = [_executable("moto_server", airflow_env), "-H", HOST]
+    moto = [venv_executable("moto_server", airflow_env), "-H", HOST]
     found = [
         Service("postgres", pg, dict(shared), logs / "postgres.log"),
         Service("redis", redis, dict(shared), logs / "redis.log"),
@@ -278,7 +278,7 @@ def services(cluster: Cluster, base: Mapping[str, str] | None = None) -> list[Se
         mlflow_service(cluster.platform, shared),
         *airflow_services(cluster.platform, airflow_env),
     ]
-    airflow = _executable("airflow", airflow_env)
+    airflow = venv_executable("airflow", airflow_env)
     for worker in WORKERS:
         argv = [airflow, "celery", "worker", "--celery-hostname", f"{worker}@%h"]
         argv += ["--concurrency", "1", "--skip-serve-logs", "--without-gossip"]
@@ -372,13 +372,13 @@ def _wait_port(port: int, name: str, started: dict, timeout: float) -> None:
 
 def up(cluster: Cluster, timeout: float = 300.0, out=print) -> dict:
     """Start the cluster (stopping what an earlier one left); returns its state."""
-    with _locked(cluster.state_dir):
+    with state_lock(cluster.state_dir):
         state = read_state(cluster.state_dir)
         leftovers = running_services(state)
         if leftovers:
             out(f"stopping what was running ({', '.join(leftovers)}) before starting the cluster")
             stop_services(leftovers)
-            write_state(cluster.state_dir, _clear_pids(state))
+            write_state(cluster.state_dir, without_pids(state))
         ports = {
             "mlflow": cluster.platform.mlflow_port,
             "airflow": cluster.platform.airflow_port,
@@ -452,8 +452,8 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
             prepare_worker(cluster, worker)
     except BaseException as exc:
         stop_services(running_services(state))
-        _reap(proc for _, proc in started.values())
-        write_state(cluster.state_dir, _clear_pids(state))
+        reap(proc for _, proc in started.values())
+        write_state(cluster.state_dir, without_pids(state))
         if isinstance(exc, BusiError):
             raise BusiError(f"{exc}\n(stopped what had started: {', '.join(started)})") from None
         raise
@@ -470,7 +470,7 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
     password = None
     if not password_existed and settings.password_file.exists():
         password = json.loads(settings.password_file.read_text()).get("admin")
-    _print_summary(state, out, password=password)
+    print_summary(state, out, password=password)
     out(f"S3 (moto): {cluster.s3_endpoint}  bucket {BUCKET}: dvc/, mlflow/, landing/")
     out(f"Celery broker: {cluster.broker_url}; workers: {', '.join(WORKERS)}")
     return state
@@ -509,7 +509,7 @@ def restart(cluster: Cluster, name: str) -> dict:
     defined = {svc.name: svc for svc in services(cluster)}
     if name not in defined:
         raise BusiError(f"no service {name!r}; the cluster's are {', '.join(defined)}")
-    with _locked(cluster.state_dir):
+    with state_lock(cluster.state_dir):
         state = read_state(cluster.state_dir) or {}
         old = state.get("services", {}).get(name)
         if old and old.get("pid") and is_ours(old):

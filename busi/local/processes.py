@@ -24,7 +24,6 @@ from busi.local.services import (
     ProcStat,
     Service,
     Settings,
-    _executable,
     dag_files,
     log_tail,
     parse_proc_stat,
@@ -32,6 +31,7 @@ from busi.local.services import (
     project_dags,
     running_services,
     unparsed,
+    venv_executable,
 )
 
 
@@ -168,7 +168,7 @@ def ensure_airflow_db(env: Mapping[str, str], log: Path | None = None) -> None:
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [_executable("airflow", env), "db", "migrate"],
+        [venv_executable("airflow", env), "db", "migrate"],
         env=dict(env),
         capture_output=True,
         text=True,
@@ -264,14 +264,14 @@ def _any_alive(pids: list[int]) -> bool:
     return any(_alive(proc_stat(pid)) for pid in pids)
 
 
-def _reap(procs) -> None:
+def reap(procs) -> None:
     for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0)
 
 
 @contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
+def state_lock(state_dir: Path) -> Iterator[None]:
     """One `up` or `down` at a time per platform folder."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / "lock").open("w") as lock:
@@ -282,7 +282,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _healthy_state(state: dict | None) -> bool:
+def healthy_state(state: dict | None) -> bool:
     """Every recorded service is alive and both UI ports answer."""
     services = running_services(state)
     return (
@@ -292,7 +292,7 @@ def _healthy_state(state: dict | None) -> bool:
     )
 
 
-def _clear_pids(state: dict) -> dict:
+def without_pids(state: dict) -> dict:
     for rec in state.get("services", {}).values():
         rec.pop("pid", None)
         rec.pop("start_time", None)

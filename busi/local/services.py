@@ -80,7 +80,7 @@ def platform_dir(project: Path, environ: Mapping[str, str] | None = None) -> Pat
     return Path(override).expanduser().resolve() if override else Path(project) / ".platform"
 
 
-def _int_setting(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def int_setting(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = environ.get(name)
     if raw in (None, ""):
         return default
@@ -99,11 +99,11 @@ def settings_from_env(project: Path, environ: Mapping[str, str] | None = None) -
     settings = Settings(
         project=project,
         state_dir=platform_dir(project, environ),
-        mlflow_port=_int_setting(environ, "BUSI_MLFLOW_PORT", DEFAULT_MLFLOW_PORT, 1, 65535),
-        airflow_port=_int_setting(environ, "BUSI_AIRFLOW_PORT", DEFAULT_AIRFLOW_PORT, 1, 65535),
+        mlflow_port=int_setting(environ, "BUSI_MLFLOW_PORT", DEFAULT_MLFLOW_PORT, 1, 65535),
+        airflow_port=int_setting(environ, "BUSI_AIRFLOW_PORT", DEFAULT_AIRFLOW_PORT, 1, 65535),
         backend_uri=environ.get("BUSI_MLFLOW_BACKEND_URI") or f"sqlite:///{project / 'mlflow.db'}",
         artifacts=environ.get("BUSI_MLFLOW_ARTIFACTS") or str(project / "mlartifacts"),
-        parallelism=_int_setting(environ, "BUSI_AIRFLOW_PARALLELISM", DEFAULT_PARALLELISM, 1, 64),
+        parallelism=int_setting(environ, "BUSI_AIRFLOW_PARALLELISM", DEFAULT_PARALLELISM, 1, 64),
     )
     if settings.mlflow_port == settings.airflow_port:
         raise BusiError(
@@ -170,7 +170,7 @@ def airflow_env(
     )
 
 
-def _executable(name: str, env: Mapping[str, str]) -> str:
+def venv_executable(name: str, env: Mapping[str, str]) -> str:
     found = shutil.which(name, path=env.get("PATH"))
     if not found:
         raise BusiError(f"'{name}' is not on PATH ({venv_bin()} first): run `make setup`")
@@ -229,7 +229,7 @@ def mlflow_service(settings: Settings, base: Mapping[str, str]) -> Service:
         env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint(base)  # one endpoint setting for both
     return Service(
         name="mlflow",
-        argv=mlflow_command(settings, _executable("mlflow", env)),
+        argv=mlflow_command(settings, venv_executable("mlflow", env)),
         env=env,
         log=settings.log_dir / "mlflow.log",
         health_url=f"{settings.tracking_uri}/health",
@@ -237,7 +237,7 @@ def mlflow_service(settings: Settings, base: Mapping[str, str]) -> Service:
 
 
 def airflow_services(settings: Settings, env: dict[str, str]) -> list[Service]:
-    airflow = _executable("airflow", env)
+    airflow = venv_executable("airflow", env)
     logs = settings.log_dir
     return [
         Service(

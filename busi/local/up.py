@@ -39,19 +39,19 @@ from pathlib import Path
 
 from busi.errors import BusiError
 from busi.local.processes import (
-    _clear_pids,
-    _healthy_state,
-    _locked,
-    _reap,
     activate_dags,
     ensure_airflow_db,
+    healthy_state,
     is_ours,
     port_free,
     raise_if_exited,
     read_state,
+    reap,
     start_service,
+    state_lock,
     stop_services,
     wait_ready,
+    without_pids,
     write_state,
 )
 from busi.local.services import (
@@ -72,11 +72,11 @@ from busi.storage import ensure_bucket, s3_endpoint
 
 def up(settings: Settings, timeout: float = 180.0, out=print) -> dict:
     """Start the platform (or report it is already up); returns its state."""
-    with _locked(settings.state_dir):
+    with state_lock(settings.state_dir):
         state = read_state(settings.state_dir)
-        if _healthy_state(state):
+        if healthy_state(state):
             out(f"already up (state: {settings.state_dir / STATE_FILE})")
-            _print_summary(state, out, password=None)
+            print_summary(state, out, password=None)
             return state
         leftovers = running_services(state)
         if leftovers:
@@ -86,7 +86,7 @@ def up(settings: Settings, timeout: float = 180.0, out=print) -> dict:
             else:
                 out("the processes recorded in state.json are gone; starting afresh")
             stop_services(leftovers)
-            write_state(settings.state_dir, _clear_pids(state))
+            write_state(settings.state_dir, without_pids(state))
         for port, var, what in (
             (settings.mlflow_port, "BUSI_MLFLOW_PORT", "MLflow"),
             (settings.airflow_port, "BUSI_AIRFLOW_PORT", "Airflow"),
@@ -140,8 +140,8 @@ def _start(settings: Settings, timeout: float, out) -> dict:
         wait_ready(started, timeout)
     except BaseException as exc:
         stop_services(running_services(state))
-        _reap(proc for _, proc in started.values())
-        write_state(settings.state_dir, _clear_pids(state))
+        reap(proc for _, proc in started.values())
+        write_state(settings.state_dir, without_pids(state))
         if isinstance(exc, BusiError):
             names = ", ".join(started) or "nothing"
             raise BusiError(f"{exc}\n(stopped what had started: {names})") from None
@@ -163,11 +163,11 @@ def _start(settings: Settings, timeout: float, out) -> dict:
     state["ready_seconds"] = round(time.monotonic() - began, 1)
     write_state(settings.state_dir, state)
     out(f"up in {state['ready_seconds']} s")
-    _print_summary(state, out, password=password)
+    print_summary(state, out, password=password)
     return state
 
 
-def _print_summary(state: dict, out, password: str | None) -> None:
+def print_summary(state: dict, out, password: str | None) -> None:
     urls = state["urls"]
     out(f"MLflow UI:  {urls['mlflow']}   (MLFLOW_TRACKING_URI={state['tracking_uri']})")
     out(f"Airflow UI: {urls['airflow']}   (user: admin)")
@@ -200,7 +200,7 @@ def _landing(settings: Settings) -> str:
 
 def down(state_dir: Path, timeout: float = 30.0, out=print) -> bool:
     """Stop what `up` started; False when nothing was running."""
-    with _locked(state_dir):
+    with state_lock(state_dir):
         state = read_state(state_dir)
         services = running_services(state)
         if not services:
@@ -208,7 +208,7 @@ def down(state_dir: Path, timeout: float = 30.0, out=print) -> bool:
             return False
         began = time.monotonic()
         killed = stop_services(services, timeout)
-        write_state(state_dir, _clear_pids(state))
+        write_state(state_dir, without_pids(state))
         busy = []
         for port in state.get("ports", {}).values():
             end = time.monotonic() + 10

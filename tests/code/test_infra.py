@@ -39,14 +39,14 @@ SECRET_NAME = re.compile(
 
 def _env_reads(tree: ast.AST) -> set[str]:
     """Names read with <mapping>.get("X"), os.getenv("X"), <...environ>["X"] or
-    _int_setting(environ, "X", ...)."""
+    int_setting(environ, "X", ...)."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             func, args = node.func, node.args
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            index = 1 if name == "_int_setting" else 0
-            if name in ("get", "getenv", "_int_setting") and len(args) > index:
+            index = 1 if name == "int_setting" else 0
+            if name in ("get", "getenv", "int_setting") and len(args) > index:
                 arg = args[index]
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     found.add(arg.value)

@@ -143,3 +143,37 @@ def test_the_library_uses_the_steps_only_where_listed():
         if steps:
             uses[name] = steps
     assert uses == LIBRARY_USES_OF_STEPS
+
+
+PROJECT_PACKAGES = ("busi", "components", "bench")
+
+
+def private_imports(roots: list[Path]) -> list[str]:
+    """``file:line module._name`` for every import of another module's private name (one
+    underscore) from the project's packages: what a module shares should be public."""
+    found = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.ImportFrom) or not node.module:
+                    continue
+                if node.module.split(".")[0] not in PROJECT_PACKAGES:
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{path}:{node.lineno} {node.module}.{alias.name}")
+    return found
+
+
+def test_no_module_imports_another_module_s_private_names():
+    roots = [REPO_ROOT / name for name in (*PROJECT_PACKAGES, "dags")]
+    assert private_imports(roots) == []
+
+
+def test_the_private_import_check_finds_one(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("from busi.local.up import _helper, shown\n")
+    (tmp_path / "pkg" / "b.py").write_text("from os.path import _get_sep\nfrom busi import x\n")
+    assert private_imports([tmp_path / "pkg"]) == [
+        f"{tmp_path / 'pkg' / 'a.py'}:1 busi.local.up._helper"
+    ]
