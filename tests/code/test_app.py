@@ -38,10 +38,12 @@ def test_overlay_outlines_the_lesion_and_draws_the_box():
     image = np.full((40, 50), 100, np.uint8)
     mask = square_mask()
     rgb = app.draw_overlay(image, mask, box=(5, 5, 35, 45), thickness=1)
-    assert rgb.shape == (40, 50, 3) and rgb.dtype == np.uint8
+    assert rgb.shape == (40, 50, 3)
+    assert rgb.dtype == np.uint8
     assert tuple(rgb[10, 20]) == app.OUTLINE_RGB  # the lesion's top edge
     assert tuple(rgb[20, 25]) == (100, 100, 100)  # inside the lesion: untouched
-    assert tuple(rgb[5, 20]) == app.BOX_RGB and tuple(rgb[34, 44]) == app.BOX_RGB
+    assert tuple(rgb[5, 20]) == app.BOX_RGB
+    assert tuple(rgb[34, 44]) == app.BOX_RGB
     assert tuple(rgb[0, 0]) == (100, 100, 100)
     assert app.outline(mask).sum() == 2 * (20 + 20) - 4
 
@@ -79,7 +81,8 @@ def _row(found=True, box=(10, 15, 30, 35)):
 
 def test_format_result():
     view = app.format_result(_row())
-    assert view.label == "malignant" and view.box == (10, 15, 30, 35)
+    assert view.label == "malignant"
+    assert view.box == (10, 15, 30, 35)
     assert view.probabilities == [("benign", 0.2), ("malignant", 0.7), ("normal", 0.1)]
     assert "20.0% of the image" in view.lesion
     assert "No lesion" in app.format_result(_row(found=False)).lesion
@@ -119,7 +122,8 @@ def test_page_without_upload_shows_instructions_and_disclaimer(smoke_champion, m
     assert "not a diagnostic device" in _texts(at.warning)
     assert "Upload a breast-ultrasound image" in _texts(at.info)
     assert "busi-pipeline v1 (champion)" in _texts(at.caption)
-    assert not at.error and not at.subheader
+    assert not at.error
+    assert not at.subheader
     # The served version's model card, folded under the caption.
     (card,) = at.expander
     assert card.label.startswith("Model card of busi-pipeline v1")
@@ -132,14 +136,17 @@ def test_page_shows_class_probabilities_and_images_for_an_upload(smoke_champion,
     at = _page(monkeypatch, smoke_champion.tracking_uri).run()
     at.file_uploader(key="upload").set_value(("scan.png", png(seed=5), "image/png"))
     at.run(timeout=240)
-    assert not at.exception and not at.error, _texts(at.error)
+    assert not at.exception, _texts(at.error)
+    assert not at.error, _texts(at.error)
     (heading,) = at.subheader
     label = heading.value.removeprefix("Predicted class: ")
     assert label in ("benign", "malignant", "normal")
     bars = {b.text.split(":")[0]: b.value for b in at.progress}
-    assert set(bars) == {"benign", "malignant", "normal"} and 97 <= sum(bars.values()) <= 103
+    assert set(bars) == {"benign", "malignant", "normal"}
+    assert 97 <= sum(bars.values()) <= 103
     captions = [c for img in at.image for c in img.captions]
-    assert any("Lesion outlined" in c for c in captions) and any("Region" in c for c in captions)
+    assert any("Lesion outlined" in c for c in captions)
+    assert any("Region" in c for c in captions)
     assert "not a diagnostic device" in _texts(at.warning)
 
 
@@ -149,7 +156,8 @@ def test_page_explains_a_corrupt_file(smoke_champion, monkeypatch):
     corrupt = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     at.file_uploader(key="upload").set_value(("scan.png", corrupt, "image/png"))
     at.run(timeout=240)
-    assert not at.exception and not at.subheader
+    assert not at.exception
+    assert not at.subheader
     assert "scan.png** cannot be used: decode_error" in _texts(at.error)
     at.file_uploader(key="upload").set_value(("notes.png", b"just text", "image/png"))
     at.run(timeout=240)
@@ -160,5 +168,6 @@ def test_page_explains_a_corrupt_file(smoke_champion, monkeypatch):
 def test_page_without_a_champion_says_what_to_do(tmp_path, monkeypatch):
     at = _page(monkeypatch, f"sqlite:///{tmp_path / 'empty.db'}").run(timeout=120)
     assert not at.exception
-    assert "No model to run" in _texts(at.error) and "promote" in _texts(at.error)
+    assert "No model to run" in _texts(at.error)
+    assert "promote" in _texts(at.error)
     assert "not a diagnostic device" in _texts(at.warning)

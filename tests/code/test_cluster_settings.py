@@ -27,7 +27,8 @@ def test_celery_settings_point_at_redis_and_postgres(tmp_path):
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == db
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + db
     assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"
-    assert env["BUSI_DVC_REMOTE"] == "s3://busi/dvc" and env["BUSI_LANDING"] == "s3://busi/landing"
+    assert env["BUSI_DVC_REMOTE"] == "s3://busi/dvc"
+    assert env["BUSI_LANDING"] == "s3://busi/landing"
     # MLflow on Postgres with proxied S3 artifacts.
     assert cluster.platform.backend_uri.endswith("@127.0.0.1:7002/mlflow")
     assert cluster.platform.artifacts == "s3://busi/mlflow"

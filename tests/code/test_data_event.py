@@ -107,8 +107,10 @@ def test_a_task_takes_the_triggering_event_s_data_dvc_before_its_parent_run(tmp_
     tasks.run_step("validate_data", "asset__1", "busi_training", "quick", events)
     monkeypatch.setenv("BUSI_DVC_SYNC", "1")
     tasks.run_step("validate_data", "manual__1", "busi_training", "quick", ())
-    assert seen == ["outs: old\n", "outs: old\n"] and pulled == []
+    assert seen == ["outs: old\n", "outs: old\n"]
+    assert pulled == []
     tasks.run_step("validate_data", "asset__1", "busi_training", "quick", events)
-    assert seen[-1] == "outs: b\n" and pulled == [tmp_path]
+    assert seen[-1] == "outs: b\n"
+    assert pulled == [tmp_path]
     tasks.run_step("split_data", "asset__1", "busi_training", "quick", events)
     assert pulled == [tmp_path]  # already at that version: nothing to pull

@@ -24,7 +24,8 @@ def test_mmd_tells_a_shift_from_the_same_distribution():
     same = mmd_test(x, rng.normal(size=(30, 3)), 499)
     shifted = mmd_test(x, rng.normal(loc=1.0, size=(30, 3)), 499)
     assert same["p_value"] > 0.05
-    assert shifted["p_value"] < 0.01 and shifted["mmd2"] > same["mmd2"]
+    assert shifted["p_value"] < 0.01
+    assert shifted["mmd2"] > same["mmd2"]
     with pytest.raises(ValueError, match=">= 2 each"):
         mmd_test(x, x[:1], 99)
 
@@ -45,17 +46,21 @@ def test_report_says_what_drifted_and_by_how_much():
     reference = _images(rng, 45)
     assert not compare(reference, _images(rng, 15), CFG)["drifted"]
     brighter = compare(reference, _images(rng, 15, gain=1.8), CFG)
-    assert brighter["drifted"] and brighter["tests"]["features"]["p_value"] < 0.01
+    assert brighter["drifted"]
+    assert brighter["tests"]["features"]["p_value"] < 0.01
     moved = {name for name, e in brighter["features"].items() if e["drifted"]}
-    assert "intensity_mean" in moved and not moved & {"height", "width", "aspect"}
+    assert "intensity_mean" in moved
+    assert not moved & {"height", "width", "aspect"}
     assert brighter["features"]["intensity_mean"]["shift_sd"] > 1
-    assert "intensity_mean" in brighter["summary"] and brighter["summary"].startswith("DRIFT")
+    assert "intensity_mean" in brighter["summary"]
+    assert brighter["summary"].startswith("DRIFT")
     assert brighter["tests"]["embedding"]["skipped"]
     # An embedding, when given, is tested too.
     emb = compare(
         reference, _images(rng, 15), CFG, rng.normal(size=(45, 4)), rng.normal(size=(15, 4)) + 2
     )
-    assert emb["tests"]["embedding"]["drifted"] and emb["drifted"]
+    assert emb["tests"]["embedding"]["drifted"]
+    assert emb["drifted"]
     assert len(brighter["features"]) == len(FEATURES)
 
 
@@ -92,22 +97,30 @@ def test_block_holds_a_drifted_batch_until_a_person_accepts_it(ws):  # noqa: F81
     batch = _bright_batch(landing / "b1")
     before = sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*"))
     result = ingest_batches(landing, ws, settle_seconds=0)
-    assert not result.changed and not result.batches
+    assert not result.changed
+    assert not result.batches
     (held,) = result.held
-    assert held["batch"] == "b1" and "DRIFT" in held["why"] and ACCEPT_MARKER in held["why"]
-    assert "held (drift)" in result.message and "HELD" in summarize(result)
+    assert held["batch"] == "b1"
+    assert "DRIFT" in held["why"]
+    assert ACCEPT_MARKER in held["why"]
+    assert "held (drift)" in result.message
+    assert "HELD" in summarize(result)
     # Nothing lost, nothing moved: the batch waits where it was, the report says why.
     assert sorted(p.relative_to(batch).as_posix() for p in batch.rglob("*")) == before
     report = json.loads((landing / "_held" / "b1" / "report.json").read_text())
-    assert report["drift"]["drifted"] and report["would_accept"] == 6
+    assert report["drift"]["drifted"]
+    assert report["would_accept"] == 6
     assert report["drift"]["features"]["intensity_mean"]["drifted"]
     assert report["drift"]["features"]["width"]["shift_sd"] > 2
 
     put(batch, ACCEPT_MARKER, b"")
     again = ingest_batches(landing, ws, settle_seconds=0)
-    assert again.changed and again.accepted == 6 and not again.held
+    assert again.changed
+    assert again.accepted == 6
+    assert not again.held
     (outcome,) = again.batches
-    assert outcome.drift["drifted"] and not outcome.drift["hold"]
+    assert outcome.drift["drifted"]
+    assert not outcome.drift["hold"]
 
 
 @pytest.mark.slow
@@ -123,7 +136,9 @@ def test_warn_merges_and_reports_and_similar_data_does_not_drift(ws):  # noqa: F
         put_image(similar, f"{label}/new{i}.png", seed=100 + i, size=size)
     ready(similar)
     result = ingest_batches(landing, ws, settle_seconds=0)
-    assert result.changed and result.accepted == 12 and not result.held
+    assert result.changed
+    assert result.accepted == 12
+    assert not result.held
     drifted = {o.name: o.drift["drifted"] for o in result.batches}
     assert drifted == {"b1": True, "b2": False}
     done = json.loads((landing / "_done" / "b1" / "report.json").read_text())
@@ -143,8 +158,10 @@ def test_the_unet_encoder_embedding_joins_the_test(smoke_run, tmp_path):
     test = [smoke / "data/busi" / p for p in splits.loc[splits["split"] == "test", "path"]]
     files = [(p, sorted(p.parent.glob(f"{p.stem}_mask*.png"))) for p in test]
     same = check_batch(smoke, files, CFG)
-    assert same["checked"] and same["reference"] == "the train split of data/splits.csv"
-    assert same["tests"]["embedding"]["p_value"] > 0.01 and not same["drifted"]
+    assert same["checked"]
+    assert same["reference"] == "the train split of data/splits.csv"
+    assert same["tests"]["embedding"]["p_value"] > 0.01
+    assert not same["drifted"]
     # The same scans through another gain: the encoder sees it as well as the intensities.
     bright = []
     for path, masks in files:
@@ -153,4 +170,5 @@ def test_the_unet_encoder_embedding_joins_the_test(smoke_run, tmp_path):
         Image.fromarray(np.clip(pixels * 2.2 + 60, 0, 255).astype(np.uint8)).save(out)
         bright.append((out, masks))
     shifted = check_batch(smoke, bright, CFG)
-    assert shifted["drifted"] and shifted["tests"]["embedding"]["p_value"] < 0.01
+    assert shifted["drifted"]
+    assert shifted["tests"]["embedding"]["p_value"] < 0.01

@@ -172,7 +172,8 @@ def test_mixed_batch_quarantines_bad_files_merges_good_ones_and_pushes(ws):
     result = ingest_batches(str(landing), ws)
 
     # A new version, recorded and pushed.
-    assert result.changed and result.previous_version == previous
+    assert result.changed
+    assert result.previous_version == previous
     assert result.new_version == md5_in_dvc(ws) != previous
     assert json.loads(run_dvc(ws, "status", "-c", "--json", str(DVC_FILE)).stdout) == {}
     remote = ws.parent / "remote"
@@ -196,7 +197,8 @@ def test_mixed_batch_quarantines_bad_files_merges_good_ones_and_pushes(ws):
         "normal/normal (4)_mask.png",
     }
     assert all(after[k] == v for k, v in existing.items())  # nothing old touched
-    assert result.accepted == 3 and result.quarantined == 6
+    assert result.accepted == 3
+    assert result.quarantined == 6
 
     # Bad files (with their masks) in the quarantine, each with a reason and a fix.
     quarantine = landing / "_quarantine" / "b1"
@@ -229,7 +231,8 @@ def test_mixed_batch_quarantines_bad_files_merges_good_ones_and_pushes(ws):
         "normal/n1.png": "normal/normal (4).png",
     }
     assert done_report["data_version"] == result.new_version
-    assert (done / "malignant" / "scan a_mask_1.png").is_file() and (done / "_READY").is_file()
+    assert (done / "malignant" / "scan a_mask_1.png").is_file()
+    assert (done / "_READY").is_file()
     assert not (landing / "b1").exists()
     assert result.batches[0].renamed["malignant/scan a_mask_1.png"] == (
         "malignant/malignant (4)_mask_1.png"
@@ -243,9 +246,12 @@ def test_mixed_batch_quarantines_bad_files_merges_good_ones_and_pushes(ws):
     # A rerun finds nothing to do and changes nothing.
     dvc_text = (ws / DVC_FILE).read_text()
     again = ingest_batches(str(landing), ws)
-    assert not again.changed and again.new_version is None and again.version == result.new_version
+    assert not again.changed
+    assert again.new_version is None
+    assert again.version == result.new_version
     assert "no batch" in again.message
-    assert (ws / DVC_FILE).read_text() == dvc_text and data_files(ws) == after
+    assert (ws / DVC_FILE).read_text() == dvc_text
+    assert data_files(ws) == after
 
 
 def test_entirely_bad_batch_makes_no_version_and_says_why(ws):
@@ -258,8 +264,10 @@ def test_entirely_bad_batch_makes_no_version_and_says_why(ws):
 
     result = ingest_batches(str(landing), ws)
 
-    assert not result.changed and result.new_version is None
-    assert (ws / DVC_FILE).read_text() == dvc_text and data_files(ws) == before
+    assert not result.changed
+    assert result.new_version is None
+    assert (ws / DVC_FILE).read_text() == dvc_text
+    assert data_files(ws) == before
     assert "no image accepted" in result.message
     # The broken PNG has no mask either; validate-data reports both.
     assert "2 quarantined (missing_mask 2, undecodable 1)" in result.message
@@ -288,7 +296,8 @@ def test_conflicting_labels_full_masks_and_image_named_folders_are_quarantined(w
 
     result = ingest_batches(str(landing), ws)
 
-    assert result.accepted == 1 and data_files(ws)["normal/normal (4).png"] == good
+    assert result.accepted == 1
+    assert data_files(ws)["normal/normal (4).png"] == good
     quarantine = landing / "_quarantine" / "clinic-c"
     report = json.loads((quarantine / "report.json").read_text())
     by_path = {e["path"]: e for e in report["quarantined"]}
@@ -303,7 +312,8 @@ def test_conflicting_labels_full_masks_and_image_named_folders_are_quarantined(w
         "normal/d.png/scan_mask.png": {"unexpected_location"},
     }
     conflict = by_path["benign/a.png"]["reasons"][0]
-    assert conflict["detail"] == "same bytes as malignant/b.png" and conflict["fix"]
+    assert conflict["detail"] == "same bytes as malignant/b.png"
+    assert conflict["fix"]
     assert "100.0%" in by_path["malignant/whole.png"]["reasons"][0]["detail"]
     assert all(r["fix"] for e in report["quarantined"] for r in e["reasons"])
     assert (quarantine / "malignant" / "b.png").read_bytes() == same
@@ -331,9 +341,12 @@ def test_two_batches_are_both_merged_in_name_order_from_the_cli(ws, capsys):
     code = main(["--landing", str(landing), "--workspace", str(ws)])
 
     out = capsys.readouterr().out
-    assert code == 0 and "NEW DATA" in out and "NO NEW DATA" not in out
+    assert code == 0
+    assert "NEW DATA" in out
+    assert "NO NEW DATA" not in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["changed"] and summary["previous_version"] == previous
+    assert summary["changed"]
+    assert summary["previous_version"] == previous
     assert [b["name"] for b in summary["batches"]] == ["b-1", "b-2"]
     assert summary["new_version"] == md5_in_dvc(ws)
     data = data_files(ws)
@@ -348,7 +361,8 @@ def test_two_batches_are_both_merged_in_name_order_from_the_cli(ws, capsys):
         in again["quarantined"][0]["reasons"][0]["detail"]
     )
     assert landing_files(landing / "_done") >= {"b-1/benign/y.png", "b-1/benign/z.png"}
-    assert not (landing / "b-1").exists() and not (landing / "b-2").exists()
+    assert not (landing / "b-1").exists()
+    assert not (landing / "b-2").exists()
 
 
 def test_unsettled_batch_and_underscore_folders_are_left_alone(ws):
@@ -361,12 +375,16 @@ def test_unsettled_batch_and_underscore_folders_are_left_alone(ws):
 
     waiting = ingest_batches(str(landing), ws)  # settle_seconds 60 from params.yaml
 
-    assert not waiting.changed and waiting.waiting == ("uploading",)
-    assert "not ready" in waiting.message and "uploading" in waiting.message
-    assert landing_files(landing) == before and (ws / DVC_FILE).read_text() == dvc_text
+    assert not waiting.changed
+    assert waiting.waiting == ("uploading",)
+    assert "not ready" in waiting.message
+    assert "uploading" in waiting.message
+    assert landing_files(landing) == before
+    assert (ws / DVC_FILE).read_text() == dvc_text
 
     settled = ingest_batches(str(landing), ws, now=time.time() + 61)
-    assert settled.changed and [b.name for b in settled.batches] == ["uploading"]
+    assert settled.changed
+    assert [b.name for b in settled.batches] == ["uploading"]
     assert (landing / "_scratch" / "benign" / "s.png").is_file()  # never a batch
 
 
@@ -418,14 +436,16 @@ def test_a_failure_mid_merge_leaves_no_half_batch(ws, monkeypatch, failing):
     with pytest.raises((BusiError, OSError)):
         ingest_batches(str(landing), ws)
 
-    assert data_files(ws) == before_data and (ws / DVC_FILE).read_text() == dvc_text
+    assert data_files(ws) == before_data
+    assert (ws / DVC_FILE).read_text() == dvc_text
     assert landing_files(landing) == before_landing  # still there to be retried
     assert not (ws / "data" / ".busi-batch.incoming").exists()
     assert json.loads(run_dvc(ws, "status", "--json", str(DVC_FILE)).stdout) == {}
     if failing == "commit":
         monkeypatch.undo()
         retried = ingest_batches(str(landing), ws)
-        assert retried.changed and retried.accepted == 2
+        assert retried.changed
+        assert retried.accepted == 2
 
 
 def test_a_failed_push_is_retried_by_the_next_run(ws, monkeypatch):
@@ -442,7 +462,8 @@ def test_a_failed_push_is_retried_by_the_next_run(ws, monkeypatch):
 
     monkeypatch.undo()
     later = ingest_batches(str(landing), ws)
-    assert not later.changed and later.version == version
+    assert not later.changed
+    assert later.version == version
     assert json.loads(run_dvc(ws, "status", "-c", "--json", str(DVC_FILE)).stdout) == {}
 
 
@@ -455,9 +476,11 @@ def test_a_second_ingest_waits_for_the_lock(ws):
         worker = threading.Thread(target=lambda: results.append(ingest_batches(str(landing), ws)))
         worker.start()
         worker.join(timeout=1.5)
-        assert worker.is_alive() and not results, "it did not wait for the lock"
+        assert worker.is_alive(), "it did not wait for the lock"
+        assert not results, "it did not wait for the lock"
     worker.join(timeout=60)
-    assert results and not results[0].changed
+    assert results
+    assert not results[0].changed
     assert (ws / LOCK_FILE).is_file()
 
 
@@ -511,7 +534,8 @@ def test_s3_landing_zone_on_moto(ws, tmp_path, moto_server, monkeypatch):
     result = ingest_batches("s3://clinic/incoming", ws)
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="clinic")["Contents"]}
-    assert result.changed and result.new_version == md5_in_dvc(ws) != previous
+    assert result.changed
+    assert result.new_version == md5_in_dvc(ws) != previous
     assert result.waiting == ("later",)
     assert (ws / DATA_DIR / "malignant" / "malignant (4).png").read_bytes() == good
     assert not any(k.startswith("incoming/b1/") for k in keys)

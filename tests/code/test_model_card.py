@@ -77,7 +77,8 @@ def test_card_has_every_section_with_intervals_and_counted_failures():
     assert "| malignant | 150 | 32 |" in card
     assert "external site-b.malignant_recall | 0.71" in card
     assert "10.0 min | 2048 MiB | Xeon" in card
-    assert "`abc123`" in card and "epochs: 20" in card
+    assert "`abc123`" in card
+    assert "epochs: 20" in card
     small = ev["per_lesion_size"]["small_lt1pct"]
     assert small["n_missed"] >= 2
     assert (
@@ -92,7 +93,8 @@ def test_an_evaluation_without_intervals_still_makes_a_card():
     card = render_card(CardInputs(version=1, evaluation=old, tags={}, split_counts={}))
     assert "no interval: evaluated before intervals were computed" in card
     assert "| macro-F1 (3 classes) | 0.738 |" in card
-    assert "None recorded for this version" in card and "Not recorded in this tracking" in card
+    assert "None recorded for this version" in card
+    assert "Not recorded in this tracking" in card
     assert failure_modes(old) == [
         "None counted on the test split (it is small: see the intervals)."
     ]
@@ -112,7 +114,8 @@ def test_show_model_prints_the_champions_card(smoke_champion, capsys):
     assert main(["show-model", "--tracking-uri", smoke_champion.tracking_uri]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# busi-pipeline v{smoke_champion.version}: model card")
-    assert "## Known failure modes" in out and "[" in out  # figures with intervals
+    assert "## Known failure modes" in out
+    assert "[" in out  # figures with intervals
     assert (
         main(["show-model", "--version", "99", "--tracking-uri", smoke_champion.tracking_uri]) == 2
     )
@@ -151,7 +154,8 @@ def test_a_long_card_is_cut_to_the_backend_s_description_column():
     flat = "# card\n" + "a line of the card\n" * 400
     cut = description_of(flat)
     assert len(cut) == MAX_DESCRIPTION
-    assert cut.startswith(flat[:1000]) and cut.rstrip().endswith(f"artifact {CARD_NAME})")
+    assert cut.startswith(flat[:1000])
+    assert cut.rstrip().endswith(f"artifact {CARD_NAME})")
     assert description_of("# short card\n") == "# short card\n"
 
 

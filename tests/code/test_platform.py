@@ -244,9 +244,11 @@ def test_up_names_the_active_dags_and_the_landing_zone():
     text = "\n".join(dag_lines(dags, errors, "/p/landing"))
     assert "DAGs active" in text
     assert text.index("busi_new_data") < text.index("busi_training")
-    assert "every 0:05:00" in text and "Triggered by assets" in text
+    assert "every 0:05:00" in text
+    assert "Triggered by assets" in text
     assert "broken.py: import error: NameError: x" in text
-    assert "landing zone: /p/landing" in text and "_READY" in text
+    assert "landing zone: /p/landing" in text
+    assert "_READY" in text
 
 
 def test_parse_proc_stat_with_an_awkward_command_name():
@@ -254,7 +256,8 @@ def test_parse_proc_stat_with_an_awkward_command_name():
     stat = parse_proc_stat("4242 (airflow (x) y) " + " ".join(fields))
     assert stat == ProcStat(pid=4242, state="S", pgrp=42, session=42, start_time=123456)
     own = proc_stat(os.getpid())
-    assert own.pid == os.getpid() and own.state != "Z"
+    assert own.pid == os.getpid()
+    assert own.state != "Z"
 
 
 def test_read_state(tmp_path):
@@ -470,7 +473,8 @@ def test_up_then_down(platform_project):
     assert state["urls"] == {"mlflow": mlflow_url, "airflow": airflow_url}
     assert f"MLflow UI:  {mlflow_url}" in first.stdout
     assert f"Airflow UI: {airflow_url}" in first.stdout
-    assert "busi down" in first.stdout and str(state_dir / "logs") in first.stdout
+    assert "busi down" in first.stdout
+    assert str(state_dir / "logs") in first.stdout
     wait_for_http(f"{mlflow_url}/health", timeout=5)
     wait_for_http(f"{airflow_url}/api/v2/monitor/health", timeout=5)
     # Every socket any platform process listens on is on 127.0.0.1: the two UIs only.
@@ -487,7 +491,8 @@ def test_up_then_down(platform_project):
     again = busi("up", "--project", str(project), env=env)
     assert again.returncode == 0, again.stderr
     assert "already up" in again.stdout
-    assert password not in again.stdout and str(password_file) in again.stdout
+    assert password not in again.stdout
+    assert str(password_file) in again.stdout
     assert read_state(state_dir)["services"] == state["services"]
 
     # The project's dags/ is read, without Airflow's examples (the DB was migrated fresh), and
@@ -495,7 +500,8 @@ def test_up_then_down(platform_project):
     # the landing zone the new-data DAG watches exists.
     dags = airflow_api(airflow_url, token, "GET", "/dags")["dags"]
     assert [(d["dag_id"], d["is_paused"]) for d in dags] == [("platform_envcheck", False)]
-    assert "DAGs active" in first.stdout and "  platform_envcheck" in first.stdout
+    assert "DAGs active" in first.stdout
+    assert "  platform_envcheck" in first.stdout
     assert f"landing zone: {project / 'landing'}" in first.stdout
     assert (project / "landing").is_dir()
 
@@ -514,6 +520,7 @@ def test_up_then_down(platform_project):
     assert down.returncode == 0, down.stdout + down.stderr
     assert "stopped" in down.stdout
     assert not [pid for pid in pids if _alive(proc_stat(pid))]
-    assert port_free(mlflow_port) and port_free(airflow_port)
+    assert port_free(mlflow_port)
+    assert port_free(airflow_port)
     assert running_services(read_state(state_dir)) == {}
     assert busi("down", "--project", str(project), env=env).stdout.strip() == "not running"

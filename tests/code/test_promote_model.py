@@ -21,7 +21,8 @@ BASE = {"macro_f1": 0.70, "lesion_dice": 0.69, "malignant_recall": 0.78}
 
 def test_first_model_is_promoted():
     d = decide(BASE, None, RULE)
-    assert d.promote and d.outcome == "first_model"
+    assert d.promote
+    assert d.outcome == "first_model"
 
 
 @pytest.mark.parametrize(
@@ -94,18 +95,22 @@ def test_the_champion_retrained_with_another_seed_is_not_promoted(champion_table
     seed2 = _set_prediction(_set_prediction(champion_table, fixed, True), broken, False)
     d = decide_paired(seed2, champion_table, PAIRED)
     assert d.differences["macro_f1"]["value"] > 0  # the old point rule would look at this
-    assert not d.promote and d.outcome == "rejected", d.reason
+    assert not d.promote, d.reason
+    assert d.outcome == "rejected", d.reason
     assert "not better" in d.reason
     gain = d.differences["macro_f1"]
-    assert gain["low"] < 0 < gain["high"] and gain["p"] < 0.9
+    assert gain["low"] < 0 < gain["high"]
+    assert gain["p"] < 0.9
 
 
 def test_a_clearly_better_challenger_is_promoted(champion_table):
     wrong = _rows(champion_table, False)
     better = _set_prediction(champion_table, wrong[: len(wrong) * 2 // 3], True)
     d = decide_paired(better, champion_table, PAIRED)
-    assert d.promote and d.outcome == "promoted", d.reason
-    assert d.differences["macro_f1"]["low"] > 0 and d.differences["macro_f1"]["p"] >= 0.9
+    assert d.promote, d.reason
+    assert d.outcome == "promoted", d.reason
+    assert d.differences["macro_f1"]["low"] > 0
+    assert d.differences["macro_f1"]["p"] >= 0.9
     assert d.differences["malignant_recall"]["value"] >= 0
 
 
@@ -148,7 +153,8 @@ def test_the_guard_blocks_a_drop_in_malignant_recall(champion_table):
     worse = _set_prediction(better, missed, False)
     d = decide_paired(worse, champion_table, PAIRED)
     assert d.differences["macro_f1"]["value"] > 0.1  # far better on the primary figure
-    assert not d.promote and d.reason.startswith("guard"), d.reason
+    assert not d.promote, d.reason
+    assert d.reason.startswith("guard"), d.reason
     assert d.differences["malignant_recall"]["high"] <= 0
 
 
@@ -156,13 +162,15 @@ def test_an_external_set_joins_the_guard(champion_table):
     better = _set_prediction(champion_table, _rows(champion_table, False), True)
     assert decide_paired(better, champion_table, PAIRED, {"site-b": (0.80, 0.80)}).promote
     d = decide_paired(better, champion_table, PAIRED, {"site-b": (0.70, 0.80)})
-    assert not d.promote and "external set site-b" in d.reason
+    assert not d.promote
+    assert "external set site-b" in d.reason
 
 
 def test_tables_without_common_images_are_not_compared(champion_table):
     other = champion_table.assign(id=champion_table["id"] + "x")
     d = decide_paired(other, champion_table, PAIRED)
-    assert not d.promote and "cannot be paired" in d.reason
+    assert not d.promote
+    assert "cannot be paired" in d.reason
 
 
 # -- against a real MLflow store ------------------------------------------------------
@@ -237,7 +245,8 @@ def test_promotion_sequence_and_history(store):
 
     v2 = fake_register(store, {**BASE, "macro_f1": 0.75})
     assert promote(RULE).outcome == "promoted"
-    assert champion(store) == v2 and champion(store, registry.UNET_MODEL) == 2
+    assert champion(store) == v2
+    assert champion(store, registry.UNET_MODEL) == 2
 
     fake_register(store, {**BASE, "macro_f1": 0.60})  # worse
     assert promote(RULE).outcome == "rejected"
@@ -245,12 +254,14 @@ def test_promotion_sequence_and_history(store):
 
     fake_register(store, {**BASE, "macro_f1": 0.75})  # a tie with v2
     d = promote(RULE)
-    assert d.outcome == "rejected" and "not better" in d.reason
+    assert d.outcome == "rejected"
+    assert "not better" in d.reason
     assert champion(store) == v2
 
     rollback = promote_by_hand(v1)
     assert rollback.outcome == "rolled_back"
-    assert champion(store) == v1 and champion(store, registry.UNET_MODEL) == 1
+    assert champion(store) == v1
+    assert champion(store, registry.UNET_MODEL) == 1
 
     from mlflow import MlflowClient
 
@@ -258,7 +269,8 @@ def test_promotion_sequence_and_history(store):
     history = registry.promotion_history(c)
     outcomes = [h["outcome"] for h in reversed(history)]
     assert outcomes == ["first_model", "promoted", "rejected", "rejected", "rolled_back"]
-    assert history[0]["champion_before"] == str(v2) and history[0]["champion_after"] == str(v1)
+    assert history[0]["champion_before"] == str(v2)
+    assert history[0]["champion_after"] == str(v1)
     # The decision is on the version too, and the figures compared are in the history.
     tags = c.get_model_version(registry.PIPELINE_MODEL, "3").tags
     assert tags["promotion.outcome"] == "rejected"
@@ -274,19 +286,22 @@ def test_paired_promotion_through_the_registry_and_the_fallback(store, champion_
     better = _set_prediction(champion_table, _rows(champion_table, False), True)
     v2 = fake_register(store, {**BASE, "macro_f1": 0.9}, table=better)
     d = promote(PAIRED)
-    assert d.outcome == "promoted" and d.reason.startswith("P(macro_f1 gain > 0)"), d.reason
+    assert d.outcome == "promoted", d.reason
+    assert d.reason.startswith("P(macro_f1 gain > 0)"), d.reason
     assert champion(store) == v2
     c = MlflowClient(tracking_uri=store, registry_uri=store)
     tags = c.get_model_version(registry.PIPELINE_MODEL, str(v2)).tags
     recorded = json.loads(tags["promotion.diff.macro_f1"])
-    assert recorded["low"] > 0 and recorded["p"] >= 0.9
+    assert recorded["low"] > 0
+    assert recorded["p"] >= 0.9
     assert "promotion.diff.malignant_recall" in tags
     assert registry.promotion_history(c)[0]["metrics"]["diff.macro_f1.low"] > 0
 
     # An older version without per-image predictions: the point rule, and the reason says so.
     fake_register(store, {**BASE, "macro_f1": 0.95})
     d = promote(PAIRED)
-    assert d.outcome == "promoted" and d.reason.startswith("fallback to point figures"), d.reason
+    assert d.outcome == "promoted", d.reason
+    assert d.reason.startswith("fallback to point figures"), d.reason
     assert "v3 registered without per-image predictions" in d.reason
 
 
@@ -302,7 +317,8 @@ def test_different_test_splits_are_not_compared(store):
     promote(RULE)
     fake_register(store, {**BASE, "macro_f1": 0.9}, split="s2")
     d = promote(RULE)
-    assert d.outcome == "rejected" and "different test splits" in d.reason
+    assert d.outcome == "rejected"
+    assert "different test splits" in d.reason
     assert champion(store) == 1
 
 
@@ -340,5 +356,6 @@ def test_a_challenger_failing_the_behavioural_checks_is_not_promoted(store):
     c = MlflowClient(tracking_uri=store, registry_uri=store)
     c.set_model_version_tag(registry.PIPELINE_MODEL, str(v), *failed.popitem())
     d = promote(RULE, store)  # not even as the first model
-    assert not d.promote and "behavioural checks failed: blank_image" in d.reason
+    assert not d.promote
+    assert "behavioural checks failed: blank_image" in d.reason
     assert champion(store) is None

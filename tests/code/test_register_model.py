@@ -47,7 +47,8 @@ def _client(uri):
 def test_register_makes_three_linked_versions_and_a_retry_makes_none(smoke_run, store):
     ws = smoke_run["workspace"]
     first = _register(ws, store)
-    assert not first.reused and first.pipeline_version == 1
+    assert not first.reused
+    assert first.pipeline_version == 1
     c = _client(store)
     for name in (registry.UNET_MODEL, registry.CLASSIFIER_MODEL, registry.PIPELINE_MODEL):
         assert str(c.get_model_version_by_alias(name, "challenger").version) == "1"
@@ -56,11 +57,13 @@ def test_register_makes_three_linked_versions_and_a_retry_makes_none(smoke_run, 
     assert float(tags["metric.macro_f1"]) == pytest.approx(
         evaluation["headline"]["macro_f1"], abs=1e-9
     )
-    assert "metric.malignant_recall" in tags and tags["unet_version"] == "1"
+    assert "metric.malignant_recall" in tags
+    assert tags["unet_version"] == "1"
     runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
 
     again = _register(ws, store)
-    assert again.reused and again.pipeline_version == 1
+    assert again.reused
+    assert again.pipeline_version == 1
     assert len(c.search_model_versions(f"name='{registry.PIPELINE_MODEL}'")) == 1
     assert len(c.search_runs([e.experiment_id for e in c.search_experiments()])) == len(runs)
 
@@ -124,7 +127,8 @@ def test_registered_pyfunc_predicts_like_the_evaluation(smoke_run, store):
     rng = np.random.default_rng(3)
     images = [synth_pair(rng, cls, 90, 120)[0] for cls in ("benign", "malignant", "normal")]
     out = model.predict(pd.DataFrame({"image": [png_bytes(i) for i in images]}))
-    assert list(out["class"]) and set(out["class"]) <= {"benign", "malignant", "normal"}
+    assert list(out["class"])
+    assert set(out["class"]) <= {"benign", "malignant", "normal"}
     probs_cols = ["prob_benign", "prob_malignant", "prob_normal"]
     probs = out[probs_cols].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)

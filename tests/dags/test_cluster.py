@@ -308,10 +308,13 @@ def test_a_killed_worker_s_train_unet_is_retried_and_one_set_of_models_registere
 ):
     cluster, _ = cluster
     faults, tries = faulty_run["faults"], faulty_run["tries"]["train_unet"]
-    assert faults.killed_worker in cl.WORKERS and faults.worker_back
+    assert faults.killed_worker in cl.WORKERS
+    assert faults.worker_back
     first, *_, last = sorted(tries, key=lambda t: t["try_number"])
-    assert first["hostname"] == faults.killed_worker and first["state"] == "failed"
-    assert last["state"] == "success" and last["try_number"] >= 2
+    assert first["hostname"] == faults.killed_worker
+    assert first["state"] == "failed"
+    assert last["state"] == "success"
+    assert last["try_number"] >= 2
     client = _mlflow(cluster)
     for name in MODELS:
         versions = client.search_model_versions(f"name = '{name}'")
@@ -321,9 +324,11 @@ def test_a_killed_worker_s_train_unet_is_retried_and_one_set_of_models_registere
 def test_mlflow_down_during_register_model_fails_loudly_then_retries_cleanly(cluster, faulty_run):
     cluster, _ = cluster
     faults, api = faulty_run["faults"], faulty_run["api"]
-    assert faults.mlflow_stopped and faults.mlflow_back
+    assert faults.mlflow_stopped
+    assert faults.mlflow_back
     tries = sorted(faulty_run["tries"]["register_model"], key=lambda t: t["try_number"])
-    assert tries[0]["state"] == "failed" and tries[-1]["state"] == "success"
+    assert tries[0]["state"] == "failed"
+    assert tries[-1]["state"] == "success"
     path = f"/dags/busi_training/dagRuns/{faulty_run['run_id']}/taskInstances/register_model"
     log = api("GET", f"{path}/logs/{tries[0]['try_number']}?full_content=true")
     text = str(log.get("content"))
@@ -381,11 +386,13 @@ def test_two_batches_landing_at_once_are_merged_once_and_the_newest_version_trai
         assert after["previous_version"] == before["new_version"]
     versions = [m["new_version"] for m in merges]
     newest = versions[-1]
-    assert len(set(versions)) == len(versions) and new_data["first_version"] not in versions
+    assert len(set(versions)) == len(versions)
+    assert new_data["first_version"] not in versions
     good = {b: {rel for rel in files if rel != BAD} for b, files in landed.items()}
     for m in merges:
         for batch in m["batches"]:
-            assert batch["accepted"] == 3 and batch["quarantined"] == 1, batch
+            assert batch["accepted"] == 3, batch
+            assert batch["quarantined"] == 1, batch
             assert set(batch["renamed"]) == good[batch["name"]]
     # One busi_data Asset event per merge, carrying its version and data.dvc.
     events = sorted(events, key=lambda e: e["timestamp"])

@@ -38,8 +38,10 @@ def test_dags_import_without_errors_or_warnings(dagbag):
 def test_operational_settings(dagbag, dag_id):
     dag = dagbag[0].dags[dag_id]
     assert dag.max_active_runs == 1
-    assert dag.tags and "busi" in dag.tags
-    assert dag.doc_md and len(dag.doc_md) > 100
+    assert dag.tags
+    assert "busi" in dag.tags
+    assert dag.doc_md
+    assert len(dag.doc_md) > 100
     assert not dag.catchup
     assert dag.is_paused_upon_creation is False  # active as soon as the scheduler sees it
     for t in dag.tasks:
@@ -117,8 +119,10 @@ def test_kubernetes_execution_runs_the_dvc_stages_as_pods(monkeypatch):
         op = dag.get_task(step)
         assert isinstance(op, KubernetesPodOperator), step
         assert op.image == "registry.example.com/busi-pipeline:0.1.0"
-        assert op.cmds == ["busi"] and op.arguments[:2] == ["run-step", step]
-        assert op.retries >= 1 and op.owner == "busi-pipeline"
+        assert op.cmds == ["busi"]
+        assert op.arguments[:2] == ["run-step", step]
+        assert op.retries >= 1
+        assert op.owner == "busi-pipeline"
         pod = op.build_pod_request_obj(dry_run=True)  # the pod spec, without a cluster
         container = pod.spec.containers[0]
         env = {e.name: e.value for e in container.env}

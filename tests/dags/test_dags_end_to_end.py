@@ -98,7 +98,8 @@ def test_new_data_is_versioned_and_queues_training(platform):
     airflow(env, "dags", "test", "busi_new_data")
     assert (ws / "data.dvc").read_text() != before, "no new data version"
     quarantine = Path(env["BUSI_LANDING"]) / "_quarantine" / "batch-001"
-    assert quarantine.is_dir() and (quarantine / "report.json").is_file()
+    assert quarantine.is_dir()
+    assert (quarantine / "report.json").is_file()
     with airflow_db(env) as db:
         events = db.execute(
             "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "

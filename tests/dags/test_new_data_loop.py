@@ -50,8 +50,10 @@ def test_a_landed_batch_starts_training_after_busi_up(tmp_path):
     try:
         up = busi("up", "--project", str(REPO), env=env)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "DAGs active" in up.stdout and f"landing zone: {landing}" in up.stdout
-        assert "  busi_new_data" in up.stdout and "  busi_training" in up.stdout
+        assert "DAGs active" in up.stdout
+        assert f"landing zone: {landing}" in up.stdout
+        assert "  busi_new_data" in up.stdout
+        assert "  busi_training" in up.stdout
         state = read_state(state_dir)
         url = state["urls"]["airflow"]
         password = json.loads(Path(state["password_file"]).read_text())["admin"]

@@ -108,7 +108,8 @@ def _two_workers(tmp_path, s3, mlflow_uri: str, moto_server: str, monkeypatch) -
 
     a, b = workers
     # train_unet ran on b; crop_rois on a used that very model, pulled from S3.
-    assert ran_on["train_unet"] == b and ran_on["crop_rois"] == a
+    assert ran_on["train_unet"] == b
+    assert ran_on["crop_rois"] == a
     assert md5(a / "models/unet.keras") == md5(b / "models/unet.keras")
     # train_classifier ran on b; evaluate_models on a scored it.
     assert md5(a / "models/classifier.keras") == md5(b / "models/classifier.keras")
