@@ -6,13 +6,24 @@ stress tests per shift; against issue 13's bars.
     python bench/bench_chain_seeds.py --profile smoke --seeds 0 1   # a check in minutes
     python bench/bench_chain_seeds.py --seeds 0 1 2 --reuse 0=metrics  # seed 0 = the project's run
 
+Choosing a setting (issue 13: on the val split and the stress tests, never on test): a
+candidate is the project's params with ``--set`` changes, scored with ``--split val``
+(evaluate_models and stress_test_models on the val split), under a ``--name`` of its own:
+
+    python bench/bench_chain_seeds.py --split val --name base --seeds 0 1 2
+    python bench/bench_chain_seeds.py --split val --name peak --seeds 0 1 2 \
+        --set crop_rois.threshold_choice=val augment_data.crop=0.5
+
+The seed workspaces are shared by the candidates, so DVC reruns only the stages whose
+params changed (a classifier setting keeps the seed's U-Net).
+
 Each seed runs `busi run-pipeline` in a scratch workspace of its own
 (scratch/chain-seeds/<profile>/seed-<n>/, the project's frozen split copied in) with
 augment_data, train_unet and train_classifier seeded n; nothing of the project is touched.
 One seed is estimated at about 40 min on the slowest machine type (AMD EPYC, 2 cores: the
 sum of the stage times in bench/results/models.md, not a timed run): run it when nothing
-else trains. Writes bench/results/chain_seeds.{json,md} (for another
-profile: chain_seeds_<profile>).
+else trains. Writes bench/results/chain_seeds.{json,md} (for another profile or split, or a
+named candidate: chain_seeds_<profile>_<split>_<name>, the parts that are not the default).
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDED = ("augment_data", "train_unet", "train_classifier")
@@ -40,8 +53,43 @@ BARS = {
 STRESS_BARS = {"lesion_dice_mean_drop": ("<=", 0.05), "lesion_called_normal": ("<=", 0.10)}
 
 
-def seed_settings(seed: int) -> dict:
-    return {step: {"seed": seed} for step in SEEDED}
+def seed_settings(seed: int, changes: dict | None = None) -> dict:
+    """params.yaml-shaped settings for one seed: ``changes`` with every seeded step's seed."""
+    settings = {section: dict(values) for section, values in (changes or {}).items()}
+    for step in SEEDED:
+        settings.setdefault(step, {})["seed"] = seed
+    return settings
+
+
+SPLIT_STEPS = ("evaluate_models", "stress_test_models")
+
+
+def parse_changes(items: list[str], params: dict, split: str = "test") -> dict:
+    """``SECTION.KEY=VALUE`` (the value read as YAML) -> {section: {key: value}}, checked
+    against the project's params (a misspelt name would silently change nothing); ``split``
+    sets the split that evaluate_models and stress_test_models score."""
+    changes: dict[str, dict] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise SystemExit(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. train_unet.epochs=30")
+        if key not in (params.get(section) or {}):
+            raise SystemExit(f"--set {item!r}: params.yaml has no {section}.{key}")
+        if section in SPLIT_STEPS and key == "split":
+            raise SystemExit(f"--set {item!r}: use --split")
+        changes.setdefault(section, {})[key] = yaml.safe_load(raw)
+    for step in SPLIT_STEPS:
+        changes.setdefault(step, {})["split"] = split
+    return changes
+
+
+def results_name(profile: str, split: str, name: str | None) -> str:
+    parts = ["chain_seeds"]
+    parts += [profile] if profile != "default" else []
+    parts += [split] if split != "test" else []
+    parts += [name] if name else []
+    return "_".join(parts)
 
 
 def _meets(value: float | None, bar: tuple[str, float]) -> bool | None:
@@ -104,8 +152,13 @@ def render(result: dict) -> str:
     m = result["machine"]
     lines = [
         f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}, "
-        f"profile `{result['profile']}`, seeds {result['seeds']}: "
-        f"{result['minutes_per_seed']:.1f} min a seed.",
+        f"profile `{result['profile']}`, {result.get('split', 'test')} split, "
+        f"seeds {result['seeds']}: {result['minutes_per_seed']:.1f} min a seed.",
+        *(
+            [f"Settings changed from params.yaml: `{json.dumps(result['changes'])}`."]
+            if result.get("changes")
+            else []
+        ),
         *(
             [f"Seeds taken from an existing run (same code, data and params): {reused}."]
             if (reused := ", ".join(f"{k} from `{v}`" for k, v in result.get("reused", {}).items()))
@@ -162,12 +215,12 @@ def parse_reuse(items: list[str]) -> dict[int, Path]:
     return out
 
 
-def run_seed(profile: str, seed: int, base: Path) -> dict:
+def run_seed(profile: str, seed: int, base: Path, changes: dict | None = None) -> dict:
     from components.run_pipeline import run
 
     workspace = base / f"seed-{seed}" / "workspace"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
-    run(profile, None, REPO, workspace, seed_settings(seed))
+    run(profile, None, REPO, workspace, seed_settings(seed, changes))
     return read_seed(workspace / "metrics")
 
 
@@ -184,8 +237,25 @@ def main() -> int:
         "data and params; the steps are deterministic on one machine), e.g. 0=metrics for "
         "the project's own run, whose seeds are all 0",
     )
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="the split evaluate_models and stress_test_models score: test for the figures "
+        "reported, val to choose between settings",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a candidate setting: params.yaml changed so (the value read as YAML)",
+    )
+    parser.add_argument("--name", help="the candidate's name, part of the results file's name")
     args = parser.parse_args()
     reused = parse_reuse(args.reuse)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    changes = parse_changes(args.set, params, args.split)
     sys.path.insert(0, str(REPO))
     from bench.bench_models import machine
     from bench.results_files import write_results
@@ -193,21 +263,28 @@ def main() -> int:
     base = REPO / "scratch" / "chain-seeds" / args.profile
     start = time.perf_counter()
     trained = [seed for seed in args.seeds if seed not in reused]
-    per_seed = {seed: run_seed(args.profile, seed, base) for seed in trained}
-    per_seed |= {seed: read_seed(folder) for seed, folder in reused.items()}
+    per_seed = {seed: run_seed(args.profile, seed, base, changes) for seed in trained}
+    for seed, folder in reused.items():
+        per_seed[seed] = read_seed(folder)
+        if per_seed[seed].get("split", "test") != args.split:
+            raise SystemExit(f"--reuse {seed}={folder}: scored on another split than {args.split}")
     minutes = (time.perf_counter() - start) / 60 / max(len(trained), 1)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "profile": args.profile,
+        "split": args.split,
+        "changes": {k: v for k, v in changes.items() if k not in SPLIT_STEPS or len(v) > 1},
+        "name": args.name,
         "seeds": sorted(per_seed),
         "reused": {str(seed): str(folder) for seed, folder in reused.items()},
         "minutes_per_seed": minutes,
         "summary": summarize(per_seed),
     }
     rendered = render(result)
-    name = "chain_seeds" if args.profile == "default" else f"chain_seeds_{args.profile}"
-    write_results(name, f"The chain over seeds, profile {args.profile}", result, rendered)
+    name = results_name(args.profile, args.split, args.name)
+    title = f"The chain over seeds, profile {args.profile}, {args.split} split"
+    write_results(name, title + (f", candidate {args.name}" if args.name else ""), result, rendered)
     print(rendered)
     return 0
 

@@ -8,7 +8,15 @@ import json
 import pytest
 import yaml
 
-from bench.bench_chain_seeds import parse_reuse, read_seed, render, seed_settings, summarize
+from bench.bench_chain_seeds import (
+    parse_changes,
+    parse_reuse,
+    read_seed,
+    render,
+    results_name,
+    seed_settings,
+    summarize,
+)
 from busi.orchestration.workspace import prepare_workspace
 from tests.conftest import REPO_ROOT
 
@@ -109,3 +117,48 @@ def test_a_reuse_without_seed_equals_folder_is_refused(item):
 def test_a_reused_folder_without_an_evaluation_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"no evaluation\.json"):
         read_seed(tmp_path)
+
+
+PARAMS = {
+    "crop_rois": {"threshold": 0.5, "threshold_choice": "fixed"},
+    "augment_data": {"crop": 0.0},
+    "evaluate_models": {"split": "test"},
+    "stress_test_models": {"split": "test"},
+}
+
+
+def test_a_candidate_is_the_params_with_its_changes_scored_on_the_split_asked():
+    changes = parse_changes(
+        ["crop_rois.threshold_choice=val", "augment_data.crop=0.5"], PARAMS, "val"
+    )
+    assert changes == {
+        "crop_rois": {"threshold_choice": "val"},
+        "augment_data": {"crop": 0.5},  # read as YAML: a number
+        "evaluate_models": {"split": "val"},
+        "stress_test_models": {"split": "val"},
+    }
+    settings = seed_settings(2, changes)
+    assert settings["augment_data"] == {"crop": 0.5, "seed": 2}
+    assert settings["train_unet"] == {"seed": 2}
+    assert settings["evaluate_models"] == {"split": "val"}
+    assert changes["augment_data"] == {"crop": 0.5}  # the candidate itself is left as it was
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("crop_rois.threshold", "write SECTION.KEY=VALUE"),
+        ("threshold=0.3", "write SECTION.KEY=VALUE"),
+        ("crop_rois.treshold=0.3", "params.yaml has no crop_rois.treshold"),
+        ("evaluate_models.split=val", "use --split"),
+    ],
+)
+def test_a_bad_change_is_refused_with_what_to_write(item, message):
+    with pytest.raises(SystemExit, match=message):
+        parse_changes([item], PARAMS)
+
+
+def test_the_results_file_names_what_differs_from_the_default():
+    assert results_name("default", "test", None) == "chain_seeds"
+    assert results_name("smoke", "test", None) == "chain_seeds_smoke"
+    assert results_name("default", "val", "peak") == "chain_seeds_val_peak"
