@@ -1,0 +1,64 @@
+"""bench/bench_chain_errors.py: the error sources counted from a per-image table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bench.bench_chain_errors import error_sources, parse_tables, render
+
+
+def _table() -> pd.DataFrame:
+    rows = [
+        # class, predicted, pred_area_fraction, true_area_fraction
+        ("benign", "normal", 0.0, 0.005),  # not found, called normal
+        ("benign", "benign", 0.02, 0.03),
+        ("benign", "normal", 0.03, 0.02),  # found, still called normal
+        ("malignant", "benign", 0.0, 0.2),  # not found, not called normal
+        ("normal", "normal", 0.0, 0.0),
+        ("normal", "benign", 0.01, 0.0),  # false lesion, called a lesion
+        ("normal", "normal", 0.01, 0.0),  # false lesion, called normal
+        ("normal", "malignant", 0.0, 0.0),  # no lesion, called a lesion
+    ]
+    return pd.DataFrame(
+        rows, columns=["class", "predicted", "pred_area_fraction", "true_area_fraction"]
+    )
+
+
+def test_the_error_sources_are_counted_apart():
+    out = error_sources(_table())
+    assert out["lesion_images"] == 4
+    assert out["lesion_not_found"] == 2
+    assert out["lesion_called_normal"] == 2
+    assert out["called_normal_not_found"] == 1
+    assert out["called_normal_found"] == 1
+    assert out["not_found_but_not_called_normal"] == 1
+    assert out["normal_images"] == 4
+    assert out["normal_false_lesion"] == 2
+    assert out["normal_false_lesion_called_lesion"] == 1
+    assert out["normal_no_lesion_called_lesion"] == 1
+    assert out["malignant_not_found"] == 1
+    assert out["benign_called_normal"] == 2
+    assert out["size under 1 %: images"] == 1
+    assert out["size under 1 %: not found"] == 1
+    assert out["size 5 % or more: not found"] == 1
+
+
+def test_the_table_has_a_column_per_seed_and_the_mean(tmp_path):
+    counts = error_sources(_table())
+    table = render(
+        {
+            "date": "2026-12-02",
+            "seeds": [0, 1],
+            "tables": {"0": "a.csv", "1": "b.csv"},
+            "per_seed": {"0": counts, "1": {**counts, "lesion_not_found": 4}},
+        }
+    )
+    assert "| lesion_not_found | 2 | 4 | 3.0 |" in table
+
+
+def test_a_missing_table_is_refused_with_what_to_run(tmp_path):
+    with pytest.raises(SystemExit, match="run evaluate_models first"):
+        parse_tables([f"0={tmp_path / 'none.csv'}"])
+    with pytest.raises(SystemExit, match="write SEED=PATH"):
+        parse_tables(["per_image.csv"])
