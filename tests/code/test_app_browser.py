@@ -96,11 +96,11 @@ def test_upload_shows_result_then_a_corrupt_file_shows_an_error(browser, app_url
         label = page.get_by_text("Predicted class:").inner_text()
         assert label.split(":")[1].strip() in ("benign", "malignant", "normal")
         overlay = page.locator("img[alt=overlay]")
-        overlay.wait_for(timeout=30_000)
+        overlay.wait_for(timeout=90_000)
         page.wait_for_function(
             "() => { const i = document.querySelector('img[alt=overlay]');"
             " return i && i.complete && i.naturalWidth > 0; }",
-            timeout=30_000,
+            timeout=90_000,
         )
         assert overlay.evaluate("i => i.naturalWidth") == 200
         assert page.get_by_text("malignant:").count() >= 1
