@@ -68,11 +68,8 @@ down:
 app: setup
 	$(BIN)/busi app
 
-## The whole suite, on TEST_WORKERS pytest-xdist workers (0: in this process, one test at a
-## time). Each test file is one unit of work; tests/conftest.py groups and orders them.
-TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/python -m pytest tests
 
 ## The unit tier only (no services, browsers or trained chains): a few minutes.
 test-fast: setup

@@ -34,55 +34,10 @@ INTEGRATION_FIXTURES = frozenset(
 )
 
 
-# `make test` runs the suite on two pytest-xdist workers (``--dist loadgroup``): each test
-# file is one unit of work, so that its module fixtures are built once. These fixtures are
-# built once per worker, so every file that uses them is one unit ("smoke-chain"); so are
-# the two files that add git worktrees to this checkout (git locks its worktree list).
-SMOKE_FIXTURES = frozenset({"smoke_run", "smoke_champion", "fresh_smoke_champion"})
-SMOKE_GROUP = "smoke-chain"
-WORKTREE_FILES = frozenset({"tests/code/test_reproduce.py", "tests/code/test_model_compat.py"})
-# The longest units first (measured: docs/testing.md), so that the two workers end together.
-LONGEST_FIRST = (
-    SMOKE_GROUP,
-    "tests/dags/test_cluster.py",
-    "tests/dags/test_dags_end_to_end.py",
-    "tests/dags/test_new_data_loop.py",
-)
-
-
-def xdist_groups(items) -> dict[str, str]:
-    """Test file -> its unit of work under ``--dist loadgroup``."""
-    files: dict[str, str] = {}
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        smoke = SMOKE_FIXTURES & set(item.fixturenames) or path in WORKTREE_FILES
-        if smoke or files.get(path) == SMOKE_GROUP:
-            files[path] = SMOKE_GROUP
-        else:
-            files.setdefault(path, path)
-    return files
-
-
-def longest_first(items, groups: dict[str, str]) -> list:
-    """The items with the known long units first, each unit's items in collection order."""
-
-    def rank(item) -> int:
-        group = groups[item.nodeid.split("::", 1)[0]]
-        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    return sorted(items, key=rank)  # stable: the rest keeps pytest's order
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # on an xdist worker: group and order
-        groups = xdist_groups(items)
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::", 1)[0]]))
-        items[:] = longest_first(items, groups)
 
 
 MLFLOW_PROCESS_SETTINGS = (
