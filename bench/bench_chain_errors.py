@@ -56,14 +56,12 @@ def error_sources(table: pd.DataFrame) -> dict:
 
 
 def parse_tables(items: list[str]) -> dict[int, Path]:
-    out = {}
-    for item in items:
-        seed, sep, path = item.partition("=")
-        if not sep or not seed.strip().isdigit():
-            raise SystemExit(f"--per-image {item!r}: write SEED=PATH to a per_image.csv")
-        if not Path(path).is_file():
-            raise SystemExit(f"--per-image {item!r}: no file {path}; run evaluate_models first")
-        out[int(seed)] = Path(path)
+    from bench.results_files import seed_paths
+
+    out = seed_paths(items, "--per-image", "SEED=PATH to a per_image.csv")
+    for seed, path in out.items():
+        if not path.is_file():
+            raise SystemExit(f"--per-image {seed}={path}: no file; run evaluate_models first")
     return out
 
 

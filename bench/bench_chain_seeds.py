@@ -206,13 +206,9 @@ def read_seed(folder: Path) -> dict:
 
 def parse_reuse(items: list[str]) -> dict[int, Path]:
     """``SEED=FOLDER`` pairs: a seed whose run already exists (same code, data and params)."""
-    out = {}
-    for item in items:
-        seed, sep, folder = item.partition("=")
-        if not sep or not seed.strip().isdigit():
-            raise SystemExit(f"--reuse {item!r}: write SEED=FOLDER, e.g. 0=metrics")
-        out[int(seed)] = Path(folder)
-    return out
+    from bench.results_files import seed_paths
+
+    return seed_paths(items, "--reuse", "SEED=FOLDER, e.g. 0=metrics")
 
 
 def run_seed(profile: str, seed: int, base: Path, changes: dict | None = None) -> dict:
@@ -253,10 +249,10 @@ def main() -> int:
     )
     parser.add_argument("--name", help="the candidate's name, part of the results file's name")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
     reused = parse_reuse(args.reuse)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     changes = parse_changes(args.set, params, args.split)
-    sys.path.insert(0, str(REPO))
     from bench.bench_models import machine
     from bench.results_files import write_results
 

@@ -20,3 +20,14 @@ def write_results(name: str, title: str, result: dict, rendered: str) -> None:
     head, rest = text.split(begin)
     _, tail = rest.split(end)
     md.write_text(f"{head}{begin}\n{rendered}\n{end}{tail}")
+
+
+def seed_paths(items: list[str], option: str, form: str) -> dict[int, Path]:
+    """``SEED=PATH`` command-line pairs -> {seed: path}; ``form`` says what to write."""
+    out = {}
+    for item in items:
+        seed, sep, path = item.partition("=")
+        if not sep or not seed.strip().isdigit():
+            raise SystemExit(f"{option} {item!r}: write {form}")
+        out[int(seed)] = Path(path)
+    return out
