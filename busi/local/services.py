@@ -81,15 +81,19 @@ def platform_dir(project: Path, environ: Mapping[str, str] | None = None) -> Pat
 
 
 def int_setting(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A whole-number setting from ``environ``: unset or blank gives ``default``."""
     raw = environ.get(name)
-    if raw in (None, ""):
+    if raw is None or not raw.strip():
         return default
     try:
         value = int(raw)
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise BusiError(f"{name}={raw!r} is not a whole number from {low} to {high}")
+        raise BusiError(
+            f"{name}={raw!r} is not a whole number from {low} to {high}: "
+            f"set it so, or unset it for the default of {default}"
+        )
     return value
 
 

@@ -26,26 +26,9 @@ DATA_ASSET_NAME = "busi_data"
 DATA_ASSET_URI = "busi://data/busi"
 
 
-# Seconds before a failed task's first retry (doubled for each further try, at most 10 min).
+# Seconds before a failed task's first retry (doubled for each further try, at most 10 min);
+# BUSI_RETRY_DELAY (1-3600) changes it: the tests of the local cluster shorten it.
 DEFAULT_RETRY_DELAY = 30
-
-
-def retry_delay_seconds(environ) -> float:
-    """``BUSI_RETRY_DELAY`` (seconds, 1-3600; default 30): how long Airflow waits before it
-    retries a failed task. The tests of the local cluster shorten it."""
-    raw = environ.get("BUSI_RETRY_DELAY", "").strip()
-    if not raw:
-        return float(DEFAULT_RETRY_DELAY)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 1 <= value <= 3600:
-        raise ValueError(
-            f"BUSI_RETRY_DELAY={raw!r} is not a number of seconds from 1 to 3600: "
-            f"set it so, or unset it for the default of {DEFAULT_RETRY_DELAY} s"
-        )
-    return value
 
 
 def dag_settings(execution_timeout_minutes: int, environ=None) -> dict:
@@ -57,7 +40,10 @@ def dag_settings(execution_timeout_minutes: int, environ=None) -> dict:
 
     from airflow.sdk import Param
 
-    retry_delay = retry_delay_seconds(os.environ if environ is None else environ)
+    from busi.local.services import int_setting
+
+    environ = os.environ if environ is None else environ
+    retry_delay = int_setting(environ, "BUSI_RETRY_DELAY", DEFAULT_RETRY_DELAY, 1, 3600)
 
     return {
         "start_date": None,

@@ -149,19 +149,21 @@ def test_a_wrong_execution_setting_is_a_clear_import_error(monkeypatch):
     assert "BUSI_EXECUTION='slurm': expected one of local, kubernetes" in message
 
 
-def test_the_retry_delay_is_30_s_unless_busi_retry_delay_says_otherwise():
-    from busi.orchestration.dag_settings import dag_settings, retry_delay_seconds
+def _retry_delay(environ: dict) -> float:
+    from busi.orchestration.dag_settings import dag_settings
 
-    assert retry_delay_seconds({}) == 30
-    assert retry_delay_seconds({"BUSI_RETRY_DELAY": " "}) == 30
-    assert retry_delay_seconds({"BUSI_RETRY_DELAY": "5"}) == 5
-    args = dag_settings(10, {"BUSI_RETRY_DELAY": "5"})["default_args"]
-    assert args["retry_delay"].total_seconds() == 5
+    return dag_settings(10, environ)["default_args"]["retry_delay"].total_seconds()
+
+
+def test_the_retry_delay_is_30_s_unless_busi_retry_delay_says_otherwise():
+    assert _retry_delay({}) == 30
+    assert _retry_delay({"BUSI_RETRY_DELAY": " "}) == 30
+    assert _retry_delay({"BUSI_RETRY_DELAY": "5"}) == 5
 
 
 @pytest.mark.parametrize("raw", ["soon", "0", "-3", "7200", "nan"])
 def test_a_bad_busi_retry_delay_is_refused_with_what_to_set(raw):
-    from busi.orchestration.dag_settings import retry_delay_seconds
+    from busi.errors import BusiError
 
-    with pytest.raises(ValueError, match=r"BUSI_RETRY_DELAY=.* from 1 to 3600"):
-        retry_delay_seconds({"BUSI_RETRY_DELAY": raw})
+    with pytest.raises(BusiError, match=r"BUSI_RETRY_DELAY=.* from 1 to 3600: set it so"):
+        _retry_delay({"BUSI_RETRY_DELAY": raw})
