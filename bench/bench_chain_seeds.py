@@ -11,7 +11,7 @@ candidate is the project's params with ``--set`` changes, scored with ``--split 
 (evaluate_models and stress_test_models on the val split), under a ``--name`` of its own:
 
     python bench/bench_chain_seeds.py --split val --name base --seeds 0 1 2
-    python bench/bench_chain_seeds.py --split val --name peak --seeds 0 1 2 \
+    python bench/bench_chain_seeds.py --split val --name shifts --seeds 0 1 2 \
         --set crop_rois.threshold_choice=val augment_data.crop=0.5
 
 The seed workspaces are shared by the candidates, so DVC reruns only the stages whose
