@@ -68,8 +68,11 @@ down:
 app: setup
 	$(BIN)/busi app
 
+## The whole suite on TEST_WORKERS pytest-xdist workers (0: one process, one test at a time).
+## A unit of work is a test file, or all the files that use the smoke chain (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 ## The unit tier only (no services, browsers or trained chains): a few minutes.
 test-fast: setup

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -38,6 +40,93 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") or INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        check_units(items)
+        items[:] = longest_units_first(items)
+
+
+# `make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``), each
+# taking whole units of work: a unit is one test file, so that its module fixtures are built
+# once, except that every file using the smoke chain is one unit. The chain is trained once
+# per worker that uses it, and its workspace is read by DVC commands that take DVC's lock;
+# the two files that add git worktrees to this checkout join that unit too.
+SMOKE_FIXTURES = frozenset({"smoke_run", "smoke_champion", "fresh_smoke_champion"})
+SMOKE_UNIT = "smoke-chain"
+WORKTREE_FILES = frozenset({"tests/code/test_reproduce.py", "tests/code/test_model_compat.py"})
+# The longest units first (measured: docs/testing.md), so that the two workers end together.
+LONGEST_FIRST = (
+    SMOKE_UNIT,
+    "tests/dags/test_cluster.py",
+    "tests/dags/test_dags_end_to_end.py",
+    "tests/dags/test_new_data_loop.py",
+)
+_SMOKE_NAME = re.compile(r"\b(?:" + "|".join(sorted(SMOKE_FIXTURES)) + r")\b")
+
+
+@functools.cache
+def unit_of(path: str) -> str:
+    """The unit of work of a test file (its path relative to the project): the file itself, or
+    ``SMOKE_UNIT`` when its source names a smoke fixture or it adds a git worktree. The xdist
+    controller knows test ids only, hence a look at the source; ``check_units`` proves it
+    against the fixtures each test really uses."""
+    if path in WORKTREE_FILES or _SMOKE_NAME.search((REPO_ROOT / path).read_text()):
+        return SMOKE_UNIT
+    return path
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def check_units(items) -> None:
+    """Fail the session when a test uses a smoke fixture (directly or through another fixture)
+    but its file would be scheduled outside the smoke unit."""
+    wrong = sorted(
+        {
+            _file_of(item.nodeid)
+            for item in items
+            if SMOKE_FIXTURES & set(item.fixturenames)
+            and unit_of(_file_of(item.nodeid)) != SMOKE_UNIT
+        }
+    )
+    if wrong:
+        raise pytest.UsageError(
+            f"{wrong} use the smoke chain through a fixture whose name the file never says, so "
+            "two pytest-xdist workers could both train it: name the smoke fixture in the file"
+        )
+
+
+def longest_units_first(items) -> list:
+    """The items of the known long units first, in ``LONGEST_FIRST``'s order; the rest keep
+    pytest's order (the sort is stable)."""
+
+    def rank(item) -> int:
+        unit = unit_of(_file_of(item.nodeid))
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    return sorted(items, key=rank)
+
+
+class _UnitScheduling:
+    """Makes ``--dist loadfile`` schedule ``unit_of`` units, in the order collected."""
+
+    @pytest.hookimpl
+    def pytest_xdist_make_scheduler(self, config, log):
+        if config.getoption("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class UnitScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return unit_of(_file_of(nodeid))
+
+        config.option.loadscopereorder = False  # keep longest_units_first's order
+        return UnitScheduling(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_UnitScheduling(), "busi-test-units")
 
 
 MLFLOW_PROCESS_SETTINGS = (
