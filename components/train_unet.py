@@ -182,7 +182,7 @@ def chain_scores(probs, true_masks, labels, roi, false_lesion_weight: float) -> 
     ``segmentation_metrics``. ``labels`` are class names."""
     import math
 
-    from busi.model.chain import clean_mask
+    from busi.model.masks import clean_mask
     from busi.model.metrics import segmentation_metrics
 
     cleaned = [clean_mask(p, roi) for p in probs]
@@ -331,10 +331,10 @@ def chain_config(params_path: Path):
     evaluate_models apply them (dvc.yaml lists these keys as train_unet params)."""
     import yaml
 
-    from busi.model.chain import RoiConfig
+    from busi.model.masks import LesionRule
 
     section = (yaml.safe_load(Path(params_path).read_text()) or {}).get("crop_rois") or {}
-    return RoiConfig(**{k: section[k] for k in CHAIN_KEYS if k in section})
+    return LesionRule(**{k: section[k] for k in CHAIN_KEYS if k in section})
 
 
 def _fingerprint(params: dict, train_records: Path) -> str:

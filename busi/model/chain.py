@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from busi.data.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
-from busi.model.metrics import keep_components
+from busi.model.masks import LesionRule, clean_mask
 
 MASK_CHANNELS = ("binary", "probability")
+EMPTY_CROPS = ("whole", "peak")
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,22 @@ class RoiConfig:
     # the U-Net's lesion ``probability``, which keeps the confidence and the soft edge of
     # the lesion that thresholding throws away (bench/results/sweep.md).
     mask_channel: str = "binary"
+    # The crop when no lesion is found: the ``whole`` image, or a square of ``peak_window``
+    # of the shorter side around the U-Net's highest lesion probability (``peak``), so that
+    # a lesion the threshold missed is still in front of the classifier.
+    empty_crop: str = "whole"
+    peak_window: float = 0.35
 
     def __post_init__(self) -> None:
-        if self.keep not in ("largest", "all"):
-            raise ValueError("keep must be 'largest' or 'all'")
+        LesionRule(self.threshold, self.min_area, self.keep)  # checks these three
         if self.mask_channel not in MASK_CHANNELS:
             raise ValueError(f"mask_channel must be one of {MASK_CHANNELS}")
-        if not 0 <= self.threshold <= 1 or self.margin < 0 or not 0 <= self.min_area < 1:
-            raise ValueError("threshold and min_area must lie in [0, 1], margin >= 0")
+        if self.margin < 0:
+            raise ValueError("margin must be >= 0")
+        if self.empty_crop not in EMPTY_CROPS:
+            raise ValueError(f"empty_crop must be one of {EMPTY_CROPS}")
+        if not 0 < self.peak_window <= 1:
+            raise ValueError("peak_window must lie in (0, 1]")
 
 
 def segment(
@@ -52,13 +61,6 @@ def segment(
         flipped = unet.predict(batch[:, :, ::-1], batch_size=batch_size, verbose=0)
         prob = (prob + flipped[:, :, ::-1]) / 2.0
     return [resize_prob(p[..., 0], *img.shape[:2]) for p, img in zip(prob, images, strict=True)]
-
-
-def clean_mask(prob: np.ndarray, cfg: RoiConfig) -> np.ndarray:
-    """Threshold, drop components below ``min_area``, keep the largest if asked."""
-    mask = prob >= cfg.threshold
-    min_px = int(np.ceil(cfg.min_area * mask.size))
-    return keep_components(mask, max(min_px, 1), largest_only=cfg.keep == "largest")
 
 
 def roi_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -79,6 +81,21 @@ def roi_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
         min(height, bottom + pad_y),
         min(width, right + pad_x),
     )
+
+
+def peak_box(prob: np.ndarray, window: float) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right): a square of ``window`` of the shorter side centred on the
+    highest lesion probability (the first such pixel), moved inside the image; centred on the
+    image when the map is all zero."""
+    height, width = prob.shape
+    side = max(1, round(window * min(height, width)))
+    if prob.max() > 0:
+        row, col = np.unravel_index(int(np.argmax(prob)), prob.shape)
+    else:
+        row, col = height // 2, width // 2
+    top = min(max(0, int(row) - side // 2), height - side)
+    left = min(max(0, int(col) - side // 2), width - side)
+    return top, left, top + side, left + side
 
 
 def crop_roi(
@@ -128,14 +145,20 @@ def rois_from_masks(
 ):
     """Crops, second-channel crops, boxes and (unless ``with_features`` is false: an empty
     list) shape features for images with their (cleaned) masks. The box comes from the
-    mask; the second channel is the mask crop (uint8 0/1) or, with ``mask_channel:
+    mask (from ``probs``' peak where the mask is empty and ``empty_crop`` is ``peak``); the
+    second channel is the mask crop (uint8 0/1) or, with ``mask_channel:
     probability``, the crop of ``probs`` (float32 in [0, 1]) over the same box."""
     soft = cfg.mask_channel == "probability"
     if soft and probs is None:
         raise ValueError("mask_channel 'probability' needs the probability maps (probs)")
+    if cfg.empty_crop == "peak" and probs is None:
+        raise ValueError("empty_crop 'peak' needs the probability maps (probs)")
     crops, mask_crops, boxes, features = [], [], [], []
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        box = roi_box(mask, cfg.margin)
+        if cfg.empty_crop == "peak" and not mask.any():
+            box = peak_box(probs[i], cfg.peak_window)
+        else:
+            box = roi_box(mask, cfg.margin)
         if soft:
             top, left, bottom, right = box
             crop = resize_gray(image[top:bottom, left:right], cfg.crop_size)
@@ -199,6 +222,9 @@ class CropConfig:
     threshold_choice: str = "fixed"
     threshold_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
     max_val_false_lesion_rate: float = 0.1
+    # whole | peak (see RoiConfig); summaries written before this existed mean whole
+    empty_crop: str = "whole"
+    peak_window: float = 0.35
 
     def __post_init__(self) -> None:
         if self.train_masks not in ("predicted", "ground_truth", "both"):
@@ -220,4 +246,6 @@ class CropConfig:
             self.margin,
             self.crop_size,
             self.mask_channel,
+            self.empty_crop,
+            self.peak_window,
         )

@@ -10,6 +10,7 @@ from busi.model.chain import (
     classifier_input,
     clean_mask,
     crop_roi,
+    peak_box,
     roi_box,
     rois_from_masks,
     shape_features,
@@ -108,7 +109,47 @@ def test_probability_channel_is_the_probability_over_the_mask_box():
         rois_from_masks([image], [mask], cfg)
 
 
+def test_peak_box_is_a_square_around_the_highest_probability_kept_inside():
+    prob = np.zeros((100, 200), np.float32)
+    prob[30, 150] = 0.4
+    assert peak_box(prob, 0.2) == (20, 140, 40, 160)  # 20 px: 0.2 of the 100 rows
+    corner = np.zeros((100, 200), np.float32)
+    corner[2, 198] = 0.3
+    assert peak_box(corner, 0.2) == (0, 180, 20, 200)
+    assert peak_box(np.zeros((100, 200), np.float32), 0.5) == (25, 75, 75, 125)  # centred
+    assert peak_box(prob, 1.0) == (0, 100, 100, 200)
+
+
+def test_an_empty_mask_crops_at_the_peak_when_asked():
+    image = np.zeros((100, 200), np.uint8)
+    image[25:35, 145:155] = 200  # the missed lesion under the peak
+    faint = np.zeros((100, 200), np.float32)
+    faint[28:32, 148:152] = 0.3  # below the threshold: no mask
+    prob = np.zeros((100, 200), np.float32)
+    prob[40:60, 50:90] = 0.9
+    cfg = RoiConfig(
+        margin=0.0, crop_size=20, mask_channel="probability", empty_crop="peak", peak_window=0.2
+    )
+    crops, channel, boxes, _ = rois_from_masks(
+        [image, image], [np.zeros((100, 200), bool), _mask()], cfg, probs=[faint, prob]
+    )
+    # the square around the peak's first pixel (28, 148) where nothing was found; the
+    # mask's box where a lesion was
+    assert boxes.tolist() == [[18, 138, 38, 158], [40, 50, 60, 90]]
+    assert crops[0].max() == 200  # the classifier sees the lesion, not the whole image
+    assert channel[0].max() == pytest.approx(0.3, abs=0.05)
+    binary = RoiConfig(crop_size=20, empty_crop="peak")
+    with pytest.raises(ValueError, match="empty_crop 'peak' needs the probability maps"):
+        rois_from_masks([image], [np.zeros((100, 200), bool)], binary)
+
+
 def test_bad_roi_settings_are_refused():
+    with pytest.raises(ValueError, match="empty_crop"):
+        RoiConfig(empty_crop="centre")
+    with pytest.raises(ValueError, match="peak_window"):
+        RoiConfig(peak_window=0.0)
+    with pytest.raises(ValueError, match="margin"):
+        RoiConfig(margin=-0.1)
     with pytest.raises(ValueError, match="mask_channel"):
         RoiConfig(mask_channel="soft")
     with pytest.raises(ValueError):
