@@ -69,8 +69,9 @@ app: setup
 	$(BIN)/busi app
 
 ## The whole suite on TEST_WORKERS pytest-xdist workers (0: one process, one test at a time).
-## A unit of work is a test file, or all the files that use the smoke chain (tests/conftest.py).
-TEST_WORKERS ?= 2
+## A unit of work is a test file, or a few files that must share a worker (tests/conftest.py).
+## Three workers on two cores: much of the suite waits on services (docs/testing.md).
+TEST_WORKERS ?= 3
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 

@@ -45,32 +45,46 @@ def pytest_collection_modifyitems(config, items):
         items[:] = longest_units_first(items)
 
 
-# `make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``), each
-# taking whole units of work: a unit is one test file, so that its module fixtures are built
-# once, except that every file using the smoke chain is one unit. The chain is trained once
-# per worker that uses it, and its workspace is read by DVC commands that take DVC's lock;
-# the two files that add git worktrees to this checkout join that unit too.
-SMOKE_FIXTURES = frozenset({"smoke_run", "smoke_champion", "fresh_smoke_champion"})
-SMOKE_UNIT = "smoke-chain"
+# `make test` runs the suite on pytest-xdist workers (``-n 3 --dist loadfile``), each taking
+# whole units of work. A unit is one test file, so that its module fixtures are built once,
+# except for files that must share a worker:
+# - the users of ``smoke_champion`` (a registry store built once per worker that uses it);
+# - the files that run DVC commands in the smoke run's workspace (DVC's lock is per project);
+# - the two files that add git worktrees to this checkout (git locks its worktree list).
+# The smoke run itself is trained once for the whole session (``smoke_run``: a file lock).
+CHAMPION_UNIT = "smoke-champion"
+SMOKE_DVC_UNIT = "smoke-workspace-dvc"
+WORKTREE_UNIT = "git-worktrees"
+CHAMPION_FIXTURES = frozenset({"smoke_champion", "fresh_smoke_champion"})
+SMOKE_DVC_FILES = frozenset(
+    {"tests/code/test_smoke_chain.py", "tests/code/test_stress_test_models.py"}
+)
 WORKTREE_FILES = frozenset({"tests/code/test_reproduce.py", "tests/code/test_model_compat.py"})
-# The longest units first (measured: docs/testing.md), so that the two workers end together.
+# The longest units first (measured: docs/testing.md), so that the workers end together.
 LONGEST_FIRST = (
-    SMOKE_UNIT,
     "tests/dags/test_cluster.py",
     "tests/dags/test_dags_end_to_end.py",
+    CHAMPION_UNIT,
+    WORKTREE_UNIT,
+    "tests/code/test_register_model.py",
     "tests/dags/test_new_data_loop.py",
+    "tests/code/test_resume.py",
 )
-_SMOKE_NAME = re.compile(r"\b(?:" + "|".join(sorted(SMOKE_FIXTURES)) + r")\b")
+_CHAMPION_NAME = re.compile(r"\b(?:" + "|".join(sorted(CHAMPION_FIXTURES)) + r")\b")
 
 
 @functools.cache
 def unit_of(path: str) -> str:
-    """The unit of work of a test file (its path relative to the project): the file itself, or
-    ``SMOKE_UNIT`` when its source names a smoke fixture or it adds a git worktree. The xdist
-    controller knows test ids only, hence a look at the source; ``check_units`` proves it
-    against the fixtures each test really uses."""
-    if path in WORKTREE_FILES or _SMOKE_NAME.search((REPO_ROOT / path).read_text()):
-        return SMOKE_UNIT
+    """The unit of work of a test file (its path relative to the project): the file itself,
+    or the shared unit it belongs to (see above). The xdist controller knows test ids only,
+    hence a look at the source for the champion's users; ``check_units`` proves it against
+    the fixtures each test really uses."""
+    if path in WORKTREE_FILES:
+        return WORKTREE_UNIT
+    if path in SMOKE_DVC_FILES:
+        return SMOKE_DVC_UNIT
+    if _CHAMPION_NAME.search((REPO_ROOT / path).read_text()):
+        return CHAMPION_UNIT
     return path
 
 
@@ -79,20 +93,20 @@ def _file_of(nodeid: str) -> str:
 
 
 def check_units(items) -> None:
-    """Fail the session when a test uses a smoke fixture (directly or through another fixture)
-    but its file would be scheduled outside the smoke unit."""
+    """Fail the session when a test uses a champion fixture (directly or through another
+    fixture) but its file would be scheduled outside the champion's unit."""
     wrong = sorted(
         {
             _file_of(item.nodeid)
             for item in items
-            if SMOKE_FIXTURES & set(item.fixturenames)
-            and unit_of(_file_of(item.nodeid)) != SMOKE_UNIT
+            if CHAMPION_FIXTURES & set(item.fixturenames)
+            and unit_of(_file_of(item.nodeid)) != CHAMPION_UNIT
         }
     )
     if wrong:
         raise pytest.UsageError(
-            f"{wrong} use the smoke chain through a fixture whose name the file never says, so "
-            "two pytest-xdist workers could both train it: name the smoke fixture in the file"
+            f"{wrong} use smoke_champion through a fixture whose name the file never says, so "
+            "two pytest-xdist workers could both build it: name the fixture in the file"
         )
 
 
@@ -227,15 +241,51 @@ FOREIGN_PER_CLASS = 14
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> dict:
     """One run of the whole pipeline on the smoke profile, in a scratch workspace, tracked to
-    its own MLflow store. Shared by the chain, DAG and model tests.
+    its own MLflow store. Shared by the chain, DAG and model tests; read it, don't change it.
 
     It runs as in a user's shell after `make run`: ``BUSI_SOURCE`` points at other data
     (``foreign_source``, BUSI-like but not the smoke profile's), which a synthetic profile
     must ignore (``test_profile_isolation``). In CI the project has the real data imported
-    beside it too (``.ci/run`` imports it before `make test`)."""
+    beside it too (``.ci/run`` imports it before `make test`).
+
+    Under pytest-xdist the first worker that needs it trains it, under a file lock in the
+    folder the workers' temporary folders share, and the others read what it left."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _train_smoke(tmp_path_factory.mktemp("smoke"))
+    shared = tmp_path_factory.getbasetemp().parent
+    run = built_once(shared, "smoke", lambda: _train_smoke(shared / "smoke"))
+    for key in ("workspace", "foreign_source"):
+        run[key] = Path(run[key])
+    return run
+
+
+def built_once(folder: Path, name: str, build) -> dict:
+    """``build()`` (a JSON-able dict) run by the first process that asks, under a file lock in
+    ``folder``; the others wait for it and read what it wrote (paths as strings). A build that
+    fails an assert is recorded, and the others fail at once with its reason."""
+    import fcntl
     import json
 
-    base = tmp_path_factory.mktemp("smoke")
+    record = folder / f"{name}.json"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.is_file():
+            try:
+                built = build()
+            except AssertionError as failed:
+                record.write_text(json.dumps({"failed": str(failed)}))
+                raise
+            record.write_text(json.dumps(built, default=str))
+    result = json.loads(record.read_text())
+    if set(result) == {"failed"}:
+        pytest.fail(f"{name} failed in another pytest-xdist worker: {result['failed']}")
+    return result
+
+
+def _train_smoke(base: Path) -> dict:
+    import json
+
+    base.mkdir(parents=True, exist_ok=True)
     workspace = base / "workspace"
     foreign = base / "Dataset_BUSI_with_GT"
     make_busi_like(foreign, n_per_class=FOREIGN_PER_CLASS, seed=5)

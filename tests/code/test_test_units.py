@@ -1,4 +1,4 @@
-"""How `make test` splits the suite between two pytest-xdist workers (tests/conftest.py)."""
+"""How `make test` splits the suite between pytest-xdist workers (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import (
+    CHAMPION_UNIT,
     LONGEST_FIRST,
     REPO_ROOT,
-    SMOKE_UNIT,
+    SMOKE_DVC_UNIT,
+    WORKTREE_UNIT,
     check_units,
     longest_units_first,
     unit_of,
@@ -23,62 +25,61 @@ def _item(nodeid: str, *fixtures: str):
     return SimpleNamespace(nodeid=nodeid, fixturenames=list(fixtures))
 
 
-def test_files_using_the_smoke_chain_or_a_worktree_are_one_unit():
-    assert unit_of("tests/code/test_smoke_chain.py") == SMOKE_UNIT  # smoke_run
-    assert unit_of("tests/code/test_serve_model.py") == SMOKE_UNIT  # smoke_champion
-    assert unit_of("tests/model/test_behaviour.py") == SMOKE_UNIT
-    assert unit_of("tests/code/test_model_compat.py") == SMOKE_UNIT  # git worktree
+def test_files_that_must_share_a_worker_are_one_unit():
+    assert unit_of("tests/code/test_serve_model.py") == CHAMPION_UNIT  # smoke_champion
+    assert unit_of("tests/code/test_app.py") == CHAMPION_UNIT
+    assert unit_of("tests/code/test_smoke_chain.py") == SMOKE_DVC_UNIT  # dvc in the workspace
+    assert unit_of("tests/code/test_stress_test_models.py") == SMOKE_DVC_UNIT
+    assert unit_of("tests/code/test_model_compat.py") == WORKTREE_UNIT  # git worktree
+    assert unit_of("tests/code/test_reproduce.py") == WORKTREE_UNIT
+    # the smoke run alone is shared through a file lock: its other users are free
+    assert unit_of("tests/model/test_behaviour.py") == "tests/model/test_behaviour.py"
     assert unit_of("tests/dags/test_cluster.py") == "tests/dags/test_cluster.py"
-    assert unit_of("tests/code/test_metrics.py") == "tests/code/test_metrics.py"
 
 
 def test_the_long_units_come_first_and_the_rest_keep_their_order():
     items = [
         _item("tests/code/test_metrics.py::test_a"),
-        _item("tests/dags/test_cluster.py::test_b"),
-        _item("tests/code/test_smoke_chain.py::test_c"),
+        _item("tests/code/test_app.py::test_b"),
+        _item("tests/dags/test_cluster.py::test_c"),
         _item("tests/code/test_config.py::test_d"),
         _item("tests/dags/test_dags_end_to_end.py::test_e"),
         _item("tests/code/test_metrics.py::test_f"),
     ]
     order = [item.nodeid.rsplit("_", 1)[-1] for item in longest_units_first(items)]
-    assert order == ["c", "b", "e", "a", "d", "f"]
-    assert LONGEST_FIRST[0] == SMOKE_UNIT
+    assert order == ["c", "e", "b", "a", "d", "f"]
+    assert LONGEST_FIRST[:3] == (
+        "tests/dags/test_cluster.py",
+        "tests/dags/test_dags_end_to_end.py",
+        CHAMPION_UNIT,
+    )
 
 
-def test_a_smoke_user_outside_the_smoke_unit_stops_the_session():
-    check_units([_item("tests/code/test_smoke_chain.py::t", "smoke_run")])  # named: fine
+def test_a_champion_user_outside_its_unit_stops_the_session():
+    check_units([_item("tests/code/test_app.py::t", "smoke_champion")])  # named: fine
+    check_units([_item("tests/code/test_metrics.py::t", "smoke_run")])  # the run is shared
     with pytest.raises(pytest.UsageError, match=r"test_metrics\.py"):
         check_units([_item("tests/code/test_metrics.py::t", "tmp_path", "smoke_champion")])
 
 
 @pytest.mark.slow
 def test_two_workers_keep_a_unit_on_one_worker():
-    """The unit tier of three smoke-unit files and three others, on two workers: each smoke-unit
-    test runs on the same worker, and both workers get work."""
-    smoke = [
-        "tests/code/test_reproduce.py",
-        "tests/code/test_drift.py",
-        "tests/code/test_evaluate_external.py",
+    """The unit tier of three files of the champion's unit and four other files on two
+    workers: the champion's files run on one worker, and both workers get work."""
+    together = [
+        "tests/code/test_app.py",
+        "tests/code/test_model_card.py",
+        "tests/code/test_serve_model.py",
     ]
     others = [
         "tests/code/test_config.py",
         "tests/code/test_split_data.py",
         "tests/code/test_metrics.py",
+        "tests/code/test_drift.py",
     ]
-    options = [
-        "-n",
-        "2",
-        "--dist",
-        "loadfile",
-        "-v",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "not integration",
-    ]
+    options = ["-n", "2", "--dist", "loadfile", "-v", "-p", "no:cacheprovider"]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *options, *others, *smoke],
+        [sys.executable, "-m", "pytest", *options, "-m", "not integration", *others, *together],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -87,9 +88,52 @@ def test_two_workers_keep_a_unit_on_one_worker():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = re.findall(r"\[(gw\d)\][^\n]*? PASSED (tests/\S+?)::", proc.stdout)
     assert ran, proc.stdout[-3000:]
-    workers_of = {}
+    workers_of: dict[str, set] = {}
     for worker, path in ran:
         workers_of.setdefault(path, set()).add(worker)
-    assert set(workers_of) == set(smoke + others), workers_of
-    assert len(set().union(*(workers_of[path] for path in smoke))) == 1, workers_of
+    assert set(workers_of) == set(together + others), workers_of
+    assert len(set().union(*(workers_of[path] for path in together))) == 1, workers_of
     assert {worker for worker, _ in ran} == {"gw0", "gw1"}
+
+
+_BUILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.conftest import built_once
+
+folder = Path(sys.argv[1])
+
+def build():
+    with open(folder / "builds", "a") as f:
+        f.write("x")
+    time.sleep(1.5)  # long enough for the other process to ask meanwhile
+    assert sys.argv[2] == "ok", "the build broke"
+    return {{"path": folder / "made"}}
+
+print(built_once(folder, "thing", build)["path"])
+"""
+
+
+@pytest.mark.parametrize("outcome", ["ok", "broken"])
+def test_two_processes_build_the_shared_thing_once(tmp_path, outcome):
+    script = _BUILD.format(root=str(REPO_ROOT))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), outcome],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert (tmp_path / "builds").read_text() == "x"  # built by one of them only
+    if outcome == "ok":
+        assert [r[0] for r in results] == [0, 0], results
+        assert {r[1].strip() for r in results} == {str(tmp_path / "made")}
+    else:
+        assert all(r[0] != 0 for r in results), results
+        stderr = "".join(r[2] for r in results)
+        assert "the build broke" in stderr
+        assert "failed in another pytest-xdist worker: the build broke" in stderr
