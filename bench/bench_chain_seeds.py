@@ -280,7 +280,8 @@ def main() -> int:
     rendered = render(result)
     name = results_name(args.profile, args.split, args.name)
     title = f"The chain over seeds, profile {args.profile}, {args.split} split"
-    write_results(name, title + (f", candidate {args.name}" if args.name else ""), result, rendered)
+    title += f", candidate {args.name}" if args.name else ""
+    write_results(name, title, result, rendered, script="bench/bench_chain_seeds.py")
     print(rendered)
     return 0
 
