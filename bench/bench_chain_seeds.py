@@ -51,6 +51,8 @@ BARS = {
 }
 # stress_test.json's figure per shift -> the bar on it
 STRESS_BARS = {"lesion_dice_mean_drop": ("<=", 0.05), "lesion_called_normal": ("<=", 0.10)}
+# stress_test.json's unshifted figures -> the aim issue 13 sets for them on the external set
+UNSHIFTED_AIMS = {"lesion_not_found": ("<=", 0.10), "lesion_called_normal": ("<=", 0.10)}
 
 
 def seed_settings(seed: int, changes: dict | None = None) -> dict:
@@ -129,6 +131,15 @@ def summarize(per_seed: dict[int, dict]) -> dict:
             seeds[seed] = {"value": value, "low": entry.get("low"), "high": entry.get("high")}
         spread = _spread([s["value"] for s in seeds.values()])
         figures[name] = {**_with_bar(spread, BARS[name]), "seeds": seeds}
+    for name, aim in UNSHIFTED_AIMS.items():  # no bootstrap interval: the value alone
+        seeds = {
+            seed: {"value": unshifted[name], "low": None, "high": None}
+            for seed, result in sorted(per_seed.items())
+            if name in (unshifted := (result.get("stress") or {}).get("unshifted") or {})
+        }
+        if seeds:
+            spread = _spread([s["value"] for s in seeds.values()])
+            figures[name] = {**_with_bar(spread, aim), "seeds": seeds}
     shifts: dict[str, dict] = {}
     for seed, result in sorted(per_seed.items()):
         for shift, row in ((result.get("stress") or {}).get("shifts") or {}).items():

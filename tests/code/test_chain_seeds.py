@@ -34,11 +34,32 @@ def _evaluation(dice: float, auc: float, called_normal: float) -> dict:
             "figures": {"lesion_dice": {"value": dice, "low": dice - 0.05, "high": dice + 0.04}}
         },
         "stress": {
+            "unshifted": {"lesion_not_found": 0.12, "lesion_called_normal": called_normal / 2},
             "shifts": {
                 "blur": {"lesion_dice_mean_drop": 0.02, "lesion_called_normal": called_normal}
-            }
+            },
         },
     }
+
+
+def test_the_unshifted_misses_are_figures_against_the_external_aims():
+    summary = summarize({0: _evaluation(0.70, 0.93, 0.1), 1: _evaluation(0.80, 0.91, 0.3)})
+    called = summary["figures"]["lesion_called_normal"]
+    assert called["mean"] == pytest.approx(0.1)
+    assert called["bar"] == ["<=", 0.10]
+    assert called["mean_meets_bar"] is True
+    assert called["seeds"][1] == {"value": 0.15, "low": None, "high": None}
+    assert summary["figures"]["lesion_not_found"]["mean_meets_bar"] is False  # 0.12
+    assert "| lesion_called_normal | 0.100 |" in render(
+        {
+            "machine": {"cpu": "x", "cores": 2, "commit": "c"},
+            "date": "d",
+            "profile": "default",
+            "seeds": [0, 1],
+            "minutes_per_seed": 1.0,
+            "summary": summary,
+        }
+    )
 
 
 def test_the_summary_gives_mean_range_each_seed_and_the_bar():
