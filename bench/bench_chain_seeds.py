@@ -164,7 +164,12 @@ def render(result: dict) -> str:
     lines = [
         f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}, "
         f"profile `{result['profile']}`, {result.get('split', 'test')} split, "
-        f"seeds {result['seeds']}: {result['minutes_per_seed']:.1f} min a seed.",
+        f"seeds {result['seeds']}: "
+        + (
+            f"{result['minutes_per_seed']:.1f} min a seed."
+            if result.get("minutes_per_seed") is not None
+            else "no seed trained in this run."
+        ),
         *(
             [f"Settings changed from params.yaml: `{json.dumps(result['changes'])}`."]
             if result.get("changes")
@@ -275,7 +280,7 @@ def main() -> int:
         per_seed[seed] = read_seed(folder)
         if per_seed[seed].get("split", "test") != args.split:
             raise SystemExit(f"--reuse {seed}={folder}: scored on another split than {args.split}")
-    minutes = (time.perf_counter() - start) / 60 / max(len(trained), 1)
+    minutes = (time.perf_counter() - start) / 60 / len(trained) if trained else None
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
