@@ -70,8 +70,9 @@ app: setup
 
 ## The whole suite on TEST_WORKERS pytest-xdist workers (0: one process, one test at a time).
 ## A unit of work is a test file, or a few files that must share a worker (tests/conftest.py).
-## Three workers on two cores: much of the suite waits on services (docs/testing.md).
-TEST_WORKERS ?= 3
+## Two workers on two cores: 24 min here against 38 in one process; three were slower (25 min,
+## the CPU saturated). docs/testing.md has the measurements.
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 

@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
         items[:] = longest_units_first(items)
 
 
-# `make test` runs the suite on pytest-xdist workers (``-n 3 --dist loadfile``), each taking
+# `make test` runs the suite on pytest-xdist workers (``-n 2 --dist loadfile``), each taking
 # whole units of work. A unit is one test file, so that its module fixtures are built once,
 # except for files that must share a worker:
 # - the users of ``smoke_champion`` (a registry store built once per worker that uses it);
