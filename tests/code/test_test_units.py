@@ -65,7 +65,9 @@ def test_a_champion_user_outside_its_unit_stops_the_session():
 @pytest.mark.slow
 def test_two_workers_keep_a_unit_on_one_worker():
     """The unit tier of three files of the champion's unit and four other files on two
-    workers: the champion's files run on one worker, and both workers get work."""
+    workers: the champion's files run on one worker, and both workers get work. The
+    champion's files are collected first, so plain loadfile would start the first two on
+    different workers: the test fails without the scheduler."""
     together = [
         "tests/code/test_app.py",
         "tests/code/test_model_card.py",
