@@ -62,12 +62,31 @@ def test_a_champion_user_outside_its_unit_stops_the_session():
         check_units([_item("tests/code/test_metrics.py::t", "tmp_path", "smoke_champion")])
 
 
+def test_the_scheduler_splits_by_unit():
+    from tests.conftest import _UnitScheduling
+
+    def config(dist: str):
+        options = {"dist": dist, "tx": ["2*popen"]}
+        return SimpleNamespace(
+            getoption=options.get, getvalue=options.get, option=SimpleNamespace()
+        )
+
+    loadfile = config("loadfile")
+    scheduler = _UnitScheduling().pytest_xdist_make_scheduler(loadfile, None)
+    assert scheduler._split_scope("tests/code/test_app.py::test_x") == CHAMPION_UNIT
+    assert scheduler._split_scope("tests/code/test_model_card.py::C::t") == CHAMPION_UNIT
+    assert scheduler._split_scope("tests/code/test_reproduce.py::t[a]") == WORKTREE_UNIT
+    assert scheduler._split_scope("tests/code/test_metrics.py::t") == "tests/code/test_metrics.py"
+    assert loadfile.option.loadscopereorder is False  # longest_units_first's order stands
+    assert _UnitScheduling().pytest_xdist_make_scheduler(config("load"), None) is None
+
+
 @pytest.mark.slow
 def test_two_workers_keep_a_unit_on_one_worker():
     """The unit tier of three files of the champion's unit and four other files on two
-    workers: the champion's files run on one worker, and both workers get work. The
-    champion's files are collected first, so plain loadfile would start the first two on
-    different workers: the test fails without the scheduler."""
+    workers: the champion's files run on one worker, and both workers get work. Plain
+    loadfile happened to put them on one worker too when tried, so this checks the path end
+    to end; ``test_the_scheduler_splits_by_unit`` pins the scheduler itself."""
     together = [
         "tests/code/test_app.py",
         "tests/code/test_model_card.py",
