@@ -49,7 +49,8 @@ def pytest_collection_modifyitems(config, items):
 # whole units of work. A unit is one test file, so that its module fixtures are built once,
 # except for files that must share a worker:
 # - the users of ``smoke_champion`` (a registry store built once per worker that uses it);
-# - the files that run DVC commands in the smoke run's workspace (DVC's lock is per project);
+# - the files that run DVC commands in the smoke run's workspace (DVC's lock is per project;
+#   test_test_units.py finds every file that uses the smoke run and runs DVC);
 # - the two files that add git worktrees to this checkout (git locks its worktree list).
 # The smoke run itself is trained once for the whole session (``smoke_run``: a file lock).
 CHAMPION_UNIT = "smoke-champion"
@@ -262,7 +263,7 @@ def smoke_run(tmp_path_factory) -> dict:
 def built_once(folder: Path, name: str, build) -> dict:
     """``build()`` (a JSON-able dict) run by the first process that asks, under a file lock in
     ``folder``; the others wait for it and read what it wrote (paths as strings). A build that
-    fails an assert is recorded, and the others fail at once with its reason."""
+    raises is recorded, and the others fail at once with its reason instead of building again."""
     import fcntl
     import json
 
@@ -272,8 +273,9 @@ def built_once(folder: Path, name: str, build) -> dict:
         if not record.is_file():
             try:
                 built = build()
-            except AssertionError as failed:
-                record.write_text(json.dumps({"failed": str(failed)}))
+            except Exception as failed:  # pytest's skip and fail outcomes are not recorded
+                reason = f"{type(failed).__name__}: {failed}"
+                record.write_text(json.dumps({"failed": reason}))
                 raise
             record.write_text(json.dumps(built, default=str))
     result = json.loads(record.read_text())

@@ -13,6 +13,7 @@ from tests.conftest import (
     CHAMPION_UNIT,
     LONGEST_FIRST,
     REPO_ROOT,
+    SMOKE_DVC_FILES,
     SMOKE_DVC_UNIT,
     WORKTREE_UNIT,
     check_units,
@@ -35,6 +36,28 @@ def test_files_that_must_share_a_worker_are_one_unit():
     # the smoke run alone is shared through a file lock: its other users are free
     assert unit_of("tests/model/test_behaviour.py") == "tests/model/test_behaviour.py"
     assert unit_of("tests/dags/test_cluster.py") == "tests/dags/test_cluster.py"
+
+
+# How a test file runs DVC; and the files that run it only in workspaces of their own.
+_RUNS_DVC = re.compile(r'"-m", "dvc"|\brun_dvc\(|\bDvc\(|^\s*(?:from|import) dvc\b', re.M)
+DVC_IN_OWN_WORKSPACES = {"tests/code/test_reproduce.py": "a git + DVC project of its own"}
+THIS_FILE = "tests/code/test_test_units.py"  # names both in its patterns
+
+
+def test_every_file_that_runs_dvc_beside_the_smoke_run_shares_its_unit():
+    """DVC locks its project: files that run DVC and use the smoke run are one unit, so that
+    two workers never run DVC in the smoke workspace at once (a new one must be added to
+    SMOKE_DVC_FILES, or to DVC_IN_OWN_WORKSPACES when its DVC runs elsewhere)."""
+    files = sorted((REPO_ROOT / "tests").rglob("test_*.py"))
+    both = {
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in files
+        if "smoke_run" in (text := path.read_text()) and _RUNS_DVC.search(text)
+    }
+    assert "tests/code/test_smoke_chain.py" in both  # the pattern finds what it should
+    for path in sorted(both - set(DVC_IN_OWN_WORKSPACES) - {THIS_FILE}):
+        assert path in SMOKE_DVC_FILES, f"{path}: add it to SMOKE_DVC_FILES (tests/conftest.py)"
+    assert set(SMOKE_DVC_FILES) <= both, "a file in SMOKE_DVC_FILES no longer runs DVC"
 
 
 def test_the_long_units_come_first_and_the_rest_keep_their_order():
@@ -129,6 +152,8 @@ def build():
     with open(folder / "builds", "a") as f:
         f.write("x")
     time.sleep(1.5)  # long enough for the other process to ask meanwhile
+    if sys.argv[2] == "crashed":
+        raise RuntimeError("the build crashed")
     assert sys.argv[2] == "ok", "the build broke"
     return {{"path": folder / "made"}}
 
@@ -136,7 +161,13 @@ print(built_once(folder, "thing", build)["path"])
 """
 
 
-@pytest.mark.parametrize("outcome", ["ok", "broken"])
+FAILURES = {
+    "broken": "AssertionError: the build broke",
+    "crashed": "RuntimeError: the build crashed",
+}
+
+
+@pytest.mark.parametrize("outcome", ["ok", *FAILURES])
 def test_two_processes_build_the_shared_thing_once(tmp_path, outcome):
     script = _BUILD.format(root=str(REPO_ROOT))
     procs = [
@@ -156,5 +187,5 @@ def test_two_processes_build_the_shared_thing_once(tmp_path, outcome):
     else:
         assert all(r[0] != 0 for r in results), results
         stderr = "".join(r[2] for r in results)
-        assert "the build broke" in stderr
-        assert "failed in another pytest-xdist worker: the build broke" in stderr
+        assert FAILURES[outcome] in stderr.splitlines()  # the builder's own traceback
+        assert f"failed in another pytest-xdist worker: {FAILURES[outcome]}" in stderr
