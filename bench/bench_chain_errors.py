@@ -55,6 +55,28 @@ def error_sources(table: pd.DataFrame) -> dict:
     return out
 
 
+def if_hidden_when_called_normal(table: pd.DataFrame) -> dict[str, list[float]]:
+    """A chain that shows no lesion on an image it calls normal, from the same table: each
+    segmentation figure [as it is, with the mask hidden]. Normal images lose the false
+    lesions the classifier calls normal; lesion images called normal lose their mask (Dice 0,
+    "not found"). Needs the ``dice`` column (NaN on normal images)."""
+    lesion = table["class"] != "normal"
+    found = table["pred_area_fraction"] > 0
+    hidden = table["predicted"] == "normal"
+    dice = table["dice"].where(~hidden, 0.0)
+    return {
+        "normal_false_lesion_rate": [
+            float(found[~lesion].mean()),
+            float((found & ~hidden)[~lesion].mean()),
+        ],
+        "lesion_dice": [float(table["dice"][lesion].mean()), float(dice[lesion].mean())],
+        "lesion_not_found_rate": [
+            float((~found)[lesion].mean()),
+            float((~found | hidden)[lesion].mean()),
+        ],
+    }
+
+
 def parse_tables(items: list[str]) -> dict[int, Path]:
     from bench.results_files import seed_paths
 
@@ -68,7 +90,8 @@ def parse_tables(items: list[str]) -> dict[int, Path]:
 def render(result: dict) -> str:
     seeds = result["seeds"]
     lines = [
-        f"From {len(seeds)} run(s) of the chain on the BUSI test split, {result['date']}: "
+        f"From {len(seeds)} run(s) of the chain on the BUSI {result.get('split', 'test')} "
+        f"split, {result['date']}: "
         + "; ".join(f"seed {s}: `{p}`" for s, p in result["tables"].items())
         + ".",
         "",
@@ -79,6 +102,20 @@ def render(result: dict) -> str:
         values = [result["per_seed"][str(s)][key] for s in seeds]
         mean = sum(values) / len(values)
         lines.append(f"| {key} | " + " | ".join(str(v) for v in values) + f" | {mean:.1f} |")
+    hidden = result.get("if_hidden_when_called_normal")
+    if hidden:
+        lines += [
+            "",
+            "If the chain showed no lesion on an image it calls normal (as it is -> hidden):",
+            "",
+            "| figure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+            "|---|" + "---:|" * (len(seeds) + 1),
+        ]
+        for key in hidden[str(seeds[0])]:
+            pairs = [hidden[str(s)][key] for s in seeds]
+            mean = [sum(p[i] for p in pairs) / len(pairs) for i in (0, 1)]
+            cells = [f"{a:.3f} -> {b:.3f}" for a, b in (*pairs, mean)]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -91,20 +128,38 @@ def main() -> int:
         metavar="SEED=PATH",
         help="evaluate_models' per_image.csv of each run (default: the project's own run)",
     )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val"),
+        help="the split the tables were evaluated on, as the report says (default: test)",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="write chain_errors_<name>.{json,md} instead of chain_errors (a candidate's)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from bench.results_files import write_results
 
     tables = parse_tables(args.per_image)
-    per_seed = {str(s): error_sources(pd.read_csv(p)) for s, p in sorted(tables.items())}
+    read = {str(s): pd.read_csv(p) for s, p in sorted(tables.items())}
     result = {
         "date": time.strftime("%Y-%m-%d"),
+        "split": args.split,
         "seeds": sorted(tables),
         "tables": {str(s): str(p) for s, p in sorted(tables.items())},
-        "per_seed": per_seed,
+        "per_seed": {s: error_sources(t) for s, t in read.items()},
     }
+    if all("dice" in t.columns for t in read.values()):
+        result["if_hidden_when_called_normal"] = {
+            s: if_hidden_when_called_normal(t) for s, t in read.items()
+        }
     rendered = render(result)
-    write_results("chain_errors", "Where the chain's errors come from", result, rendered)
+    name = f"chain_errors_{args.name}" if args.name else "chain_errors"
+    title = "Where the chain's errors come from"
+    write_results(name, title, result, rendered, script="bench/bench_chain_errors.py")
     print(rendered)
     return 0
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.bench_chain_errors import error_sources, parse_tables, render
+from bench.bench_chain_errors import (
+    error_sources,
+    if_hidden_when_called_normal,
+    parse_tables,
+    render,
+)
 
 
 def _table() -> pd.DataFrame:
@@ -55,6 +60,30 @@ def test_the_table_has_a_column_per_seed_and_the_mean(tmp_path):
         }
     )
     assert "| lesion_not_found | 2 | 4 | 3.0 |" in table
+
+
+def test_hiding_the_mask_of_images_called_normal_trades_false_lesions_for_misses():
+    table = _table()
+    table["dice"] = [0.0, 0.8, 0.6, 0.0, None, None, None, None]
+    out = if_hidden_when_called_normal(table)
+    # 2 of 4 normal images have a false lesion; the one called normal loses it
+    assert out["normal_false_lesion_rate"] == [0.5, 0.25]
+    # the found lesion called normal loses its Dice 0.6 and counts as not found
+    assert out["lesion_dice"] == [pytest.approx(1.4 / 4), pytest.approx(0.8 / 4)]
+    assert out["lesion_not_found_rate"] == [0.5, 0.75]
+    counts = error_sources(table)
+    text = render(
+        {
+            "date": "2026-12-02",
+            "split": "val",
+            "seeds": [0],
+            "tables": {"0": "a.csv"},
+            "per_seed": {"0": counts},
+            "if_hidden_when_called_normal": {"0": out},
+        }
+    )
+    assert "on the BUSI val split" in text
+    assert "| normal_false_lesion_rate | 0.500 -> 0.250 | 0.500 -> 0.250 |" in text
 
 
 def test_a_missing_table_is_refused_with_what_to_run(tmp_path):
