@@ -1,0 +1,72 @@
+"""bench/bench_unet_ensemble.py: each seed's U-Net and the mean of their probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.bench_unet_ensemble import ensemble_figures, render
+from busi.model.masks import LesionRule
+
+RULE = LesionRule(threshold=0.5, min_area=0.01, keep="largest")
+
+
+def _maps():
+    """Two lesion images (the lesion in the top-left 4x4 of a 10x10) and one normal image.
+    Seed 0 finds both lesions and marks the normal image; seed 1 misses the second lesion
+    and marks nothing; their mean is sure of the first lesion only."""
+    truth = [np.zeros((10, 10), bool) for _ in range(3)]
+    truth[0][:4, :4] = truth[1][:4, :4] = True
+    lesion = truth[0].astype(float)
+    false = np.zeros((10, 10))
+    false[6:9, 6:9] = 1.0
+    seed0 = [lesion * 0.9, lesion * 0.6, false * 0.8]
+    seed1 = [lesion * 0.9, lesion * 0.2, false * 0.1]
+    return {0: seed0, 1: seed1}, truth, ["benign", "malignant", "normal"]
+
+
+def test_each_seed_and_their_mean_are_scored():
+    probs, truth, labels = _maps()
+    out = ensemble_figures(probs, truth, labels, RULE)
+    assert list(out) == ["seed 0", "seed 1", "mean of 0+1"]
+    assert out["seed 0"] == {
+        "lesion_dice": 1.0,
+        "normal_false_lesion_rate": 1.0,
+        "lesion_not_found": 0.0,
+    }
+    assert out["seed 1"]["lesion_not_found"] == 0.5
+    assert out["seed 1"]["normal_false_lesion_rate"] == 0.0
+    # mean: lesion 1 at 0.9, lesion 2 at 0.4 (missed), the false lesion at 0.45 (gone)
+    assert out["mean of 0+1"]["lesion_dice"] == pytest.approx(0.5)
+    assert out["mean of 0+1"]["lesion_not_found"] == 0.5
+    assert out["mean of 0+1"]["normal_false_lesion_rate"] == 0.0
+
+
+def test_three_seeds_give_every_pair_and_the_triple():
+    probs, truth, labels = _maps()
+    probs[2] = probs[0]
+    out = ensemble_figures(probs, truth, labels, RULE)
+    assert [k for k in out if k.startswith("mean")] == [
+        "mean of 0+1",
+        "mean of 0+2",
+        "mean of 1+2",
+        "mean of 0+1+2",
+    ]
+
+
+def test_the_report_has_a_row_per_model_and_the_seeds_mean():
+    probs, truth, labels = _maps()
+    result = {
+        "date": "2026-12-02",
+        "machine": "AMD EPYC (2 cores)",
+        "commit": "abc1234",
+        "split": "val",
+        "n_images": 3,
+        "n_normal": 1,
+        "rule": "threshold 0.5, min_area 0.01, keep largest",
+        "workspaces": {"0": "a", "1": "b"},
+        "figures": ensemble_figures(probs, truth, labels, RULE),
+    }
+    text = render(result)
+    assert "| mean of 0+1 | 0.500 | 0.000 | 0.500 |" in text
+    assert "| mean of the single seeds | 0.750 | 0.500 | 0.250 |" in text
