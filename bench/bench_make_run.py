@@ -43,16 +43,18 @@ def verdicts(wall_s: float, tree_peak_mib: float) -> dict:
 
 
 def step_times(tracking_db: Path) -> dict[str, float]:
-    """Wall seconds of each step's MLflow run (tag ``step``) in the clone's store."""
+    """Wall seconds of each step's MLflow run (tag ``step``) in the clone's store, in the
+    order they ran."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tracking_db}")
     experiments = [e.experiment_id for e in client.search_experiments()]
-    out = {}
-    for run in client.search_runs(experiments, "tags.step != ''"):
-        if run.info.end_time:
-            out[run.data.tags["step"]] = round((run.info.end_time - run.info.start_time) / 1e3, 1)
-    return out
+    runs = client.search_runs(experiments, "tags.step != ''", order_by=["attributes.start_time"])
+    return {
+        run.data.tags["step"]: round((run.info.end_time - run.info.start_time) / 1e3, 1)
+        for run in runs
+        if run.info.end_time
+    }
 
 
 def render(result: dict) -> str:
