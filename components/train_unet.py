@@ -53,6 +53,7 @@ ARCHITECTURES = {
 
 
 MONITORS = ("val_lesion_dice", "val_score")
+INPUT_NORMS = ("none", "image")
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,15 @@ class UnetConfig:
     # scored as evaluate_models scores it (see the module docstring).
     monitor: str = "val_score"
     false_lesion_weight: float = 0.2
+    # The image as the U-Net sees it: none (grey levels / 255) | image (each image
+    # standardised to mean 0 and std 1 by a parameter-free layer inside the model, so that
+    # serving and every step downstream get it too): a site's gain and contrast then change
+    # nothing the U-Net sees.
+    input_norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm '{self.input_norm}' unknown; choose one of {INPUT_NORMS}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"architecture '{self.architecture}' unknown; choose one of {sorted(ARCHITECTURES)}"
@@ -86,8 +94,12 @@ class UnetConfig:
         return ARCHITECTURES[self.architecture]
 
 
-def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9):
-    """A U-Net: image [S,S,1] in, lesion probability [S,S,1] out."""
+def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9, input_norm: str = "none"):
+    """A U-Net: image [S,S,1] in, lesion probability [S,S,1] out.
+
+    ``input_norm="image"`` standardises each image over its pixels (LayerNormalization over
+    height, width and channel, without learned scale or offset: a built-in layer, so saved
+    models load without custom objects). A blank image becomes all zeros."""
     import keras
     from keras import layers
 
@@ -113,6 +125,12 @@ def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9):
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x, skips = inputs, []
+    if input_norm == "image":
+        x = layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-4, name="image_norm"
+        )(x)
+    elif input_norm != "none":
+        raise ValueError(f"input_norm '{input_norm}' unknown; choose one of {INPUT_NORMS}")
     for level in range(arch.depth):
         deep = level >= arch.depth - 1
         x = block(x, arch.base_filters * 2**level, arch.dropout if deep else 0.0)
@@ -303,7 +321,8 @@ def fit_unet(
     # past run reproducible and a model comparison fair.
     tf.config.experimental.enable_op_determinism()
     model = compile_unet(
-        build_unet(image_size, cfg.arch, cfg.batchnorm_momentum), cfg.learning_rate
+        build_unet(image_size, cfg.arch, cfg.batchnorm_momentum, cfg.input_norm),
+        cfg.learning_rate,
     )
     resuming = _claim_backup(Path(backup_dir), fingerprint)
     callbacks = [

@@ -37,6 +37,38 @@ def test_residual_unet_adds_a_shortcut_to_each_block():
     assert out.shape == (1, 32, 32, 1)
 
 
+def test_image_norm_makes_the_unet_blind_to_gain_and_contrast_and_saves_plainly(tmp_path):
+    from busi.model.unet import load_unet
+
+    model = build_unet(32, ARCHITECTURES["compact"], input_norm="image")
+    plain = build_unet(32, ARCHITECTURES["compact"])
+    assert model.count_params() == plain.count_params()  # the layer learns nothing
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.2, 0.8, (2, 32, 32, 1)).astype(np.float32)
+    base = model.predict(images, verbose=0)
+    darker = model.predict(images * 0.7, verbose=0)
+    mean = images.mean(axis=(1, 2, 3), keepdims=True)
+    flatter = model.predict((images - mean) * 0.6 + mean, verbose=0)
+    # Only the layer's epsilon (1e-4 against a variance of ~0.02) separates them.
+    assert np.abs(darker - base).max() < 5e-3
+    assert np.abs(flatter - base).max() < 5e-3
+    # Without it a gain changes the answer, so the check above can fail.
+    assert (
+        np.abs(plain.predict(images * 0.7, verbose=0) - plain.predict(images, verbose=0)).max()
+        > 5e-3
+    )
+    model.save(tmp_path / "unet.keras")
+    loaded = load_unet(tmp_path / "unet.keras")  # no custom objects needed
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), base, atol=1e-6)
+
+
+def test_unknown_input_norm_is_refused():
+    with pytest.raises(ValueError, match="input_norm"):
+        UnetConfig(input_norm="zscore")
+    with pytest.raises(ValueError, match="input_norm"):
+        build_unet(32, ARCHITECTURES["compact"], input_norm="zscore")
+
+
 def test_losses_and_the_lesion_dice_on_hand_made_masks():
     from components.train_unet import lesion_dice_metric, soft_dice_loss
 
