@@ -28,6 +28,7 @@ from busi.errors import BusiError
 logger = logging.getLogger(__name__)
 
 BACKBONES = ("small_cnn", "resnet50", "resnet101", "densenet121")
+INPUT_NORMS = ("none", "image")
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,15 @@ class ClassifierConfig:
     batchnorm_momentum: float = 0.9
     class_weight: str = "balanced"  # balanced | none
     seed: int = 0
+    # The crop channel as the classifier sees it: none (grey levels / 255) | image (each crop
+    # standardised to mean 0 and std 1 by a parameter-free layer inside the model; the
+    # U-Net's probability channel is left as it is), so a site's gain and contrast change
+    # nothing the classifier sees of the crop.
+    input_norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm '{self.input_norm}' unknown; choose one of {INPUT_NORMS}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone '{self.backbone}' unknown; choose one of {BACKBONES}")
         if self.weights not in ("none", "imagenet"):
@@ -79,8 +87,17 @@ def build_classifier(cfg: ClassifierConfig, input_size: int):
     from keras import layers
 
     inputs = keras.Input((input_size, input_size, 2), name="roi")
+    roi = inputs
+    if cfg.input_norm == "image":
+        crop = layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-4, name="crop_norm"
+        )(inputs[..., :1])
+        if cfg.backbone != "small_cnn":
+            # The ImageNet backbones' preprocessing expects grey levels: mean 0.5, std 0.25.
+            crop = crop * 0.25 + 0.5
+        roi = layers.Concatenate(name="roi_norm")([crop, inputs[..., 1:]])
     if cfg.backbone == "small_cnn":
-        x = inputs
+        x = roi
         for level in range(4):
             for _ in range(2):
                 x = layers.Conv2D(cfg.base_filters * 2**level, 3, padding="same", use_bias=False)(x)
@@ -98,7 +115,7 @@ def build_classifier(cfg: ClassifierConfig, input_size: int):
             ),
         }
         constructor, preprocess = apps[cfg.backbone]
-        crop, mask = inputs[..., :1], inputs[..., 1:]
+        crop, mask = roi[..., :1], roi[..., 1:]
         rgb = layers.Concatenate()([crop, crop, mask]) * 255.0
         rgb = layers.Lambda(preprocess, name="imagenet_preprocess")(rgb)
         try:

@@ -283,3 +283,32 @@ def test_configs_refuse_unknown_choices():
         ClassifierConfig(backbone="vgg")
     with pytest.raises(ValueError, match="no ImageNet"):
         ClassifierConfig(backbone="small_cnn", weights="imagenet")
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet50"])
+def test_classifier_image_norm_ignores_the_crops_gain_but_not_the_probability(tmp_path, backbone):
+    cfg = ClassifierConfig(backbone=backbone, base_filters=4, input_norm="image")
+    model = build_classifier(cfg, 32)
+    rng = np.random.default_rng(0)
+    crop = rng.uniform(0.2, 0.8, (2, 32, 32, 1)).astype(np.float32)
+    prob = rng.uniform(0, 1, (2, 32, 32, 1)).astype(np.float32)
+    base = model.predict(np.concatenate([crop, prob], -1), verbose=0)
+    darker = model.predict(np.concatenate([crop * 0.7, prob], -1), verbose=0)
+    assert np.abs(darker - base).max() < 5e-3
+    # What the backbone gets: the crop standardised, the probability channel as it came.
+    seen = keras.Model(model.inputs, model.get_layer("roi_norm").output)
+    roi = seen.predict(np.concatenate([crop, prob], -1), verbose=0)
+    np.testing.assert_allclose(roi[..., 1:], prob, atol=1e-6)
+    mean = crop.mean(axis=(1, 2, 3), keepdims=True)
+    z = (crop - mean) / np.sqrt(crop.var(axis=(1, 2, 3), keepdims=True) + 1e-4)  # the epsilon
+    expected = z if backbone == "small_cnn" else z * 0.25 + 0.5
+    np.testing.assert_allclose(roi[..., :1], expected, atol=2e-3)
+    if backbone != "small_cnn":
+        return  # their ImageNet preprocessing is a Lambda, which loads with its module only
+    model.save(tmp_path / "classifier.keras")
+    loaded = keras.models.load_model(tmp_path / "classifier.keras")  # no custom objects
+    np.testing.assert_allclose(
+        loaded.predict(np.concatenate([crop, prob], -1), verbose=0), base, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="input_norm"):
+        ClassifierConfig(input_norm="zscore")
