@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,14 @@ ARCHITECTURES = {
 
 MONITORS = ("val_lesion_dice", "val_score")
 INPUT_NORMS = ("none", "image")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_learning_rate(epoch: int, cfg: UnetConfig) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "constant":
+        return float(cfg.learning_rate)
+    return float(cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs)))
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,16 @@ class UnetConfig:
     # serving and every step downstream get it too): a site's gain and contrast then change
     # nothing the U-Net sees.
     input_norm: str = "none"
+    # constant: learning_rate throughout | cosine: annealed per epoch from learning_rate
+    # towards 0 at the last of ``epochs`` (half a cosine), so the late epochs, where the
+    # best one is picked, move the weights less.
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule '{self.lr_schedule}' unknown; choose one of {LR_SCHEDULES}"
+            )
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm '{self.input_norm}' unknown; choose one of {INPUT_NORMS}")
         if self.architecture not in ARCHITECTURES:
@@ -336,6 +353,12 @@ def fit_unet(
         keras.callbacks.CSVLogger(str(history_csv), append=resuming),
         *extra_callbacks,
     ]
+    if cfg.lr_schedule != "constant":
+        # Set at each epoch's start from the epoch number alone, so a resumed run gets the
+        # same rates as an uninterrupted one.
+        callbacks.insert(
+            1, keras.callbacks.LearningRateScheduler(lambda e: epoch_learning_rate(e, cfg))
+        )
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing left to resume
     return model

@@ -312,3 +312,33 @@ def test_classifier_image_norm_ignores_the_crops_gain_but_not_the_probability(tm
     )
     with pytest.raises(ValueError, match="input_norm"):
         ClassifierConfig(input_norm="zscore")
+
+
+def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
+    import csv
+
+    import tensorflow as tf
+
+    from busi.model.masks import LesionRule
+    from components.train_unet import epoch_learning_rate, fit_unet
+
+    cfg = UnetConfig(epochs=3, batch_size=2, learning_rate=0.01, lr_schedule="cosine", patience=5)
+    rates = [epoch_learning_rate(e, cfg) for e in range(3)]
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[1] == pytest.approx(0.0075)  # 0.01 x (1 + cos(pi/3)) / 2
+    assert rates[2] == pytest.approx(0.0025)
+    assert epoch_learning_rate(2, UnetConfig(epochs=3, learning_rate=0.01)) == 0.01
+    with pytest.raises(ValueError, match="lr_schedule"):
+        UnetConfig(lr_schedule="step")
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (4, 16, 16, 1)).astype(np.float32)
+    masks = np.zeros((4, 16, 16, 1), np.float32)
+    masks[:2, 4:10, 4:10] = 1.0
+    labels = np.array(["benign", "malignant", "normal", "normal"])
+    ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
+    val_arrays = (images, masks[..., 0], labels)
+    history = tmp_path / "history.csv"
+    fit_unet(ds, ds, 16, cfg, tmp_path / "backup", history, val_arrays, LesionRule())
+    logged = [float(row["learning_rate"]) for row in csv.DictReader(history.open())]
+    assert logged == pytest.approx(rates, rel=1e-5)
