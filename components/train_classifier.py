@@ -81,6 +81,25 @@ def _set_bn_momentum(model, momentum: float) -> None:
             layer.momentum = momentum
 
 
+# What keras.applications' preprocess_input does to RGB grey levels (0-255), as built-in
+# layers: a Lambda around that function would not load without the module that defined it.
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # resnet ("caffe" mode): BGR, mean removed
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # densenet ("torch" mode): 0-1, standardised
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def imagenet_preprocess(rgb, backbone: str):
+    """The ImageNet preprocessing of ``backbone`` on a symbolic RGB tensor of 0-255."""
+    from keras import layers
+
+    if backbone.startswith("resnet"):
+        offset = [-m for m in IMAGENET_MEAN_BGR]
+        return layers.Rescaling(1.0, offset=offset, name="imagenet_preprocess")(rgb[..., ::-1])
+    scale = [1.0 / (255.0 * s) for s in IMAGENET_STD_RGB]
+    offset = [-m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, strict=True)]
+    return layers.Rescaling(scale, offset=offset, name="imagenet_preprocess")(rgb)
+
+
 def build_classifier(cfg: ClassifierConfig, input_size: int):
     """Crop + mask [S,S,2] in, class probabilities [3] out."""
     import keras
@@ -107,17 +126,14 @@ def build_classifier(cfg: ClassifierConfig, input_size: int):
         x = layers.GlobalAveragePooling2D()(x)
     else:
         apps = {
-            "resnet50": (keras.applications.ResNet50, keras.applications.resnet.preprocess_input),
-            "resnet101": (keras.applications.ResNet101, keras.applications.resnet.preprocess_input),
-            "densenet121": (
-                keras.applications.DenseNet121,
-                keras.applications.densenet.preprocess_input,
-            ),
+            "resnet50": keras.applications.ResNet50,
+            "resnet101": keras.applications.ResNet101,
+            "densenet121": keras.applications.DenseNet121,
         }
-        constructor, preprocess = apps[cfg.backbone]
+        constructor = apps[cfg.backbone]
         crop, mask = roi[..., :1], roi[..., 1:]
         rgb = layers.Concatenate()([crop, crop, mask]) * 255.0
-        rgb = layers.Lambda(preprocess, name="imagenet_preprocess")(rgb)
+        rgb = imagenet_preprocess(rgb, cfg.backbone)
         try:
             backbone = constructor(
                 include_top=False,

@@ -303,8 +303,6 @@ def test_classifier_image_norm_ignores_the_crops_gain_but_not_the_probability(tm
     z = (crop - mean) / np.sqrt(crop.var(axis=(1, 2, 3), keepdims=True) + 1e-4)  # the epsilon
     expected = z if backbone == "small_cnn" else z * 0.25 + 0.5
     np.testing.assert_allclose(roi[..., :1], expected, atol=2e-3)
-    if backbone != "small_cnn":
-        return  # their ImageNet preprocessing is a Lambda, which loads with its module only
     model.save(tmp_path / "classifier.keras")
     loaded = keras.models.load_model(tmp_path / "classifier.keras")  # no custom objects
     np.testing.assert_allclose(
@@ -342,3 +340,25 @@ def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     fit_unet(ds, ds, 16, cfg, tmp_path / "backup", history, val_arrays, LesionRule())
     logged = [float(row["learning_rate"]) for row in csv.DictReader(history.open())]
     assert logged == pytest.approx(rates, rel=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "densenet121"])
+def test_imagenet_classifiers_preprocess_as_keras_does_and_load_plainly(tmp_path, backbone):
+    """The notebook's backbones: the same preprocessing as keras.applications, in layers
+    that load without this project's code (a Lambda around preprocess_input did not)."""
+    from components.train_classifier import imagenet_preprocess
+
+    rgb = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, imagenet_preprocess(inputs, backbone))
+    module = keras.applications.resnet if backbone == "resnet50" else keras.applications.densenet
+    expected = module.preprocess_input(rgb.copy())
+    np.testing.assert_allclose(model.predict(rgb, verbose=0), expected, rtol=1e-5, atol=1e-4)
+
+    classifier = build_classifier(ClassifierConfig(backbone=backbone), 32)
+    x = np.random.default_rng(1).uniform(0, 1, (1, 32, 32, 2)).astype(np.float32)
+    classifier.save(tmp_path / "classifier.keras")
+    loaded = keras.models.load_model(tmp_path / "classifier.keras")
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), atol=1e-5
+    )
