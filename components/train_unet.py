@@ -89,8 +89,17 @@ class UnetConfig:
     # towards 0 at the last of ``epochs`` (half a cosine), so the late epochs, where the
     # best one is picked, move the weights less.
     lr_schedule: str = "constant"
+    # Uniform images (one grey level each, drawn evenly from [0, 1]) with empty masks added
+    # to the train split, as a share of its size: a standardised U-Net sees every flat
+    # image as all zeros, and without such examples it may read that as a lesion.
+    flat_negatives: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.flat_negatives <= 1:
+            raise ValueError(
+                f"flat_negatives {self.flat_negatives} is a share of the train split: "
+                "give a number in [0, 1]"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule '{self.lr_schedule}' unknown; choose one of {LR_SCHEDULES}"
@@ -273,15 +282,33 @@ def split_arrays(ds):
     return np.stack(images), masks, labels
 
 
+def flat_images(count: int, image_size: int, seed: int):
+    """``count`` uniform images [count,S,S,1] in [0, 1], their grey levels evenly spread over
+    [0, 1] in a seeded random order, and their empty masks."""
+    import numpy as np
+
+    levels = np.random.default_rng(seed).permutation(np.linspace(0.0, 1.0, num=count))
+    images = np.broadcast_to(
+        levels[:, None, None, None], (count, image_size, image_size, 1)
+    ).astype(np.float32)
+    return images, np.zeros_like(images)
+
+
 def segmentation_dataset(path: Path, image_size: int, cfg: UnetConfig, training: bool):
     """(image, mask) batches streamed from a TFRecord file; the train set is cached and
-    reshuffled every epoch, with an extra random horizontal flip online."""
+    reshuffled every epoch, with an extra random horizontal flip online, and
+    ``cfg.flat_negatives`` of its size in flat images with empty masks added."""
     import tensorflow as tf
 
     from busi.data.tfrecords import read_tfrecord
 
     ds = read_tfrecord(path, image_size).map(lambda image, mask, label: (image, mask))
     ds = ds.cache()
+    if training and cfg.flat_negatives > 0:
+        count = round(cfg.flat_negatives * sum(1 for _ in ds))
+        if count:
+            flats = tf.data.Dataset.from_tensor_slices(flat_images(count, image_size, cfg.seed))
+            ds = ds.concatenate(flats)
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
 

@@ -362,3 +362,37 @@ def test_imagenet_classifiers_preprocess_as_keras_does_and_load_plainly(tmp_path
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), atol=1e-5
     )
+
+
+def test_flat_negatives_add_uniform_images_with_empty_masks_to_the_train_split_only(tmp_path):
+    from busi.data.tfrecords import write_tfrecord
+    from components.train_unet import flat_images, segmentation_dataset
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    masks = np.zeros((8, 16, 16), np.uint8)
+    masks[:, 4:10, 4:10] = 1
+    path = tmp_path / "train.tfrecord"
+    write_tfrecord(path, images, masks, [0] * 8, [f"b{i}" for i in range(8)], [False] * 8)
+
+    def pairs(cfg, training):
+        batches = segmentation_dataset(path, 16, cfg, training).as_numpy_iterator()
+        x, y = zip(*batches, strict=True)
+        return np.concatenate(x), np.concatenate(y)
+
+    x, y = pairs(UnetConfig(batch_size=4, flat_negatives=0.5), training=True)
+    assert len(x) == 12  # 8 images + half as many flat ones
+    flat = x.reshape(len(x), -1).std(axis=1) == 0
+    assert flat.sum() == 4
+    assert not y[flat].any()  # their masks are empty
+    assert y[~flat].reshape(8, -1).any(axis=1).all()  # the real ones keep theirs
+    levels = sorted(x[flat][:, 0, 0, 0])
+    np.testing.assert_allclose(levels, [0, 1 / 3, 2 / 3, 1], atol=1e-6)
+
+    assert len(pairs(UnetConfig(batch_size=4, flat_negatives=0.5), training=False)[0]) == 8
+    assert len(pairs(UnetConfig(batch_size=4), training=True)[0]) == 8
+    same, _ = flat_images(4, 16, seed=0)
+    again, _ = flat_images(4, 16, seed=0)
+    np.testing.assert_array_equal(same, again)
+    with pytest.raises(ValueError, match="flat_negatives"):
+        UnetConfig(flat_negatives=1.5)
