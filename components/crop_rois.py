@@ -14,11 +14,13 @@ The classifier's second channel (``mask_channel``) is the cleaned ``binary`` mas
 U-Net's lesion ``probability`` over the same box (params.yaml's choice: it keeps the
 U-Net's confidence and the lesion's soft edge, and beat the binary mask on the val split
 with every U-Net of bench/results/sweep.md). The dataclass default stays ``binary``, which
-is what crop settings recorded before the option existed mean.
+is what crop settings recorded before the option existed mean. With ``context: image`` the
+classifier also sees the whole image and the U-Net's whole probability map (two more
+channels), so that a lesion the crop missed is still in front of it.
 
 Core: ``rois_for_split`` (images, masks and a segmenter in; crops out). Shell: ``main``
 writes ``data/rois/{train,val,test}.npz`` (crops, second channel, boxes, labels, ids,
-shape features).
+shape features, and the context channels when they are on).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 from busi.config import load_section
 from busi.data.preprocess import CLASSES
 from busi.errors import BusiError
-from busi.model.chain import CropConfig, clean_mask, rois_from_masks, segment
+from busi.model.chain import CropConfig, clean_mask, context_maps, rois_from_masks, segment
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +86,17 @@ def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, sp
         sources.append(("predicted", pred_masks))
     if split == "train" and cfg.train_masks in ("ground_truth", "both"):
         sources.append(("ground_truth", [np.asarray(m, bool) for m in true_masks]))
+    context = {}
+    if cfg.roi.context == "image":
+        whole, maps = context_maps(images, probs, cfg.crop_size)
+        # the classifier's context channels: the whole image and probability map
+        context = {"context_image": whole, "context_prob": maps.astype(np.float16)}
     parts = []
     for source, masks in sources:
         crops, channel, boxes, features = rois_from_masks(images, masks, cfg.roi, probs=probs)
         parts.append(
             {
+                **context,
                 "crops": crops,
                 # the classifier's second channel: mask crops, or probability crops
                 "channel": channel.astype(np.float16),

@@ -6,7 +6,8 @@ with ``weights: none | imagenet``. ImageNet weights are downloaded by Keras on f
 which needs internet access; the default (``none``) works offline, and the run records
 which weights were used. The input is the crop plus a second channel, the predicted mask
 or the U-Net's probability over the crop (``crop_rois.mask_channel``; for the ImageNet
-backbones: crop, crop, channel as RGB). Class imbalance is handled with
+backbones: crop, crop, channel as RGB); with ``crop_rois.context: image`` the whole image
+and its probability map follow (small_cnn only). Class imbalance is handled with
 balanced class weights; no image is dropped.
 
 Core: ``build_classifier``, ``class_weights`` and ``fit_classifier``. Shell: ``main``.
@@ -100,30 +101,59 @@ def imagenet_preprocess(rgb, backbone: str):
     return layers.Rescaling(scale, offset=offset, name="imagenet_preprocess")(rgb)
 
 
-def build_classifier(cfg: ClassifierConfig, input_size: int):
-    """Crop + mask [S,S,2] in, class probabilities [3] out."""
+def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2):
+    """Crop + mask [S,S,2] in, class probabilities [3] out. With ``channels=4`` (crop_rois'
+    ``context: image``) the whole image and its probability map follow as channels 3 and 4;
+    the small CNN then reads the crop and the context with two convolution stacks of their
+    own and classifies from both."""
     import keras
     from keras import layers
 
-    inputs = keras.Input((input_size, input_size, 2), name="roi")
+    if channels not in (2, 4):
+        raise ValueError(f"the classifier takes 2 or 4 input channels, not {channels}")
+    if channels == 4 and cfg.backbone != "small_cnn":
+        raise BusiError(
+            f"crop_rois.context: image gives the classifier 4 channels, which only the "
+            f"small_cnn backbone reads; {cfg.backbone} takes the crop alone: set "
+            "train_classifier.backbone: small_cnn or crop_rois.context: none"
+        )
+    inputs = keras.Input((input_size, input_size, channels), name="roi")
     roi = inputs
     if cfg.input_norm == "image":
-        crop = layers.LayerNormalization(
-            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-4, name="crop_norm"
-        )(inputs[..., :1])
-        if cfg.backbone != "small_cnn":
-            # The ImageNet backbones' preprocessing expects grey levels: mean 0.5, std 0.25.
-            crop = crop * 0.25 + 0.5
-        roi = layers.Concatenate(name="roi_norm")([crop, inputs[..., 1:]])
+        # Each grey channel (the crop; the whole image) standardised on its own.
+        planes = []
+        for index in range(channels):
+            plane = inputs[..., index : index + 1]
+            if index % 2 == 0:
+                name = "crop_norm" if index == 0 else "context_norm"
+                plane = layers.LayerNormalization(
+                    axis=(1, 2, 3), center=False, scale=False, epsilon=1e-4, name=name
+                )(plane)
+                if cfg.backbone != "small_cnn":
+                    # The ImageNet backbones' preprocessing expects grey levels: mean 0.5,
+                    # std 0.25.
+                    plane = plane * 0.25 + 0.5
+            planes.append(plane)
+        roi = layers.Concatenate(name="roi_norm")(planes)
     if cfg.backbone == "small_cnn":
-        x = roi
-        for level in range(4):
-            for _ in range(2):
-                x = layers.Conv2D(cfg.base_filters * 2**level, 3, padding="same", use_bias=False)(x)
-                x = layers.BatchNormalization(momentum=cfg.batchnorm_momentum)(x)
-                x = layers.Activation("relu")(x)
-            x = layers.MaxPooling2D()(x)
-        x = layers.GlobalAveragePooling2D()(x)
+
+        def stack(x, prefix: str = ""):
+            for level in range(4):
+                for _ in range(2):
+                    x = layers.Conv2D(
+                        cfg.base_filters * 2**level, 3, padding="same", use_bias=False
+                    )(x)
+                    x = layers.BatchNormalization(momentum=cfg.batchnorm_momentum)(x)
+                    x = layers.Activation("relu")(x)
+                x = layers.MaxPooling2D()(x)
+            return layers.GlobalAveragePooling2D(name=f"{prefix}pool" if prefix else None)(x)
+
+        if channels == 2:
+            x = stack(roi)
+        else:
+            x = layers.Concatenate(name="crop_and_context")(
+                [stack(roi[..., :2]), stack(roi[..., 2:], "context_")]
+            )
     else:
         apps = {
             "resnet50": keras.applications.ResNet50,
@@ -169,8 +199,11 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
             roi = tf.image.stateless_random_flip_left_right(roi, seed)
             gain = tf.random.stateless_uniform((), seed + 1, 0.85, 1.15)
             shift = tf.random.stateless_uniform((), seed + 2, -0.08, 0.08)
-            crop = roi[..., :1] * gain + shift
-            return tf.concat([tf.clip_by_value(crop, 0.0, 1.0), roi[..., 1:]], -1), label
+            # The grey channels (the crop; the whole image with context) get the same gain
+            # and shift; the probability channels stay as they are.
+            grey = tf.clip_by_value(roi[..., 0::2] * gain + shift, 0.0, 1.0)
+            planes = tf.stack([grey, roi[..., 1::2]], axis=-1)  # [S, S, k, 2]
+            return tf.reshape(planes, tf.shape(roi)), label
 
         seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -187,7 +220,7 @@ def fit_classifier(
     # Same data, params and code give the same model (on the same machine), which makes a
     # past run reproducible and a model comparison fair.
     tf.config.experimental.enable_op_determinism()
-    model = build_classifier(cfg, int(x_train.shape[1]))
+    model = build_classifier(cfg, int(x_train.shape[1]), int(x_train.shape[-1]))
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss="categorical_crossentropy",
@@ -223,7 +256,8 @@ def load_rois(path: Path):
     data = np.load(path)
     if "channel" not in data:
         raise BusiError(f"{path} was written by an older crop-rois: run `busi crop-rois` again")
-    return classifier_input(data["crops"], data["channel"]), data["labels"]
+    context = (data["context_image"], data["context_prob"]) if "context_image" in data else None
+    return classifier_input(data["crops"], data["channel"], context), data["labels"]
 
 
 def main(argv: list[str] | None = None) -> int:

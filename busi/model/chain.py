@@ -15,6 +15,7 @@ from busi.model.masks import LesionRule, clean_mask
 
 MASK_CHANNELS = ("binary", "probability")
 EMPTY_CROPS = ("whole", "peak")
+CONTEXTS = ("none", "image")
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,15 @@ class RoiConfig:
     # a lesion the threshold missed is still in front of the classifier.
     empty_crop: str = "whole"
     peak_window: float = 0.35
+    # What the classifier sees beside the crop: nothing (``none``), or the whole ``image``
+    # and the U-Net's whole probability map, each resized to crop_size (two more input
+    # channels), so that a lesion the crop missed is still in front of it.
+    context: str = "none"
 
     def __post_init__(self) -> None:
         LesionRule(self.threshold, self.min_area, self.keep)  # checks these three
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}")
         if self.mask_channel not in MASK_CHANNELS:
             raise ValueError(f"mask_channel must be one of {MASK_CHANNELS}")
         if self.margin < 0:
@@ -123,11 +130,30 @@ def shape_features(mask: np.ndarray) -> dict[str, float]:
     }
 
 
-def classifier_input(crops: np.ndarray, channel: np.ndarray) -> np.ndarray:
+def context_maps(
+    images: list[np.ndarray], probs: list[np.ndarray], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole images (uint8 [N,C,C]) and probability maps (float32 [N,C,C] in [0, 1]),
+    each resized to ``size`` x ``size``: the classifier's context channels."""
+    whole = [resize_gray(image, size) for image in images]
+    maps = [np.clip(resize_prob(prob, size, size), 0.0, 1.0) for prob in probs]
+    return np.stack(whole).astype(np.uint8), np.stack(maps).astype(np.float32)
+
+
+def classifier_input(
+    crops: np.ndarray,
+    channel: np.ndarray,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """uint8 crops [N,C,C] and second channels [N,C,C] in [0,1] (mask or probability crops)
-    -> float32 [N,C,C,2]: the crop in [0,1] and the second channel."""
-    crops = np.asarray(crops, dtype=np.float32) / 255.0
-    return np.stack([crops, np.asarray(channel, dtype=np.float32)], axis=-1)
+    -> float32 [N,C,C,2]: the crop in [0,1] and the second channel; with ``context``
+    (``context_maps``: whole images, whole probability maps) -> [N,C,C,4], the whole image
+    in [0,1] and its probability map after them. Grey channels are the even ones."""
+    planes = [np.asarray(crops, dtype=np.float32) / 255.0, np.asarray(channel, dtype=np.float32)]
+    if context is not None:
+        whole, maps = context
+        planes += [np.asarray(whole, dtype=np.float32) / 255.0, np.asarray(maps, np.float32)]
+    return np.stack(planes, axis=-1)
 
 
 def predict_proba(classifier, x: np.ndarray) -> np.ndarray:
@@ -198,7 +224,8 @@ def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tt
     crops, mask_crops, boxes, _ = rois_from_masks(
         images, masks, roi, with_features=False, probs=probs
     )
-    proba = predict_proba(classifier, classifier_input(crops, mask_crops))
+    context = context_maps(images, probs, roi.crop_size) if roi.context == "image" else None
+    proba = predict_proba(classifier, classifier_input(crops, mask_crops, context))
     return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)
 
 
@@ -225,6 +252,8 @@ class CropConfig:
     # whole | peak (see RoiConfig); summaries written before this existed mean whole
     empty_crop: str = "whole"
     peak_window: float = 0.35
+    # none | image (see RoiConfig); summaries written before this existed mean none
+    context: str = "none"
 
     def __post_init__(self) -> None:
         if self.train_masks not in ("predicted", "ground_truth", "both"):
@@ -248,4 +277,5 @@ class CropConfig:
             self.mask_channel,
             self.empty_crop,
             self.peak_window,
+            self.context,
         )

@@ -152,6 +152,8 @@ def test_bad_roi_settings_are_refused():
         RoiConfig(margin=-0.1)
     with pytest.raises(ValueError, match="mask_channel"):
         RoiConfig(mask_channel="soft")
+    with pytest.raises(ValueError, match="context"):
+        RoiConfig(context="crop")
     with pytest.raises(ValueError):
         RoiConfig(keep="biggest")
     with pytest.raises(ValueError):
@@ -290,3 +292,67 @@ def test_crop_rois_records_the_threshold_it_chose_on_val(tmp_path):
     assert written["config"]["threshold"] == 0.3
     assert [r["threshold"] for r in written["threshold_search"]] == [0.2, 0.3, 0.4, 0.5, 0.6]
     assert summary["splits"]["test"]["no_lesion_found_per_class"]["benign"] == 0
+
+
+def test_context_adds_the_whole_image_and_probability_map_as_channels_3_and_4():
+    from busi.model.chain import CropConfig, context_maps
+    from components.crop_rois import rois_for_split
+
+    image = np.zeros((40, 80), np.uint8)
+    image[:, 40:] = 200  # right half bright
+    prob = np.zeros((40, 80), np.float32)
+    prob[10:30, 50:70] = 0.9
+    whole, maps = context_maps([image], [prob], 16)
+    assert whole.shape == (1, 16, 16)
+    assert whole.dtype == np.uint8
+    assert whole[0, :, :6].max() == 0  # the whole width, squeezed to 16 columns
+    assert whole[0, :, 10:].min() == 200
+    assert maps.shape == (1, 16, 16)
+    assert float(maps.max()) == pytest.approx(0.9, abs=1e-3)
+    assert maps[0, :, :8].max() == 0
+
+    crops = np.full((1, 16, 16), 51, np.uint8)
+    channel = np.zeros((1, 16, 16), np.float32)
+    x = classifier_input(crops, channel, (whole, maps))
+    assert x.shape == (1, 16, 16, 4)
+    np.testing.assert_allclose(x[..., 0], 0.2)
+    np.testing.assert_allclose(x[..., 2], whole / 255.0)
+    np.testing.assert_allclose(x[..., 3], maps)
+    assert classifier_input(crops, channel).shape == (1, 16, 16, 2)
+
+    cfg = CropConfig(crop_size=16, mask_channel="probability", context="image")
+    out = rois_for_split([image], [prob > 0.5], [0], ["a"], lambda imgs: [prob], cfg, "train")
+    np.testing.assert_array_equal(out["context_image"], whole)
+    np.testing.assert_allclose(out["context_prob"], maps, atol=1e-3)
+    plain = rois_for_split(
+        [image], [prob > 0.5], [0], ["a"], lambda imgs: [prob], CropConfig(crop_size=16), "val"
+    )
+    assert "context_image" not in plain
+
+
+def test_the_chain_feeds_the_context_to_a_classifier_trained_with_it():
+    from busi.model.chain import predict_chain
+
+    class Unet:
+        input_shape = (None, 16, 16, 1)
+
+        def predict(self, batch, batch_size=32, verbose=0):
+            prob = np.zeros_like(batch)
+            prob[:, 4:8, 4:8] = 0.9
+            return prob
+
+    class Classifier:
+        def predict(self, x, verbose=0):
+            self.seen = x
+            return np.tile([[0.2, 0.3, 0.5]], (len(x), 1)).astype(np.float32)
+
+    images = [np.full((30, 40), 90, np.uint8), np.full((20, 20), 30, np.uint8)]
+    for context, channels in (("none", 2), ("image", 4)):
+        classifier = Classifier()
+        roi = RoiConfig(crop_size=8, mask_channel="probability", context=context)
+        result = predict_chain(images, Unet(), classifier, roi, tta_flip=False)
+        assert classifier.seen.shape == (2, 8, 8, channels)
+        assert result.proba.shape == (2, 3)
+    np.testing.assert_allclose(classifier.seen[1, ..., 2], 30 / 255, atol=1e-6)
+    assert classifier.seen[0, ..., 3].max() > 0.5  # the U-Net's lesion, resized twice
+    assert classifier.seen[0, 7, 7, 3] == 0

@@ -396,3 +396,42 @@ def test_flat_negatives_add_uniform_images_with_empty_masks_to_the_train_split_o
     np.testing.assert_array_equal(same, again)
     with pytest.raises(ValueError, match="flat_negatives"):
         UnetConfig(flat_negatives=1.5)
+
+
+def test_a_context_classifier_reads_crop_and_context_with_stacks_of_their_own(tmp_path):
+    from busi.errors import BusiError
+    from components.train_classifier import classification_dataset
+
+    model = build_classifier(ClassifierConfig(base_filters=4, input_norm="image"), 32, channels=4)
+    assert model.input_shape == (None, 32, 32, 4)
+    names = {layer.name for layer in model.layers}
+    assert {"crop_and_context", "context_pool", "crop_norm", "context_norm"} <= names
+    plain = build_classifier(ClassifierConfig(base_filters=4), 32)
+    # Two stacks: the context one as big as the crop one, the last layer reading both.
+    dense = 2 * 32 * 3 - 32 * 3  # the Dense layer's extra inputs (32 features more)
+    assert model.count_params() - plain.count_params() == plain.count_params() - 32 * 3 - 3 + dense
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (2, 32, 32, 4)).astype(np.float32)
+    other = x.copy()
+    other[..., 3] = rng.uniform(0, 1, (2, 32, 32))  # another probability map
+    assert not np.allclose(model.predict(x, verbose=0), model.predict(other, verbose=0))
+    model.save(tmp_path / "classifier.keras")
+    again = keras.models.load_model(tmp_path / "classifier.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+    with pytest.raises(BusiError, match="small_cnn"):
+        build_classifier(ClassifierConfig(backbone="resnet50"), 32, channels=4)
+    with pytest.raises(ValueError, match="channels"):
+        build_classifier(ClassifierConfig(), 32, channels=3)
+
+    # Training augmentation: both grey channels get one gain and shift, the probability
+    # channels none.
+    flat = np.empty((1, 8, 8, 4), np.float32)
+    flat[..., 0], flat[..., 1], flat[..., 2], flat[..., 3] = 0.5, 0.3, 0.5, 0.7
+    cfg = ClassifierConfig(seed=3)
+    seen = next(classification_dataset(flat, np.array([1]), cfg, training=True).as_numpy_iterator())
+    out = seen[0][0]
+    np.testing.assert_allclose(out[..., 1], 0.3, atol=1e-6)
+    np.testing.assert_allclose(out[..., 3], 0.7, atol=1e-6)
+    np.testing.assert_allclose(out[..., 0], out[..., 2])
+    assert not np.allclose(out[..., 0], 0.5)  # the gain and shift were applied
