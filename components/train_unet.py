@@ -93,8 +93,18 @@ class UnetConfig:
     # to the train split, as a share of its size: a standardised U-Net sees every flat
     # image as all zeros, and without such examples it may read that as a lesion.
     flat_negatives: float = 0.0
+    # Epochs before early stopping starts to watch ``monitor`` (and before an epoch can be
+    # kept as the best): the false-lesion rate on 20 normal val images swings by 0.2-0.4
+    # between early epochs, and with a heavy false_lesion_weight an early epoch that marks
+    # little can win and stop training (bench/results/chain_seeds_val_cosine_flw.md).
+    min_epochs: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.min_epochs < self.epochs:
+            raise ValueError(
+                f"min_epochs {self.min_epochs} must lie in [0, epochs={self.epochs}): the "
+                "epochs before early stopping starts to watch the monitor"
+            )
         if not 0 <= self.flat_negatives <= 1:
             raise ValueError(
                 f"flat_negatives {self.flat_negatives} is a share of the train split: "
@@ -342,6 +352,20 @@ def _claim_backup(backup_dir: Path, fingerprint: str) -> bool:
     return False
 
 
+def early_stopping(cfg: UnetConfig):
+    """Stops when ``cfg.monitor`` has not risen for ``patience`` epochs and keeps the best
+    epoch's weights, watching from epoch ``min_epochs`` (0-based) on."""
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor,
+        mode="max",
+        patience=cfg.patience,
+        restore_best_weights=True,
+        start_from_epoch=cfg.min_epochs,
+    )
+
+
 def fit_unet(
     train_ds,
     val_ds,
@@ -374,9 +398,7 @@ def fit_unet(
         # from the last completed epoch. Deleted once training ends normally.
         keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch"),
         chain_validation(val_arrays, roi, cfg.false_lesion_weight, cfg.batch_size),
-        keras.callbacks.EarlyStopping(
-            monitor=cfg.monitor, mode="max", patience=cfg.patience, restore_best_weights=True
-        ),
+        early_stopping(cfg),
         keras.callbacks.CSVLogger(str(history_csv), append=resuming),
         *extra_callbacks,
     ]

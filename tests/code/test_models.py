@@ -435,3 +435,23 @@ def test_a_context_classifier_reads_crop_and_context_with_stacks_of_their_own(tm
     np.testing.assert_allclose(out[..., 3], 0.7, atol=1e-6)
     np.testing.assert_allclose(out[..., 0], out[..., 2])
     assert not np.allclose(out[..., 0], 0.5)  # the gain and shift were applied
+
+
+@pytest.mark.parametrize(("min_epochs", "stops"), [(0, True), (2, False)])
+def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_epochs, stops):
+    from components.train_unet import early_stopping
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    callback = early_stopping(UnetConfig(patience=1, min_epochs=min_epochs))
+    model.stop_training = False  # what fit sets before the first epoch
+    callback.set_model(model)
+    callback.on_train_begin()
+    # The first epoch scores best (it marks nothing, say); the later ones rise again.
+    for epoch, score in enumerate([0.9, 0.1, 0.2, 0.3]):
+        callback.on_epoch_end(epoch, {"val_score": score})
+        if model.stop_training:
+            break
+    assert bool(model.stop_training) is stops
+    assert callback.best == (0.9 if stops else 0.3)
+    with pytest.raises(ValueError, match="min_epochs"):
+        UnetConfig(epochs=5, min_epochs=5)
