@@ -94,9 +94,9 @@ class UnetConfig:
     # image as all zeros, and without such examples it may read that as a lesion.
     flat_negatives: float = 0.0
     # Epochs before early stopping starts to watch ``monitor`` (and before an epoch can be
-    # kept as the best): the false-lesion rate on 20 normal val images swings by 0.2-0.4
-    # between early epochs, and with a heavy false_lesion_weight an early epoch that marks
-    # little can win and stop training (bench/results/chain_seeds_val_cosine_flw.md).
+    # kept as the best): the false-lesion rate on 20 normal val images moves by up to 0.45
+    # from one epoch to the next, and with a heavy false_lesion_weight an early epoch that
+    # marks little can win and stop training (bench/results/chain_seeds_val_cosine_flw.md).
     min_epochs: int = 0
 
     def __post_init__(self) -> None:
