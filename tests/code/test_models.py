@@ -407,9 +407,9 @@ def test_a_context_classifier_reads_crop_and_context_with_stacks_of_their_own(tm
     names = {layer.name for layer in model.layers}
     assert {"crop_and_context", "context_pool", "crop_norm", "context_norm"} <= names
     plain = build_classifier(ClassifierConfig(base_filters=4), 32)
-    # Two stacks: the context one as big as the crop one, the last layer reading both.
-    dense = 2 * 32 * 3 - 32 * 3  # the Dense layer's extra inputs (32 features more)
-    assert model.count_params() - plain.count_params() == plain.count_params() - 32 * 3 - 3 + dense
+    # Two stacks as big as the plain one's, and a Dense layer reading both (2 x 32 features).
+    stack = plain.count_params() - (32 * 3 + 3)
+    assert model.count_params() == 2 * stack + (2 * 32 * 3 + 3)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (2, 32, 32, 4)).astype(np.float32)
     other = x.copy()
