@@ -121,7 +121,7 @@ def input_pipeline(steps: int = 60) -> dict:
 
     from busi.config import from_dict
     from busi.data.tfrecords import read_tfrecord
-    from components.train_unet import UnetConfig, build_unet, compile_unet, segmentation_dataset
+    from busi.model.unet_training import UnetConfig, build_unet, compile_unet, segmentation_dataset
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     cfg = from_dict(UnetConfig, params["train_unet"])

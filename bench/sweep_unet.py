@@ -2,7 +2,7 @@
 
 Why: one real-data U-Net training costs about 28 minutes on the 2 CPU cores, so settings
 cannot be compared there one by one. This sweep trains the pipeline's own Keras models
-(``components.train_unet.build_unet``, ``components.train_classifier.build_classifier``)
+(``busi.model.unet_training.build_unet``, ``components.train_classifier.build_classifier``)
 on any Keras 3 backend (JAX or PyTorch on a lent GPU), gives each trial a training budget
 in epochs that the CPU cost converts to CPU minutes, and scores every trial on the
 **val split** with the pipeline's chain code (``clean_mask``, ``rois_from_masks``) and
@@ -128,7 +128,7 @@ def _x(images: np.ndarray) -> np.ndarray:
 def train_trial_unet(trial: Trial, data):
     import keras
 
-    from components.train_unet import ARCHITECTURES, bce_dice_loss, build_unet, lesion_dice_metric
+    from busi.model.unet_training import ARCHITECTURES, bce_dice_loss, build_unet, lesion_dice_metric
 
     keras.utils.set_random_seed(trial.seed)
     x, y = _augmented_train(data, trial.size, trial.copies)
@@ -342,7 +342,7 @@ def cpu_cost(steps: int = 12) -> dict:
     import keras
     import tensorflow as tf
 
-    from components.train_unet import ARCHITECTURES, build_unet, compile_unet
+    from busi.model.unet_training import ARCHITECTURES, build_unet, compile_unet
 
     out = {}
     for arch, size in (("compact", 96), ("compact", 128), ("residual", 96), ("wide", 96)):

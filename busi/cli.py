@@ -36,6 +36,11 @@ TABLE: dict[str, tuple[str, str]] = {
         "components.train_unet:main",
         "Train the U-Net lesion segmenter (an interrupted run resumes).",
     ),
+    "train-unet-folds": (
+        "components.train_unet_folds:main",
+        "Train K U-Nets, each on the train split minus one fold, for out-of-fold train crops "
+        "(nothing when train_unet_folds.folds is 0).",
+    ),
     "crop-rois": (
         "components.crop_rois:main",
         "Segment every image and crop the region of interest for the classifier.",
@@ -172,6 +177,7 @@ PATH_OPTIONS = {
     "--manifest": ("data/manifest.csv", "the manifest that validate-data writes"),
     "--splits": ("data/splits.csv", "the split that split-data writes"),
     "--unet": ("models/unet.keras", "the U-Net that train-unet saved"),
+    "--unet-folds": ("models/unet_folds", "the fold U-Nets that train-unet-folds saved"),
     "--classifier": ("models/classifier.keras", "the classifier that train-classifier saved"),
     "--rois": ("data/rois", "the crops and summary.json that crop-rois wrote"),
     "--params": ("params.yaml", "the params file; this step reads its own section"),

@@ -18,9 +18,15 @@ is what crop settings recorded before the option existed mean. With ``context: i
 classifier also sees the whole image and the U-Net's whole probability map (two more
 channels), so that a lesion the crop missed is still in front of it.
 
-Core: ``rois_for_split`` (images, masks and a segmenter in; crops out). Shell: ``main``
-writes ``data/rois/{train,val,test}.npz`` (crops, second channel, boxes, labels, ids,
-shape features, and the context channels when they are on).
+With ``train_segmenter: out_of_fold`` the train split is segmented by the fold U-Nets of
+``train_unet_folds``, each image by the one that did not see it, so its crops are as hard as
+those of new images (the U-Net misses under 1 % of the lesions it trained on); val and test
+are segmented by the U-Net, as serving does.
+
+Core: ``rois_for_split`` (images, masks and a segmenter in; crops out) and
+``out_of_fold_predict`` (a segmenter per fold in; one that segments each image by its
+fold's). Shell: ``main`` writes ``data/rois/{train,val,test}.npz`` (crops, second channel,
+boxes, labels, ids, shape features, and the context channels when they are on).
 """
 
 from __future__ import annotations
@@ -77,6 +83,30 @@ def choose_threshold(probs, true_masks, labels, cfg: CropConfig) -> tuple[float,
     return best["threshold"], rows
 
 
+def out_of_fold_predict(ids, fold_of: dict[str, int], predictors: list):
+    """A segmenter ``predict(images) -> probability maps`` for the images of ``ids`` (in that
+    order) that segments each with ``predictors[fold_of[id]]``."""
+    missing = [i for i in ids if str(i) not in fold_of]
+    if missing:
+        raise BusiError(
+            f"{len(missing)} train images have no fold (e.g. {missing[0]!r}): the fold U-Nets "
+            "are older than data/splits.csv; run `busi train-unet-folds` again"
+        )
+    folds = [fold_of[str(i)] for i in ids]
+
+    def predict(images):
+        if len(images) != len(folds):
+            raise ValueError(f"{len(images)} images for {len(folds)} ids")
+        probs: list = [None] * len(images)
+        for fold, fold_predict in enumerate(predictors):
+            index = [n for n, f in enumerate(folds) if f == fold]
+            for n, prob in zip(index, fold_predict([images[n] for n in index]), strict=True):
+                probs[n] = prob
+        return probs
+
+    return predict
+
+
 def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, split: str) -> dict:
     """Crops for one split. ``predict(images) -> probability maps`` is the segmenter."""
     probs = predict(images)
@@ -115,7 +145,9 @@ def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, sp
 def main(argv: list[str] | None = None) -> int:
     from busi.cli import parser_for
 
-    parser = parser_for("crop-rois", "--data-dir", "--manifest", "--splits", "--unet", "--params")
+    parser = parser_for(
+        "crop-rois", "--data-dir", "--manifest", "--splits", "--unet", "--unet-folds", "--params"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -188,6 +220,8 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
         else:
             part, images, masks = load(split)
             split_predict = predict
+            if split == "train" and cfg.train_segmenter == "out_of_fold":
+                split_predict = _fold_predict(args.unet_folds, part["id"].to_list(), cfg)
         labels = [CLASSES.index(c) for c in part["class"]]
         result = rois_for_split(
             images, masks, labels, part["id"].to_list(), split_predict, cfg, split
@@ -198,9 +232,37 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
         summary["splits"][split] = {
             "rows": len(result["ids"]),
             "no_lesion_found": int(whole.sum()),
+            "segmenter": (
+                "out_of_fold"
+                if split == "train" and cfg.train_segmenter == "out_of_fold"
+                else "full"
+            ),
             "no_lesion_found_per_class": {
                 c: int(whole[result["labels"][predicted] == i].sum()) for i, c in enumerate(CLASSES)
             },
         }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _fold_predict(folder: Path, ids: list[str], cfg: CropConfig):
+    """``out_of_fold_predict`` with the fold U-Nets that train-unet-folds saved in ``folder``."""
+    import pandas as pd
+
+    from busi.model.unet import load_unet
+
+    info = folder / "folds.json"
+    folds = json.loads(info.read_text())["folds"] if info.is_file() else 0
+    if not folds:
+        raise BusiError(
+            f"crop_rois.train_segmenter is out_of_fold but {folder} has no fold U-Nets: set "
+            "train_unet_folds.folds (e.g. 2) and run `busi train-unet-folds`, or set "
+            "train_segmenter: full"
+        )
+    table = pd.read_csv(folder / "folds.csv")
+    fold_of = dict(zip(table["id"].astype(str), table["fold"].astype(int), strict=True))
+    unets = [load_unet(folder / f"fold-{k}.keras") for k in range(folds)]
+    predictors = [
+        (lambda imgs, u=u: segment(u, imgs, u.input_shape[1], cfg.tta_flip)) for u in unets
+    ]
+    return out_of_fold_predict(ids, fold_of, predictors)

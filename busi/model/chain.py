@@ -254,10 +254,16 @@ class CropConfig:
     peak_window: float = 0.35
     # none | image (see RoiConfig); summaries written before this existed mean none
     context: str = "none"
+    # What segments the train split for the classifier's crops: full (the U-Net, which has
+    # seen those images) | out_of_fold (each image by the fold U-Net of train_unet_folds
+    # that did not see it). Val, test and serving always use the U-Net.
+    train_segmenter: str = "full"
 
     def __post_init__(self) -> None:
         if self.train_masks not in ("predicted", "ground_truth", "both"):
             raise ValueError("train_masks must be predicted, ground_truth or both")
+        if self.train_segmenter not in ("full", "out_of_fold"):
+            raise ValueError("train_segmenter must be full or out_of_fold")
         if self.threshold_choice not in ("fixed", "val"):
             raise ValueError("threshold_choice must be fixed or val")
         if not self.threshold_grid or not all(0 < t < 1 for t in self.threshold_grid):

@@ -9,6 +9,7 @@ DVC_STAGES = (
     "split_data",
     "augment_data",
     "train_unet",
+    "train_unet_folds",
     "crop_rois",
     "train_classifier",
     "evaluate_models",

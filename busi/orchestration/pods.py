@@ -8,7 +8,7 @@ import os
 from busi.orchestration.dag_settings import TRAINING_STEPS
 
 # Steps that use an accelerator when there is one: pod execution puts them on GPU nodes.
-GPU_STEPS = ("train_unet", "train_classifier")
+GPU_STEPS = ("train_unet", "train_unet_folds", "train_classifier")
 
 # What a pod of BUSI_EXECUTION=kubernetes gets (settings, with their defaults).
 POD_SETTINGS = {

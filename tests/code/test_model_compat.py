@@ -30,7 +30,7 @@ LOG_OLD_VERSION = textwrap.dedent(
     from components.crop_rois import CropConfig
     from components.pipeline_model import log_pipeline_model
     from components.train_classifier import ClassifierConfig, build_classifier
-    from components.train_unet import ARCHITECTURES, build_unet
+    from busi.model.unet_training import ARCHITECTURES, build_unet
 
     tree, out = Path(sys.argv[1]), Path(sys.argv[2])
     assert Path(components.__file__).is_relative_to(tree), components.__file__

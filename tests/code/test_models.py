@@ -7,7 +7,7 @@ import pytest
 
 from components.augment_data import AugmentConfig, augment_pair, prepare_split
 from components.train_classifier import ClassifierConfig, build_classifier, class_weights
-from components.train_unet import ARCHITECTURES, UnetConfig, bce_dice_loss, build_unet
+from busi.model.unet_training import ARCHITECTURES, UnetConfig, bce_dice_loss, build_unet
 
 keras = pytest.importorskip("keras")
 
@@ -70,7 +70,7 @@ def test_unknown_input_norm_is_refused():
 
 
 def test_losses_and_the_lesion_dice_on_hand_made_masks():
-    from components.train_unet import lesion_dice_metric, soft_dice_loss
+    from busi.model.unet_training import lesion_dice_metric, soft_dice_loss
 
     truth = np.zeros((3, 4, 4, 1), np.float32)
     truth[0, :2, :2] = 1  # 4 pixels
@@ -93,7 +93,7 @@ def test_losses_and_the_lesion_dice_on_hand_made_masks():
 
 def test_the_training_lesion_dice_is_the_evaluation_one():
     from busi.model.metrics import segmentation_metrics
-    from components.train_unet import lesion_dice_metric
+    from busi.model.unet_training import lesion_dice_metric
 
     rng = np.random.default_rng(0)
     truth = np.zeros((6, 16, 16, 1), np.float32)
@@ -110,7 +110,7 @@ def test_the_training_lesion_dice_is_the_evaluation_one():
 
 def test_the_epoch_scores_are_evaluation_figures_of_the_cleaned_masks():
     from busi.model.chain import RoiConfig
-    from components.train_unet import chain_scores
+    from busi.model.unet_training import chain_scores
 
     truth = [np.zeros((20, 20), bool) for _ in range(3)]
     truth[0][5:15, 5:15] = True
@@ -318,7 +318,7 @@ def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     import tensorflow as tf
 
     from busi.model.masks import LesionRule
-    from components.train_unet import epoch_learning_rate, fit_unet
+    from busi.model.unet_training import epoch_learning_rate, fit_unet
 
     cfg = UnetConfig(epochs=3, batch_size=2, learning_rate=0.01, lr_schedule="cosine", patience=5)
     rates = [epoch_learning_rate(e, cfg) for e in range(3)]
@@ -366,7 +366,7 @@ def test_imagenet_classifiers_preprocess_as_keras_does_and_load_plainly(tmp_path
 
 def test_flat_negatives_add_uniform_images_with_empty_masks_to_the_train_split_only(tmp_path):
     from busi.data.tfrecords import write_tfrecord
-    from components.train_unet import flat_images, segmentation_dataset
+    from busi.model.unet_training import flat_images, segmentation_dataset
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 16, 16), dtype=np.uint8)
@@ -439,7 +439,7 @@ def test_a_context_classifier_reads_crop_and_context_with_stacks_of_their_own(tm
 
 @pytest.mark.parametrize(("min_epochs", "stops"), [(0, True), (2, False)])
 def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_epochs, stops):
-    from components.train_unet import early_stopping
+    from busi.model.unet_training import early_stopping
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     callback = early_stopping(UnetConfig(patience=1, min_epochs=min_epochs))

@@ -75,7 +75,7 @@ def test_killed_training_resumes_from_its_last_epoch(smoke_run, tmp_path):
 
 
 def test_a_backup_of_another_training_is_not_resumed(tmp_path):
-    from components.train_unet import _claim_backup
+    from busi.model.unet_training import _claim_backup
 
     backup = tmp_path / "unet.backup"
     assert _claim_backup(backup, "config A") is False  # nothing to resume, folder claimed

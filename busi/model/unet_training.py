@@ -1,0 +1,428 @@
+"""How a U-Net is built and trained: the core that ``train_unet`` and ``train_unet_folds``
+share (a step never imports another step).
+
+Loss BCE + soft Dice. One Dice everywhere (``busi.model.metrics``): the lesion Dice is the
+mean, over images whose true mask is non-empty, of 2TP / (2TP + FP + FN); an image with an
+empty true mask has no Dice (it is scored by the false-lesion rate instead). Training logs
+it on the raw thresholded masks (``lesion_dice_raw``, ``val_lesion_dice_raw``); after each
+epoch the validation split is scored as ``evaluate_models`` scores it (the chain's
+threshold, small-blob removal and largest component from ``crop_rois``):
+``val_lesion_dice``, ``val_false_lesion_rate`` and ``val_score`` (the Dice minus
+``false_lesion_weight`` times the rate). Early stopping watches ``monitor``, one of those,
+so what stops training is what is reported.
+A backup every epoch (Keras BackupAndRestore), so a killed run resumes where it stopped.
+``architecture: original`` is the published notebook's U-Net (base 64 filters, 31 M
+parameters, dropout, no batch norm); ``compact`` is the default that fits the CPU budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnetArch:
+    base_filters: int
+    depth: int
+    dropout: float
+    batchnorm: bool
+    # Each block adds a 1x1-convolution shortcut of its input (a residual U-Net).
+    residual: bool = False
+
+
+ARCHITECTURES = {
+    # The notebook's U-Net: 64-128-256-512-1024 filters, dropout in the deep layers.
+    "original": UnetArch(base_filters=64, depth=4, dropout=0.5, batchnorm=False),
+    "compact": UnetArch(base_filters=16, depth=4, dropout=0.1, batchnorm=True),
+    "wide": UnetArch(base_filters=32, depth=4, dropout=0.1, batchnorm=True),
+    "residual": UnetArch(base_filters=16, depth=4, dropout=0.1, batchnorm=True, residual=True),
+}
+
+
+MONITORS = ("val_lesion_dice", "val_score")
+INPUT_NORMS = ("none", "image")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_learning_rate(epoch: int, cfg: UnetConfig) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "constant":
+        return float(cfg.learning_rate)
+    return float(cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs)))
+
+
+@dataclass(frozen=True)
+class UnetConfig:
+    architecture: str = "compact"
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    patience: int = 8
+    # Keras' default 0.99 is unstable with ~100 steps an epoch or fewer.
+    batchnorm_momentum: float = 0.9
+    shuffle_buffer: int = 4096
+    seed: int = 0
+    # What early stopping (and the choice of the best epoch) watches: the validation split
+    # scored as evaluate_models scores it (see the module docstring).
+    monitor: str = "val_score"
+    false_lesion_weight: float = 0.2
+    # The image as the U-Net sees it: none (grey levels / 255) | image (each image
+    # standardised to mean 0 and std 1 by a parameter-free layer inside the model, so that
+    # serving and every step downstream get it too): a site's gain and contrast then change
+    # nothing the U-Net sees.
+    input_norm: str = "none"
+    # constant: learning_rate throughout | cosine: annealed per epoch from learning_rate
+    # towards 0 at the last of ``epochs`` (half a cosine), so the late epochs, where the
+    # best one is picked, move the weights less.
+    lr_schedule: str = "constant"
+    # Uniform images (one grey level each, drawn evenly from [0, 1]) with empty masks added
+    # to the train split, as a share of its size: a standardised U-Net sees every flat
+    # image as all zeros, and without such examples it may read that as a lesion.
+    flat_negatives: float = 0.0
+    # Epochs before early stopping starts to watch ``monitor`` (and before an epoch can be
+    # kept as the best): the false-lesion rate on 20 normal val images moves by up to 0.45
+    # from one epoch to the next, and with a heavy false_lesion_weight an early epoch that
+    # marks little can win and stop training (bench/results/chain_seeds_val_cosine_flw.md).
+    min_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_epochs < self.epochs:
+            raise ValueError(
+                f"min_epochs {self.min_epochs} must lie in [0, epochs={self.epochs}): the "
+                "epochs before early stopping starts to watch the monitor"
+            )
+        if not 0 <= self.flat_negatives <= 1:
+            raise ValueError(
+                f"flat_negatives {self.flat_negatives} is a share of the train split: "
+                "give a number in [0, 1]"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule '{self.lr_schedule}' unknown; choose one of {LR_SCHEDULES}"
+            )
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm '{self.input_norm}' unknown; choose one of {INPUT_NORMS}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture '{self.architecture}' unknown; choose one of {sorted(ARCHITECTURES)}"
+            )
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor '{self.monitor}' unknown; choose one of {MONITORS}")
+        if self.false_lesion_weight < 0:
+            raise ValueError("false_lesion_weight must be >= 0")
+
+    @property
+    def arch(self) -> UnetArch:
+        return ARCHITECTURES[self.architecture]
+
+
+def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9, input_norm: str = "none"):
+    """A U-Net: image [S,S,1] in, lesion probability [S,S,1] out.
+
+    ``input_norm="image"`` standardises each image over its pixels (LayerNormalization over
+    height, width and channel, without learned scale or offset: a built-in layer, so saved
+    models load without custom objects). A blank image becomes all zeros."""
+    import keras
+    from keras import layers
+
+    def block(x, filters: int, dropout: float = 0.0):
+        shortcut = x
+        for i in range(2):
+            x = layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=not arch.batchnorm,
+                kernel_initializer="he_normal",
+            )(x)
+            if arch.batchnorm:
+                x = layers.BatchNormalization(momentum=bn_momentum)(x)
+            if arch.residual and i == 1:
+                shortcut = layers.Conv2D(filters, 1, padding="same", use_bias=False)(shortcut)
+                x = layers.Add()([x, shortcut])
+            x = layers.Activation("relu")(x)
+        if dropout:
+            x = layers.Dropout(dropout)(x)
+        return x
+
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x, skips = inputs, []
+    if input_norm == "image":
+        x = layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-4, name="image_norm"
+        )(x)
+    elif input_norm != "none":
+        raise ValueError(f"input_norm '{input_norm}' unknown; choose one of {INPUT_NORMS}")
+    for level in range(arch.depth):
+        deep = level >= arch.depth - 1
+        x = block(x, arch.base_filters * 2**level, arch.dropout if deep else 0.0)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = block(x, arch.base_filters * 2**arch.depth, arch.dropout)
+    for level in reversed(range(arch.depth)):
+        x = layers.Conv2DTranspose(arch.base_filters * 2**level, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = block(x, arch.base_filters * 2**level)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """1 - soft Dice, per image, averaged over the batch."""
+    from keras import ops
+
+    axes = (1, 2, 3)
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+    return 1.0 - ops.mean((2.0 * intersection + smooth) / (total + smooth))
+
+
+def bce_dice_loss(y_true, y_pred):
+    import keras
+    from keras import ops
+
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+    return bce + soft_dice_loss(y_true, y_pred)
+
+
+def lesion_dice_metric(threshold: float = 0.5):
+    """A Keras metric: the lesion Dice of ``busi.model.metrics`` on the raw thresholded
+    masks, accumulated over an epoch (each lesion image counts once, whatever its batch)."""
+    import keras
+    from keras import ops
+
+    class LesionDice(keras.metrics.Metric):
+        def __init__(self, name="lesion_dice_raw", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            truth = ops.cast(y_true > 0.5, "float32")
+            pred = ops.cast(y_pred >= threshold, "float32")
+            axes = (1, 2, 3)
+            tp = ops.sum(truth * pred, axis=axes)
+            size = ops.sum(truth, axis=axes) + ops.sum(pred, axis=axes)
+            lesion = ops.cast(ops.sum(truth, axis=axes) > 0, "float32")
+            per_image = 2.0 * tp / ops.maximum(size, 1e-9)
+            self.total.assign(self.total + ops.sum(per_image * lesion))
+            self.count.assign(self.count + ops.sum(lesion))
+
+        def result(self):
+            return ops.where(
+                self.count > 0, self.total / ops.maximum(self.count, 1.0), float("nan")
+            )
+
+    return LesionDice()
+
+
+def chain_scores(probs, true_masks, labels, roi, false_lesion_weight: float) -> dict:
+    """The validation figures of one epoch, computed as evaluate_models computes them: each
+    probability map cleaned by the chain (``roi``: threshold, min_area, keep), then
+    ``segmentation_metrics``. ``labels`` are class names."""
+    import math
+
+    from busi.model.masks import clean_mask
+    from busi.model.metrics import segmentation_metrics
+
+    cleaned = [clean_mask(p, roi) for p in probs]
+    seg = segmentation_metrics(list(true_masks), cleaned, list(labels), lesion_min_area=0.0)
+    dice, rate = seg["dice_mean"], seg["normal_false_lesion_rate"]
+    rate_or_0 = 0.0 if math.isnan(rate) else rate
+    return {
+        "val_lesion_dice": dice,
+        "val_false_lesion_rate": rate,
+        "val_score": dice - false_lesion_weight * rate_or_0,
+    }
+
+
+def chain_validation(val_arrays, roi, false_lesion_weight: float, batch_size: int = 32):
+    """A Keras callback that adds ``chain_scores`` of the validation split to each epoch's
+    logs; listed before EarlyStopping and the loggers, which then see them."""
+    import keras
+
+    images, masks, labels = val_arrays
+
+    class ChainValidation(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            probs = self.model.predict(images, batch_size=batch_size, verbose=0)[..., 0]
+            if logs is not None:
+                logs.update(chain_scores(probs, masks, labels, roi, false_lesion_weight))
+
+    return ChainValidation()
+
+
+def compile_unet(model, learning_rate: float):
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=bce_dice_loss,
+        metrics=[lesion_dice_metric()],
+    )
+    return model
+
+
+def split_arrays(ds):
+    """(images [N,S,S,1], masks [N,S,S], class names) of an unbatched (image, mask, label)
+    dataset."""
+    import numpy as np
+
+    from busi.data.preprocess import CLASSES
+
+    images, masks, labels = [], [], []
+    for image, mask, label in ds.as_numpy_iterator():
+        images.append(image)
+        masks.append(mask[..., 0] > 0.5)
+        labels.append(CLASSES[int(label)])
+    return np.stack(images), masks, labels
+
+
+def flat_images(count: int, image_size: int, seed: int):
+    """``count`` uniform images [count,S,S,1] in [0, 1], their grey levels evenly spread over
+    [0, 1] in a seeded random order, and their empty masks."""
+    import numpy as np
+
+    levels = np.random.default_rng(seed).permutation(np.linspace(0.0, 1.0, num=count))
+    images = np.broadcast_to(
+        levels[:, None, None, None], (count, image_size, image_size, 1)
+    ).astype(np.float32)
+    return images, np.zeros_like(images)
+
+
+def segmentation_dataset(path: Path, image_size: int, cfg: UnetConfig, training: bool):
+    """(image, mask) batches streamed from a TFRecord file; the train set is cached and
+    reshuffled every epoch, with an extra random horizontal flip online, and
+    ``cfg.flat_negatives`` of its size in flat images with empty masks added."""
+    import tensorflow as tf
+
+    from busi.data.tfrecords import read_tfrecord
+
+    ds = read_tfrecord(path, image_size).map(lambda image, mask, label: (image, mask))
+    ds = ds.cache()
+    if training and cfg.flat_negatives > 0:
+        count = round(cfg.flat_negatives * sum(1 for _ in ds))
+        if count:
+            flats = tf.data.Dataset.from_tensor_slices(flat_images(count, image_size, cfg.seed))
+            ds = ds.concatenate(flats)
+    if training:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+
+        def flip(pair, seed):
+            image, mask = pair
+            do = tf.random.stateless_uniform((), seed=seed) < 0.5
+            return (
+                tf.where(do, tf.reverse(image, [1]), image),
+                tf.where(do, tf.reverse(mask, [1]), mask),
+            )
+
+        # Stateless random ops with one seed per element: the same flips whatever the
+        # thread schedule, so training is deterministic.
+        seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _claim_backup(backup_dir: Path, fingerprint: str) -> bool:
+    """Whether there is a backup of this same training to resume. A backup left by a
+    training with other params or data is discarded (it cannot be resumed), and the
+    folder is marked with this training's fingerprint."""
+    marker = backup_dir / "busi_fingerprint.txt"
+    if backup_dir.exists() and any(p != marker for p in backup_dir.iterdir()):
+        if marker.is_file() and marker.read_text() == fingerprint:
+            return True
+        logger.warning("discarding %s: it was left by a training with other settings", backup_dir)
+        shutil.rmtree(backup_dir)
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    return False
+
+
+def early_stopping(cfg: UnetConfig):
+    """Stops when ``cfg.monitor`` has not risen for ``patience`` epochs and keeps the best
+    epoch's weights, watching from epoch ``min_epochs`` (0-based) on."""
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor,
+        mode="max",
+        patience=cfg.patience,
+        restore_best_weights=True,
+        start_from_epoch=cfg.min_epochs,
+    )
+
+
+def fit_unet(
+    train_ds,
+    val_ds,
+    image_size: int,
+    cfg: UnetConfig,
+    backup_dir: Path,
+    history_csv: Path,
+    val_arrays,
+    roi,
+    extra_callbacks=(),
+    fingerprint: str = "",
+):
+    """Train (or resume) a U-Net. ``val_arrays`` (``split_arrays`` of the validation split)
+    are scored each epoch with the chain settings ``roi``. Returns the model with the
+    weights of the best epoch by ``cfg.monitor``."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    # Same data, params and code give the same model (on the same machine), which makes a
+    # past run reproducible and a model comparison fair.
+    tf.config.experimental.enable_op_determinism()
+    model = compile_unet(
+        build_unet(image_size, cfg.arch, cfg.batchnorm_momentum, cfg.input_norm),
+        cfg.learning_rate,
+    )
+    resuming = _claim_backup(Path(backup_dir), fingerprint)
+    callbacks = [
+        # Saves model, optimizer and epoch after every epoch; on a rerun, training resumes
+        # from the last completed epoch. Deleted once training ends normally.
+        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch"),
+        chain_validation(val_arrays, roi, cfg.false_lesion_weight, cfg.batch_size),
+        early_stopping(cfg),
+        keras.callbacks.CSVLogger(str(history_csv), append=resuming),
+        *extra_callbacks,
+    ]
+    if cfg.lr_schedule != "constant":
+        # Set at each epoch's start from the epoch number alone, so a resumed run gets the
+        # same rates as an uninterrupted one.
+        callbacks.insert(
+            1, keras.callbacks.LearningRateScheduler(lambda e: epoch_learning_rate(e, cfg))
+        )
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing left to resume
+    return model
+
+
+# The chain settings (params.yaml: crop_rois) that decide what a predicted lesion is.
+CHAIN_KEYS = ("threshold", "min_area", "keep")
+
+
+def chain_config(params_path: Path):
+    """The crop_rois settings that turn a probability map into a lesion, as the chain and
+    evaluate_models apply them (dvc.yaml lists these keys as train_unet params)."""
+    import yaml
+
+    from busi.model.masks import LesionRule
+
+    section = (yaml.safe_load(Path(params_path).read_text()) or {}).get("crop_rois") or {}
+    return LesionRule(**{k: section[k] for k in CHAIN_KEYS if k in section})
+
+
+def training_fingerprint(params: dict, train_records: Path) -> str:
+    """What a resumable backup must match: the training params and the training data."""
+    digest = hashlib.md5(train_records.read_bytes()).hexdigest()
+    return json.dumps({"params": params, "train_md5": digest}, sort_keys=True)
