@@ -128,7 +128,12 @@ def _x(images: np.ndarray) -> np.ndarray:
 def train_trial_unet(trial: Trial, data):
     import keras
 
-    from busi.model.unet_training import ARCHITECTURES, bce_dice_loss, build_unet, lesion_dice_metric
+    from busi.model.unet_training import (
+        ARCHITECTURES,
+        bce_dice_loss,
+        build_unet,
+        lesion_dice_metric,
+    )
 
     keras.utils.set_random_seed(trial.seed)
     x, y = _augmented_train(data, trial.size, trial.copies)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from busi.model.unet_training import ARCHITECTURES, UnetConfig, bce_dice_loss, build_unet
 from components.augment_data import AugmentConfig, augment_pair, prepare_split
 from components.train_classifier import ClassifierConfig, build_classifier, class_weights
-from busi.model.unet_training import ARCHITECTURES, UnetConfig, bce_dice_loss, build_unet
 
 keras = pytest.importorskip("keras")
 
