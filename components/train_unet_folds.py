@@ -136,21 +136,34 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out)  # a DVC output: rebuilt whole
     args.out.mkdir(parents=True)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"folds": cfg.folds}
-    if cfg.folds:
-        summary = _train_folds(args, cfg, unet_cfg, roi)
-    (args.out / "folds.json").write_text(json.dumps(summary, indent=2) + "\n")
-    args.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    from busi import tracking
+
+    params = asdict(cfg) | {f"unet_{k}": v for k, v in asdict(unet_cfg).items()}
+    # a step run even when off: every stage of a pipeline run has one (lineage)
+    with tracking.step_run("train_unet_folds", params):
+        summary: dict = {"folds": cfg.folds}
+        if cfg.folds:
+            summary = _train_folds(args, cfg, unet_cfg, roi, params)
+        (args.out / "folds.json").write_text(json.dumps(summary, indent=2) + "\n")
+        args.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+        figures = {
+            f"fold{r['fold']}_{k}": v
+            for r in summary.get("per_fold", [])
+            for k, v in r.items()
+            if k.startswith("val_")
+        }
+        tracking.log_step_outputs(
+            {"folds": cfg.folds, **figures}, artifacts=[args.out / "folds.json"]
+        )
     if not cfg.folds:
         print("train_unet_folds.folds is 0: no fold U-Nets (crop_rois uses the U-Net)")
     return 0
 
 
-def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi) -> dict:
+def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi, params: dict) -> dict:
     import pandas as pd
     import tensorflow as tf
 
-    from busi import tracking
     from busi.data.tfrecords import read_tfrecord
     from busi.model.unet_training import (
         chain_scores,
@@ -174,9 +187,8 @@ def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi) -> dict:
     records = [r.numpy() for r in tf.data.TFRecordDataset(str(args.data / "train.tfrecord"))]
     val_ds = segmentation_dataset(args.data / "val.tfrecord", image_size, unet_cfg, False)
     val_arrays = split_arrays(read_tfrecord(args.data / "val.tfrecord", image_size))
-    params = asdict(cfg) | {f"unet_{k}": v for k, v in asdict(unet_cfg).items()}
     summary: dict = {"folds": cfg.folds, "image_size": image_size, "per_fold": []}
-    with tracking.step_run("train_unet_folds", params), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         for fold in range(cfg.folds):
             kept = fold_records(records, fold_of, fold)
             path = Path(tmp) / f"train-{fold}.tfrecord"
@@ -213,13 +225,4 @@ def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi) -> dict:
                 f"fold U-Net {fold}: {len(kept)} train records ({left_out} images left out), "
                 f"val lesion Dice {scores['val_lesion_dice']:.3f}"
             )
-        tracking.log_step_outputs(
-            {
-                f"fold{r['fold']}_{k}": v
-                for r in summary["per_fold"]
-                for k, v in r.items()
-                if k.startswith("val_")
-            },
-            artifacts=[args.out / "folds.csv"],
-        )
     return summary

@@ -137,18 +137,20 @@ def test_fold_unets_train_and_crop_the_train_split_out_of_fold(smoke_run, tmp_pa
     train = splits[splits["split"] == "train"]
     assert sorted(table["id"]) == sorted(train["id"])
     left_out = [r["left_out_images"] for r in summary["per_fold"]]
-    assert sum(left_out) == len(train) and min(left_out) > 0
-    assert (folds_dir / "fold-0.keras").is_file() and (folds_dir / "fold-1.keras").is_file()
+    assert sum(left_out) == len(train)
+    assert min(left_out) > 0
+    assert (folds_dir / "fold-0.keras").is_file()
+    assert (folds_dir / "fold-1.keras").is_file()
 
     rois = {}
     for segmenter in ("full", "out_of_fold"):
         params["crop_rois"]["train_segmenter"] = segmenter
         params_path.write_text(yaml.safe_dump(params))
         out = tmp_path / f"rois-{segmenter}"
-        args = ["--data-dir", str(ws / "data/busi"), "--manifest", str(ws / "data/manifest.csv")]
-        args += ["--splits", str(ws / "data/splits.csv"), "--unet", str(ws / "models/unet.keras")]
-        args += ["--unet-folds", str(folds_dir), "--out", str(out), "--params", str(params_path)]
-        assert crop_rois.main(args) == 0
+        crop = ["--data-dir", str(ws / "data/busi"), "--manifest", str(ws / "data/manifest.csv")]
+        crop += ["--splits", str(ws / "data/splits.csv"), "--unet", str(ws / "models/unet.keras")]
+        crop += ["--unet-folds", str(folds_dir), "--out", str(out), "--params", str(params_path)]
+        assert crop_rois.main(crop) == 0
         rois[segmenter] = out
         done = json.loads((out / "summary.json").read_text())["splits"]
         assert done["train"]["segmenter"] == segmenter
