@@ -176,6 +176,7 @@ PATH_OPTIONS = {
     "--data-dir": ("data/busi", "the BUSI-layout folder of class folders"),
     "--manifest": ("data/manifest.csv", "the manifest that validate-data writes"),
     "--splits": ("data/splits.csv", "the split that split-data writes"),
+    "--data": ("data/prepared", "the TFRecords and meta.json that augment-data wrote"),
     "--unet": ("models/unet.keras", "the U-Net that train-unet saved"),
     "--unet-folds": ("models/unet_folds", "the fold U-Nets that train-unet-folds saved"),
     "--classifier": ("models/classifier.keras", "the classifier that train-classifier saved"),

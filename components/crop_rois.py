@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     from busi.model.unet import load_unet
 
     unet = load_unet(args.unet)
+    # loaded (or refused) before any work
+    folds = _load_fold_unets(args.unet_folds, cfg) if cfg.train_segmenter == "out_of_fold" else None
     rows = load_split_rows(args.manifest, args.splits)
     with tracking.step_run("crop_rois", asdict(cfg)):
-        summary = _crop_all(rows, unet, args, cfg)
+        summary = _crop_all(rows, unet, args, cfg, folds)
         tracking.log_step_outputs(
             {f"{s}_no_lesion_found": v["no_lesion_found"] for s, v in summary["splits"].items()},
             artifacts=[args.out / "summary.json"],
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
+def _crop_all(rows, unet, args, cfg: CropConfig, folds=None) -> dict:
+    """``folds``: ``_load_fold_unets``' answer when the train split is segmented out of fold."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -220,8 +223,9 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
         else:
             part, images, masks = load(split)
             split_predict = predict
-            if split == "train" and cfg.train_segmenter == "out_of_fold":
-                split_predict = _fold_predict(args.unet_folds, part["id"].to_list(), cfg)
+        segmenter = "out_of_fold" if split == "train" and folds is not None else "full"
+        if segmenter == "out_of_fold":
+            split_predict = out_of_fold_predict(part["id"].to_list(), *folds)
         labels = [CLASSES.index(c) for c in part["class"]]
         result = rois_for_split(
             images, masks, labels, part["id"].to_list(), split_predict, cfg, split
@@ -232,11 +236,7 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
         summary["splits"][split] = {
             "rows": len(result["ids"]),
             "no_lesion_found": int(whole.sum()),
-            "segmenter": (
-                "out_of_fold"
-                if split == "train" and cfg.train_segmenter == "out_of_fold"
-                else "full"
-            ),
+            "segmenter": segmenter,
             "no_lesion_found_per_class": {
                 c: int(whole[result["labels"][predicted] == i].sum()) for i, c in enumerate(CLASSES)
             },
@@ -245,8 +245,9 @@ def _crop_all(rows, unet, args, cfg: CropConfig) -> dict:
     return summary
 
 
-def _fold_predict(folder: Path, ids: list[str], cfg: CropConfig):
-    """``out_of_fold_predict`` with the fold U-Nets that train-unet-folds saved in ``folder``."""
+def _load_fold_unets(folder: Path, cfg: CropConfig) -> tuple[dict[str, int], list]:
+    """The fold of each train id and a segmenter per fold U-Net that train-unet-folds saved
+    in ``folder`` (``out_of_fold_predict``'s arguments after the ids)."""
     import pandas as pd
 
     from busi.model.unet import load_unet
@@ -265,4 +266,4 @@ def _fold_predict(folder: Path, ids: list[str], cfg: CropConfig):
     predictors = [
         (lambda imgs, u=u: segment(u, imgs, u.input_shape[1], cfg.tta_flip)) for u in unets
     ]
-    return out_of_fold_predict(ids, fold_of, predictors)
+    return fold_of, predictors

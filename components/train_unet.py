@@ -29,13 +29,7 @@ from busi.model.unet_training import (
 def main(argv: list[str] | None = None) -> int:
     from busi.cli import parser_for
 
-    parser = parser_for("train-unet", "--params")
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=Path("data/prepared"),
-        help="the TFRecords and meta.json that augment-data wrote (default: %(default)s)",
-    )
+    parser = parser_for("train-unet", "--data", "--params")
     parser.add_argument(
         "--model",
         type=Path,

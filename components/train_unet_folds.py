@@ -100,13 +100,7 @@ def fold_records(records, fold_of: dict[str, int], fold: int) -> list[bytes]:
 def main(argv: list[str] | None = None) -> int:
     from busi.cli import parser_for
 
-    parser = parser_for("train-unet-folds", "--splits", "--params")
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=Path("data/prepared"),
-        help="the TFRecords and meta.json that augment-data wrote (default: %(default)s)",
-    )
+    parser = parser_for("train-unet-folds", "--data", "--splits", "--params")
     parser.add_argument(
         "--out",
         type=Path,
@@ -132,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_section(args.params, "train_unet_folds", FoldsConfig)
     unet_cfg = load_section(args.params, "train_unet", UnetConfig)
     roi = chain_config(args.params)
+    if cfg.folds:  # checked before the old output is removed
+        for split in ("train", "val"):
+            if not (args.data / f"{split}.tfrecord").is_file():
+                raise BusiError(f"{args.data}/{split}.tfrecord not found: run `busi augment-data`")
+        if not args.splits.is_file():
+            raise BusiError(f"{args.splits} not found: run `busi split-data` first")
     if args.out.exists():
         shutil.rmtree(args.out)  # a DVC output: rebuilt whole
     args.out.mkdir(parents=True)
@@ -173,11 +173,6 @@ def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi, params: dict) -> dict:
         training_fingerprint,
     )
 
-    for split in ("train", "val"):
-        if not (args.data / f"{split}.tfrecord").is_file():
-            raise BusiError(f"{args.data}/{split}.tfrecord not found: run `busi augment-data`")
-    if not args.splits.is_file():
-        raise BusiError(f"{args.splits} not found: run `busi split-data` first")
     image_size = json.loads((args.data / "meta.json").read_text())["config"]["image_size"]
     rows = pd.read_csv(args.splits)
     fold_of = assign_folds(rows, cfg.folds, unet_cfg.seed)

@@ -105,11 +105,11 @@ def test_each_image_is_segmented_by_its_own_fold_unet():
 
 
 def test_out_of_fold_without_fold_unets_says_what_to_do(tmp_path):
-    from components.crop_rois import _fold_predict
+    from components.crop_rois import _load_fold_unets
 
     (tmp_path / "folds.json").write_text('{"folds": 0}')
     with pytest.raises(BusiError, match=r"set train_unet_folds\.folds"):
-        _fold_predict(tmp_path, ["x"], CropConfig())
+        _load_fold_unets(tmp_path, CropConfig())
 
 
 @pytest.mark.slow
