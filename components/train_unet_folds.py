@@ -14,7 +14,7 @@ TFRecord) go with it: nothing a fold U-Net trained on is a copy or near-duplicat
 image it segments. Each fold U-Net is trained as ``train_unet`` trains the U-Net (its
 settings, seed and early stopping on the val split); only the train records differ.
 
-``folds: 0`` (the default) trains nothing and writes only ``folds.json``, so the DVC stage
+``folds: 0`` (off; the default is 2) trains nothing and writes only ``folds.json``, so the DVC stage
 stays cheap when the option is off.
 
 Core: ``assign_folds`` (split rows in, fold per id out) and ``fold_records`` (which TFRecord
