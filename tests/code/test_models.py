@@ -455,3 +455,93 @@ def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_
     assert callback.best == (0.9 if stops else 0.3)
     with pytest.raises(ValueError, match="min_epochs"):
         UnetConfig(epochs=5, min_epochs=5)
+
+
+def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_the_raw_weights():
+    from components.train_classifier import weight_average_callback
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+    momentum = 0.5
+    seen = {"batches": [], "validated": [], "after_epoch": []}
+
+    class Watch(keras.callbacks.Callback):
+        # listed before the average: sees the raw weights after each batch and at the end
+        # of each epoch (once the average has put them back), the average at validation
+        def on_train_batch_end(self, batch, logs=None):
+            seen["batches"].append(self.model.get_weights())
+
+        def on_test_begin(self, logs=None):
+            seen["validated"].append(None)  # filled by the checker below, after the swap
+
+    class Check(keras.callbacks.Callback):
+        # listed after the average: sees what the average put in place
+        def on_test_begin(self, logs=None):
+            seen["validated"][-1] = self.model.get_weights()
+
+    average = weight_average_callback(momentum)
+
+    class AfterEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen["after_epoch"].append(self.model.get_weights())
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 2, 8), 2)
+    start = model.get_weights()
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=2,
+        validation_data=(x, y),
+        verbose=0,
+        shuffle=False,
+        callbacks=[Watch(), average, Check(), AfterEpoch()],
+    )
+    # By hand: shadow = m * shadow + (1 - m) * weights after every batch (2 a epoch).
+    shadow = [w.astype(np.float64) for w in start]
+    expected = []
+    for i, weights in enumerate(seen["batches"]):
+        shadow = [momentum * s + (1 - momentum) * w for s, w in zip(shadow, weights, strict=True)]
+        if i % 2 == 1:
+            expected.append([s.copy() for s in shadow])
+    assert len(seen["validated"]) == 2
+    for got, want, raw in zip(seen["validated"], expected, seen["batches"][1::2], strict=True):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        # the average is not the raw weights (else the test could not fail)
+        assert max(np.abs(g - r).max() for g, r in zip(got, raw, strict=True)) > 1e-4
+    # The raw weights are back once the epoch ends: the next epoch trains from them.
+    for after, raw in zip(seen["after_epoch"], seen["batches"][1::2], strict=True):
+        for a, r in zip(after, raw, strict=True):
+            np.testing.assert_array_equal(a, r)
+
+
+def test_early_stopping_keeps_the_averaged_weights_of_the_best_epoch(tmp_path):
+    from components.train_classifier import fit_classifier
+
+    seen = {"raw": [], "validated": []}
+
+    class Watch(keras.callbacks.Callback):
+        # an extra callback comes before the average: at on_test_begin it sees the raw
+        # weights, at on_epoch_end those validated (the average, not yet swapped back)
+        def on_test_begin(self, logs=None):
+            seen["raw"].append(self.model.get_weights())
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen["validated"].append(self.model.get_weights())
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (24, 16, 16, 2)).astype(np.float32)
+    y = np.arange(24) % 3
+    cfg = ClassifierConfig(base_filters=4, epochs=4, batch_size=8, patience=4, weight_average=0.9)
+    model = fit_classifier(x, y, x, y, cfg, tmp_path / "history.csv", extra_callbacks=[Watch()])
+    history = np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True)
+    best = int(np.argmax(history["val_macro_f1"]))
+    kept = model.get_weights()
+    for k, v in zip(kept, seen["validated"][best], strict=True):
+        np.testing.assert_array_equal(k, v)
+    assert max(np.abs(k - r).max() for k, r in zip(kept, seen["raw"][best], strict=True)) > 1e-4
+    with pytest.raises(ValueError, match="weight_average"):
+        ClassifierConfig(weight_average=1.0)
