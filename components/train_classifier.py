@@ -7,8 +7,9 @@ which needs internet access; the default (``none``) works offline, and the run r
 which weights were used. The input is the crop plus a second channel, the predicted mask
 or the U-Net's probability over the crop (``crop_rois.mask_channel``; for the ImageNet
 backbones: crop, crop, channel as RGB); with ``crop_rois.context: image`` the whole image
-and its probability map follow (small_cnn only). Class imbalance is handled with
-balanced class weights; no image is dropped.
+and its probability map follow (small_cnn only). No image is dropped for class imbalance:
+``class_weight: balanced`` weighs each class as much as the others, ``none`` (the project's
+default since chain_seeds_val_cwnone.md) weighs each crop 1.
 
 Core: ``build_classifier``, ``class_weights``, ``weight_average_callback`` and
 ``fit_classifier``. Shell: ``main``.
