@@ -70,7 +70,7 @@ app: setup
 
 ## The whole suite on TEST_WORKERS pytest-xdist workers (0: one process, one test at a time).
 ## A unit of work is a test file, or a few files that must share a worker (tests/conftest.py).
-## Two workers on two cores: 15.3 min on the slow machine type (AMD EPYC) at its fastest hour,
+## Two workers on two cores: 15.3-17.8 min on the slow machine type (AMD EPYC) at its fast hours,
 ## 38 min in one process at a slower one; a third worker only saturates the CPU. docs/testing.md
 ## has the measurements.
 TEST_WORKERS ?= 2
