@@ -466,22 +466,14 @@ def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_th
     seen = {"batches": [], "validated": [], "after_epoch": []}
 
     class Watch(keras.callbacks.Callback):
-        # listed before the average: sees the raw weights after each batch and at the end
-        # of each epoch (once the average has put them back), the average at validation
+        # listed after the average: the raw weights after each batch, what the average put
+        # in place at validation, and the weights once it has swapped the raw ones back
         def on_train_batch_end(self, batch, logs=None):
             seen["batches"].append(self.model.get_weights())
 
         def on_test_begin(self, logs=None):
-            seen["validated"].append(None)  # filled by the checker below, after the swap
+            seen["validated"].append(self.model.get_weights())
 
-    class Check(keras.callbacks.Callback):
-        # listed after the average: sees what the average put in place
-        def on_test_begin(self, logs=None):
-            seen["validated"][-1] = self.model.get_weights()
-
-    average = weight_average_callback(momentum)
-
-    class AfterEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             seen["after_epoch"].append(self.model.get_weights())
 
@@ -497,7 +489,7 @@ def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_th
         validation_data=(x, y),
         verbose=0,
         shuffle=False,
-        callbacks=[Watch(), average, Check(), AfterEpoch()],
+        callbacks=[weight_average_callback(momentum), Watch()],
     )
     # By hand: shadow = m * shadow + (1 - m) * weights after every batch (2 a epoch).
     shadow = [w.astype(np.float64) for w in start]
