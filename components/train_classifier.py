@@ -59,8 +59,18 @@ class ClassifierConfig:
     # model rather than one batch's luck. 0.98 averages over about 50 batches (3 epochs of
     # BUSI's train crops at batch 32).
     weight_average: float = 0.0
+    # Random zoom of the training inputs: each is cut to a square of a random share in
+    # [1 - zoom, 1] of its side, at a random place, and resized back (crop, context image and
+    # probability channels alike), so the classifier sees tighter fields of view and lesions
+    # off the crop's centre, as other sites' images bring them. 0 turns it off.
+    zoom: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.zoom < 1.0:
+            raise ValueError(
+                f"zoom {self.zoom} must be in [0, 1): the most of a training input's side a "
+                "random zoom may cut away (0 = off, e.g. 0.25)"
+            )
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError(
                 f"weight_average {self.weight_average} must be in [0, 1): the momentum of the "
@@ -217,7 +227,16 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
             # and shift; the probability channels stay as they are.
             grey = tf.clip_by_value(roi[..., 0::2] * gain + shift, 0.0, 1.0)
             planes = tf.stack([grey, roi[..., 1::2]], axis=-1)  # [S, S, k, 2]
-            return tf.reshape(planes, tf.shape(roi)), label
+            roi = tf.reshape(planes, tf.shape(roi))
+            if cfg.zoom:
+                size = tf.shape(roi)[0]
+                share = tf.random.stateless_uniform((), seed + 3, 1.0 - cfg.zoom, 1.0)
+                side = tf.cast(tf.round(share * tf.cast(size, tf.float32)), tf.int32)
+                cut = tf.image.stateless_random_crop(
+                    roi, tf.stack([side, side, tf.shape(roi)[-1]]), seed + 4
+                )
+                roi = tf.ensure_shape(tf.image.resize(cut, [size, size]), roi.shape)
+            return roi, label
 
         seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -225,28 +244,46 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
 
 
 def weight_average_callback(momentum: float):
-    """A Keras callback that keeps an exponential moving average of the model's weights
-    (``shadow = momentum * shadow + (1 - momentum) * weights`` after each training batch)
-    and puts it in the model for validation: swapped in at ``on_test_begin``, swapped back
-    to the raw weights at ``on_epoch_end``. List it after EarlyStopping, whose
-    ``on_epoch_end`` then keeps (and at the end restores) the averaged weights of the best
-    epoch."""
+    """A Keras callback that keeps an exponential moving average of the model's weights and
+    puts it in the model for validation: swapped in at ``on_test_begin``, swapped back to the
+    raw weights at ``on_epoch_end``. List it after EarlyStopping, whose ``on_epoch_end`` then
+    keeps (and at the end restores) the averaged weights of the best epoch.
+
+    The average starts at zero and is divided by ``1 - momentum ** step`` (Adam's bias
+    correction): after ``step`` batches it is the weights after batches 1..step weighed
+    ``momentum ** (step - k)``, normalised, so the untrained initial weights count for
+    nothing. The first version started at the initial weights: at 0.98 (about 17 batches an
+    epoch) they still weighed 25 % after four epochs, the averaged classifier called every
+    val image normal for the first 4-10 epochs, and one seed stopped there
+    (bench/results/chain_seeds_val_wavg.md).
+
+    Not Keras' ``use_ema``: with ``ema_overwrite_frequency=None`` it puts the average in the
+    model only when ``fit`` ends, so validation and early stopping never see it (and
+    EarlyStopping's restore then overwrites it); it also starts at the first step's weights.
+    """
     import keras
 
     class WeightAverage(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.shadow = [np.array(w, dtype=np.float64) for w in self.model.get_weights()]
+            weights = self.model.get_weights()
+            self.shadow = [np.zeros(np.shape(w), dtype=np.float64) for w in weights]
+            self.steps = 0
             self.raw = None
 
         def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
             for shadow, weight in zip(self.shadow, self.model.get_weights(), strict=True):
                 shadow *= momentum
                 shadow += (1.0 - momentum) * weight
 
+        def averaged(self):
+            correction = 1.0 - momentum**self.steps
+            return [s / correction for s in self.shadow]
+
         def on_test_begin(self, logs=None):
             self.raw = self.model.get_weights()
             self.model.set_weights(
-                [s.astype(r.dtype) for s, r in zip(self.shadow, self.raw, strict=True)]
+                [a.astype(r.dtype) for a, r in zip(self.averaged(), self.raw, strict=True)]
             )
 
         def on_epoch_end(self, epoch, logs=None):

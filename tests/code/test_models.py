@@ -437,6 +437,37 @@ def test_a_context_classifier_reads_crop_and_context_with_stacks_of_their_own(tm
     assert not np.allclose(out[..., 0], 0.5)  # the gain and shift were applied
 
 
+def test_the_classifier_zoom_cuts_one_square_of_every_channel_and_resizes_it_back():
+    from components.train_classifier import classification_dataset
+
+    # Probability channels 1 and 3 hold ramps along x and y (the gain leaves them alone):
+    # a zoomed input shows a narrower stretch of both, the same square in each channel.
+    size = 32
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    x = np.empty((16, size, size, 4), np.float32)
+    x[..., 0], x[..., 2] = 0.5, 0.5
+    x[..., 1] = ramp[None, None, :]
+    x[..., 3] = ramp[None, :, None]
+    labels = np.arange(16) % 3
+    ranges = []
+    for zoom in (0.0, 0.5):
+        cfg = ClassifierConfig(seed=1, zoom=zoom, batch_size=16)
+        seen, _ = next(classification_dataset(x, labels, cfg, training=True).as_numpy_iterator())
+        assert seen.shape == x.shape
+        width = seen[:, 0, :, 1].max(axis=1) - seen[:, 0, :, 1].min(axis=1)
+        height = seen[:, :, 0, 3].max(axis=1) - seen[:, :, 0, 3].min(axis=1)
+        np.testing.assert_allclose(width, height, atol=0.05)  # a square, in both channels
+        ranges.append(width)
+    np.testing.assert_allclose(ranges[0], 1.0, atol=1e-6)  # no zoom: the whole input
+    # cut to 50-100 % of the side: the ramps span about that much, and not all the same
+    assert (ranges[1] > 0.45).all() and (ranges[1] < 1.0).all() and ranges[1].std() > 0.05
+    # the val split is never zoomed
+    val, _ = next(classification_dataset(x, labels, cfg, training=False).as_numpy_iterator())
+    np.testing.assert_array_equal(val, x)
+    with pytest.raises(ValueError, match="zoom"):
+        ClassifierConfig(zoom=1.0)
+
+
 @pytest.mark.parametrize(("min_epochs", "stops"), [(0, True), (2, False)])
 def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_epochs, stops):
     from busi.model.unet_training import early_stopping
@@ -491,13 +522,17 @@ def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_th
         shuffle=False,
         callbacks=[weight_average_callback(momentum), Watch()],
     )
-    # By hand: shadow = m * shadow + (1 - m) * weights after every batch (2 a epoch).
-    shadow = [w.astype(np.float64) for w in start]
+    # By hand: the weights after batches 1..t weighed m ** (t - k), normalised (2 batches
+    # an epoch); the initial weights count for nothing.
     expected = []
-    for i, weights in enumerate(seen["batches"]):
-        shadow = [momentum * s + (1 - momentum) * w for s, w in zip(shadow, weights, strict=True)]
-        if i % 2 == 1:
-            expected.append([s.copy() for s in shadow])
+    for t in (2, 4):
+        factors = [momentum ** (t - k) for k in range(1, t + 1)]
+        expected.append(
+            [
+                sum(f * seen["batches"][k][i] for k, f in enumerate(factors)) / sum(factors)
+                for i in range(len(start))
+            ]
+        )
     assert len(seen["validated"]) == 2
     for got, want, raw in zip(seen["validated"], expected, seen["batches"][1::2], strict=True):
         for g, w in zip(got, want, strict=True):
