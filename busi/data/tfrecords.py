@@ -28,7 +28,9 @@ def write_tfrecord(path: Path, images, masks, labels, ids, augmented) -> None:
                 "augmented": _int(aug),
             }
             example = tf.train.Example(features=tf.train.Features(feature=features))
-            writer.write(example.SerializeToString())
+            # deterministic: the features map in one order in every process, so the same
+            # rows give the same bytes (and DVC the same hash) from run to run
+            writer.write(example.SerializeToString(deterministic=True))
 
 
 def read_tfrecord(path: Path, image_size: int):

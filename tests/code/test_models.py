@@ -235,6 +235,29 @@ def test_tfrecords_round_trip(tmp_path):
     assert [r[2] for r in rows] == [0, 1, 2]
 
 
+def test_the_same_rows_give_the_same_tfrecord_bytes_in_every_process(tmp_path):
+    # Protobuf serialises a map (an Example's features) in an order that changed from one
+    # process to the next: DVC then saw a new data/prepared on every run of augment-data.
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from busi.data.tfrecords import write_tfrecord\n"
+        "images = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)\n"
+        "write_tfrecord(__import__('pathlib').Path(sys.argv[1]), images, images > 90,"
+        " [0, 1, 2], ['a', 'b', 'c'], [0, 1, 1])\n"
+    )
+    written = []
+    for hash_seed in ("1", "2", "3"):
+        path = tmp_path / f"{hash_seed}.tfrecord"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "CUDA_VISIBLE_DEVICES": ""}
+        subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True)
+        written.append(path.read_bytes())
+    assert written[0] == written[1] == written[2]
+
+
 def test_balanced_class_weights():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
     weights = class_weights(labels)
