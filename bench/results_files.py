@@ -20,7 +20,7 @@ def write_results(
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = RESULTS / f"{name}.md"
-    text = md.read_text() if md.is_file() else f"# {title}\n\n{begin}\n{end}"
+    text = md.read_text() if md.is_file() else f"# {title}\n\n{begin}\n{end}\n"
     head, rest = re.split(r"<!-- BEGIN GENERATED[^\n]*-->", text, maxsplit=1)
     _, tail = rest.split(end)
     md.write_text(f"{head}{begin}\n{rendered}\n{end}{tail}")

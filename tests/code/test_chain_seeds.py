@@ -205,3 +205,7 @@ def test_results_file_keeps_the_hand_written_part_and_names_its_script(tmp_path,
     assert "new figures\n<!-- END GENERATED -->\nMore words.\n" in text
     assert "old figures" not in text
     assert json.loads((tmp_path / "chain_seeds_val_base.json").read_text()) == {"a": 1}
+    # A new file ends its generated part with a newline, so words appended by hand start a
+    # line of their own (they ran on after the marker before).
+    results_files.write_results("fresh", "Fresh", {}, "figures", "bench/bench_fresh.py")
+    assert (tmp_path / "fresh.md").read_text().endswith("figures\n<!-- END GENERATED -->\n")
