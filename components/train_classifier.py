@@ -64,8 +64,17 @@ class ClassifierConfig:
     # probability channels alike), so the classifier sees tighter fields of view and lesions
     # off the crop's centre, as other sites' images bring them. 0 turns it off.
     zoom: float = 0.0
+    # Label smoothing: each target moves this share of its weight evenly onto the three
+    # classes (1 -> 1 - s + s/3, 0 -> s/3), so the loss stops pushing a training crop's
+    # probability to 1 once it is called right. 0 turns it off.
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                f"label_smoothing {self.label_smoothing} must be in [0, 1): the share of each "
+                "target spread over the classes (0 = off, e.g. 0.1)"
+            )
         if not 0.0 <= self.zoom < 1.0:
             raise ValueError(
                 f"zoom {self.zoom} must be in [0, 1): the most of a training input's side a "
@@ -307,7 +316,12 @@ def fit_classifier(
     model = build_classifier(cfg, int(x_train.shape[1]), int(x_train.shape[-1]))
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="categorical_crossentropy",
+        # the plain loss when off, so a model trained before the option comes out the same
+        loss=(
+            keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+            if cfg.label_smoothing
+            else "categorical_crossentropy"
+        ),
         metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
     )
     weights = class_weights(y_train) if cfg.class_weight == "balanced" else None

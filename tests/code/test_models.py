@@ -460,6 +460,27 @@ def test_a_context_classifier_reads_crop_and_context_with_stacks_of_their_own(tm
     assert not np.allclose(out[..., 0], 0.5)  # the gain and shift were applied
 
 
+def test_label_smoothing_trains_on_targets_spread_over_the_classes(tmp_path):
+    from components.train_classifier import fit_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (12, 16, 16, 2)).astype(np.float32)
+    y = np.arange(12) % 3
+    losses = {}
+    for smoothing in (0.0, 0.3):
+        cfg = ClassifierConfig(base_filters=4, epochs=1, batch_size=12, label_smoothing=smoothing)
+        model = fit_classifier(x, y, x, y, cfg, tmp_path / f"{smoothing}.csv")
+        probs = model.predict(x, verbose=0)
+        targets = np.eye(3)[y] * (1 - smoothing) + smoothing / 3
+        by_hand = float(np.mean(-np.sum(targets * np.log(probs), axis=1)))
+        history = np.genfromtxt(tmp_path / f"{smoothing}.csv", delimiter=",", names=True)
+        np.testing.assert_allclose(float(history["val_loss"]), by_hand, rtol=1e-4)
+        losses[smoothing] = by_hand
+    assert losses[0.0] != pytest.approx(losses[0.3])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ClassifierConfig(label_smoothing=1.0)
+
+
 def test_the_classifier_zoom_cuts_one_square_of_every_channel_and_resizes_it_back():
     from components.train_classifier import classification_dataset
 
