@@ -532,6 +532,36 @@ def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_
         UnetConfig(epochs=5, min_epochs=5)
 
 
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_resumed_training_keeps_the_best_epoch_found_before_it_was_killed(tmp_path, saved):
+    from busi.model.unet_training import early_stopping
+
+    def epochs(callback, model, scores):
+        model.stop_training = False  # what fit sets before the first epoch
+        callback.set_model(model)
+        callback.on_train_begin()
+        for epoch, score in scores:
+            model.set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])  # "trained"
+            callback.on_epoch_end(epoch, {"val_score": score})
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    cfg = UnetConfig(patience=3)
+    state = tmp_path / "backup" if saved else None
+    # Epochs 0 and 1, epoch 1 the best; then the process is killed.
+    epochs(early_stopping(cfg, state), model, [(0, 0.5), (1, 0.8)])
+    # The rerun: a new callback (a new process) goes on from epoch 2, which scores lower.
+    again = early_stopping(cfg, state)
+    epochs(again, model, [(2, 0.6), (3, 0.7)])
+    again.on_train_end()
+    kept = float(model.get_weights()[0][0, 0])
+    if saved:
+        # the best of all four epochs, and the epochs waited since it
+        assert (again.best, again.best_epoch, again.wait, kept) == (0.8, 1, 2, 1.0)
+    else:
+        # Keras' EarlyStopping alone forgets epochs 0-1 and keeps a worse epoch
+        assert (again.best, kept) == (0.7, 3.0)
+
+
 def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_the_raw_weights():
     from components.train_classifier import weight_average_callback
 
