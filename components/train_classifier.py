@@ -62,11 +62,13 @@ class ClassifierConfig:
     # Random zoom of the training inputs: each is cut to a square of a random share in
     # [1 - zoom, 1] of its side, at a random place, and resized back (crop, context image and
     # probability channels alike), so the classifier sees tighter fields of view and lesions
-    # off the crop's centre, as other sites' images bring them. 0 turns it off.
+    # off the crop's centre, as other sites' images bring them. 0 turns it off; 0.25 lost on
+    # val in every seed (bench/results/chain_seeds_val_clszoom.md).
     zoom: float = 0.0
     # Label smoothing: each target moves this share of its weight evenly onto the three
     # classes (1 -> 1 - s + s/3, 0 -> s/3), so the loss stops pushing a training crop's
-    # probability to 1 once it is called right. 0 turns it off.
+    # probability to 1 once it is called right. 0 turns it off; 0.1 lost on val
+    # (bench/results/chain_seeds_val_clsls.md).
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
@@ -264,7 +266,9 @@ def weight_average_callback(momentum: float):
     nothing. The first version started at the initial weights: at 0.98 (about 17 batches an
     epoch) they still weighed 25 % after four epochs, the averaged classifier called every
     val image normal for the first 4-10 epochs, and one seed stopped there
-    (bench/results/chain_seeds_val_wavg.md).
+    (bench/results/chain_seeds_val_wavg.md). This one still does for the first 1-5 epochs
+    (an average of weights that move fast is not a model between them) and lost to the plain
+    weights on val (chain_seeds_val_wavgbc.md): it stays off.
 
     Not Keras' ``use_ema``: with ``ema_overwrite_frequency=None`` it puts the average in the
     model only when ``fit`` ends, so validation and early stopping never see it (and
