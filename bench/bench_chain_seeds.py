@@ -152,7 +152,13 @@ def summarize(per_seed: dict[int, dict]) -> dict:
                 for key, vals in keys.items()}
         for shift, keys in sorted(shifts.items())
     }  # fmt: skip
-    return {"figures": figures, "stress": stress, "n_seeds": len(per_seed)}
+    # The behavioural checks the promotion guard reads (evaluate_models): which failed, a seed
+    behaviour = {
+        seed: sorted(result["behaviour"].get("failed") or [])
+        for seed, result in sorted(per_seed.items())
+        if isinstance(result.get("behaviour"), dict)
+    }
+    return {"figures": figures, "stress": stress, "behaviour": behaviour, "n_seeds": len(per_seed)}
 
 
 def _fmt(value) -> str:
@@ -194,6 +200,14 @@ def render(result: dict) -> str:
             f"| {name} | {_fmt(row['mean'])} | {_fmt(row['min'])}-{_fmt(row['max'])} | {each} "
             f"| {op} {limit} | {row['mean_meets_bar']} |"
         )
+    if behaviour := result["summary"].get("behaviour"):
+        passed = sum(not failed for failed in behaviour.values())
+        each = "; ".join(
+            f"seed {seed}: " + (f"failed {', '.join(failed)}" if failed else "passed")
+            for seed, failed in behaviour.items()
+        )
+        lines += ["", f"Behavioural checks (the promotion guard's): {passed} of "
+                  f"{len(behaviour)} seeds pass ({each})."]  # fmt: skip
     if result["summary"]["stress"]:
         lines += ["", "| shift | Dice drop (mean, min-max) | called normal (mean, min-max) |"]
         lines += ["|---|---|---|"]

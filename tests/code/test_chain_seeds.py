@@ -63,7 +63,11 @@ def test_the_unshifted_misses_are_figures_against_the_external_aims():
 
 
 def test_the_summary_gives_mean_range_each_seed_and_the_bar():
-    summary = summarize({0: _evaluation(0.70, 0.93, 0.05), 1: _evaluation(0.80, 0.91, 0.2)})
+    first, second = _evaluation(0.70, 0.93, 0.05), _evaluation(0.80, 0.91, 0.2)
+    first["behaviour"] = {"passed": True, "failed": []}
+    second["behaviour"] = {"passed": False, "failed": ["lesion_free_tissue", "blank_image"]}
+    summary = summarize({0: first, 1: second})
+    assert summary["behaviour"] == {0: [], 1: ["blank_image", "lesion_free_tissue"]}
     dice = summary["figures"]["lesion_dice"]
     assert dice["mean"] == pytest.approx(0.75)
     assert (dice["min"], dice["max"]) == (0.70, 0.80)
@@ -88,6 +92,10 @@ def test_the_summary_gives_mean_range_each_seed_and_the_bar():
     )
     assert "| lesion_dice | 0.750 | 0.700-0.800 |" in table
     assert "| blur | 0.020 (0.020-0.020) | 0.125 (0.050-0.200) |" in table
+    assert (
+        "Behavioural checks (the promotion guard's): 1 of 2 seeds pass (seed 0: passed; "
+        "seed 1: failed blank_image, lesion_free_tissue)." in table
+    )
 
 
 def test_a_seeded_default_workspace_keeps_the_frozen_split_and_sets_the_seeds(tmp_path):
