@@ -55,12 +55,28 @@ STRESS_BARS = {"lesion_dice_mean_drop": ("<=", 0.05), "lesion_called_normal": ("
 UNSHIFTED_AIMS = {"lesion_not_found": ("<=", 0.10), "lesion_called_normal": ("<=", 0.10)}
 
 
-def seed_settings(seed: int, changes: dict | None = None) -> dict:
-    """params.yaml-shaped settings for one seed: ``changes`` with every seeded step's seed."""
+def seed_settings(seed: int, changes: dict | None = None, offsets: dict | None = None) -> dict:
+    """params.yaml-shaped settings for one seed: ``changes`` with every seeded step's seed,
+    plus that step's offset from ``offsets`` ({step: n}: a reseed of that step alone, which
+    measures its retraining noise on the same inputs)."""
     settings = {section: dict(values) for section, values in (changes or {}).items()}
     for step in SEEDED:
-        settings.setdefault(step, {})["seed"] = seed
+        settings.setdefault(step, {})["seed"] = seed + (offsets or {}).get(step, 0)
     return settings
+
+
+def parse_offsets(items: list[str]) -> dict[str, int]:
+    """``STEP=N`` pairs -> {step: n}, for the seeded steps only."""
+    offsets = {}
+    for item in items:
+        step, sep, value = item.partition("=")
+        if not sep or step not in SEEDED or not value.lstrip("-").isdigit():
+            raise SystemExit(
+                f"--seed-offset {item!r}: write STEP=N with STEP one of {', '.join(SEEDED)}, "
+                "e.g. train_classifier=100"
+            )
+        offsets[step] = int(value)
+    return offsets
 
 
 SPLIT_STEPS = ("evaluate_models", "stress_test_models")
@@ -182,6 +198,11 @@ def render(result: dict) -> str:
             else []
         ),
         *(
+            [f"Seeds offset (that step retrained from seed + N): `{json.dumps(offsets)}`."]
+            if (offsets := result.get("seed_offsets"))
+            else []
+        ),
+        *(
             [f"Seeds taken from an existing run (same code, data and params): {reused}."]
             if (reused := ", ".join(f"{k} from `{v}`" for k, v in result.get("reused", {}).items()))
             else []
@@ -241,12 +262,14 @@ def parse_reuse(items: list[str]) -> dict[int, Path]:
     return seed_paths(items, "--reuse", "SEED=FOLDER, e.g. 0=metrics")
 
 
-def run_seed(profile: str, seed: int, base: Path, changes: dict | None = None) -> dict:
+def run_seed(
+    profile: str, seed: int, base: Path, changes: dict | None = None, offsets: dict | None = None
+) -> dict:
     from components.run_pipeline import run
 
     workspace = base / f"seed-{seed}" / "workspace"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
-    run(profile, None, REPO, workspace, seed_settings(seed, changes))
+    run(profile, None, REPO, workspace, seed_settings(seed, changes, offsets))
     return read_seed(workspace / "metrics")
 
 
@@ -277,19 +300,28 @@ def main() -> int:
         metavar="SECTION.KEY=VALUE",
         help="a candidate setting: params.yaml changed so (the value read as YAML)",
     )
+    parser.add_argument(
+        "--seed-offset",
+        nargs="*",
+        default=[],
+        metavar="STEP=N",
+        help="add N to one seeded step's seed (e.g. train_classifier=100): the same chain "
+        "with that step alone retrained from another seed, to measure its noise",
+    )
     parser.add_argument("--name", help="the candidate's name, part of the results file's name")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     reused = parse_reuse(args.reuse)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     changes = parse_changes(args.set, params, args.split)
+    offsets = parse_offsets(args.seed_offset)
     from bench.bench_models import machine
     from bench.results_files import write_results
 
     base = REPO / "scratch" / "chain-seeds" / args.profile
     start = time.perf_counter()
     trained = [seed for seed in args.seeds if seed not in reused]
-    per_seed = {seed: run_seed(args.profile, seed, base, changes) for seed in trained}
+    per_seed = {seed: run_seed(args.profile, seed, base, changes, offsets) for seed in trained}
     for seed, folder in reused.items():
         per_seed[seed] = read_seed(folder)
         if per_seed[seed].get("split", "test") != args.split:
@@ -301,6 +333,7 @@ def main() -> int:
         "profile": args.profile,
         "split": args.split,
         "changes": {k: v for k, v in changes.items() if k not in SPLIT_STEPS or len(v) > 1},
+        "seed_offsets": offsets,
         "name": args.name,
         "seeds": sorted(per_seed),
         "reused": {str(seed): str(folder) for seed, folder in reused.items()},

@@ -217,3 +217,17 @@ def test_results_file_keeps_the_hand_written_part_and_names_its_script(tmp_path,
     # line of their own (they ran on after the marker before).
     results_files.write_results("fresh", "Fresh", {}, "figures", "bench/bench_fresh.py")
     assert (tmp_path / "fresh.md").read_text().endswith("figures\n<!-- END GENERATED -->\n")
+
+
+def test_a_seed_offset_reseeds_one_step_and_is_refused_for_others():
+    from bench.bench_chain_seeds import parse_offsets, seed_settings
+
+    offsets = parse_offsets(["train_classifier=100"])
+    settings = seed_settings(2, {"crop_rois": {"margin": 0.3}}, offsets)
+    assert settings["train_classifier"]["seed"] == 102
+    assert settings["train_unet"]["seed"] == 2  # the U-Net and its data as without it
+    assert settings["augment_data"]["seed"] == 2
+    assert settings["crop_rois"] == {"margin": 0.3}
+    for bad in ("crop_rois=1", "train_classifier", "train_classifier=x"):
+        with pytest.raises(SystemExit, match="STEP=N"):
+            parse_offsets([bad])
