@@ -252,12 +252,13 @@ def log_keras_model(model, name: str, example=None, registered_model_name: str |
     )
 
 
-def epoch_logger():
-    """A Keras callback that logs each epoch's metrics to the active MLflow run."""
+def epoch_logger(prefix: str = ""):
+    """A Keras callback that logs each epoch's metrics to the active MLflow run, their names
+    prefixed with ``prefix`` (e.g. ``member_1/`` for one member of an ensemble)."""
     import keras
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            log_metrics(dict(logs or {}), step=epoch)
+            log_metrics({f"{prefix}{k}": v for k, v in (logs or {}).items()}, step=epoch)
 
     return EpochLogger()

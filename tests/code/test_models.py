@@ -647,3 +647,62 @@ def test_early_stopping_keeps_the_averaged_weights_of_the_best_epoch(tmp_path):
     assert max(np.abs(k - r).max() for k, r in zip(kept, seen["raw"][best], strict=True)) > 1e-4
     with pytest.raises(ValueError, match="weight_average"):
         ClassifierConfig(weight_average=1.0)
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_saves_as_one_model(tmp_path):
+    from components.train_classifier import ensemble_classifier
+
+    members = [build_classifier(ClassifierConfig(base_filters=4), 16) for _ in range(3)]
+    x = np.random.default_rng(0).uniform(0, 1, (6, 16, 16, 2)).astype(np.float32)
+    each = np.stack([m.predict(x, verbose=0) for m in members])
+    # the members differ (else an average could not be told from one of them)
+    assert np.abs(each[0] - each[1]).max() > 1e-3
+    ensemble = ensemble_classifier(members)
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), each.mean(axis=0), atol=1e-6)
+    assert [layer.name for layer in ensemble.layers[1:4]] == ["member_0", "member_1", "member_2"]
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), each.mean(axis=0), atol=1e-6)
+    assert ensemble_classifier(members[:1]) is members[0]
+    other = build_classifier(ClassifierConfig(base_filters=4), 16, channels=4)
+    with pytest.raises(ValueError, match="different inputs"):
+        ensemble_classifier([members[0], other])
+
+
+def test_ensemble_members_train_from_seeds_100_apart_and_member_0_is_the_single_classifier(
+    tmp_path,
+):
+    from components.train_classifier import fit_classifier, member_configs
+
+    cfg = ClassifierConfig(base_filters=4, epochs=2, batch_size=8, patience=2, seed=7, members=2)
+    assert [m.seed for m in member_configs(cfg)] == [7, 107]
+    assert {m.members for m in member_configs(cfg)} == {1}
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (24, 16, 16, 2)).astype(np.float32)
+    y = np.arange(24) % 3
+    ensemble = fit_classifier(x, y, x, y, cfg, tmp_path / "history.csv")
+    single = fit_classifier(x, y, x, y, member_configs(cfg)[0], tmp_path / "single.csv")
+    member_0 = ensemble.get_layer("member_0")
+    for a, b in zip(member_0.get_weights(), single.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    member_1 = ensemble.get_layer("member_1")
+    assert (
+        max(
+            np.abs(a - b).max()
+            for a, b in zip(member_1.get_weights(), single.get_weights(), strict=True)
+        )
+        > 1e-4
+    )
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns[:2]) == ["member", "epoch"]
+    assert history["member"].tolist() == [0, 0, 1, 1]
+    assert "member" not in pd.read_csv(tmp_path / "single.csv").columns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "single.csv"]
+
+
+@pytest.mark.parametrize("members", [0, -1, 1.5, True])
+def test_members_must_be_a_whole_number_of_at_least_one(members):
+    with pytest.raises(ValueError, match="members"):
+        ClassifierConfig(members=members)
