@@ -663,6 +663,11 @@ def test_an_ensemble_averages_its_members_probabilities_and_saves_as_one_model(t
     ensemble.save(tmp_path / "ensemble.keras")
     loaded = keras.models.load_model(tmp_path / "ensemble.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), each.mean(axis=0), atol=1e-6)
+    # serving's LiteRT copy of it agrees with Keras (compile_checked raises otherwise)
+    from busi.model.lite_runtime import compile_checked
+
+    _, gap = compile_checked(loaded)
+    assert gap <= 1e-4
     assert ensemble_classifier(members[:1]) is members[0]
     other = build_classifier(ClassifierConfig(base_filters=4), 16, channels=4)
     with pytest.raises(ValueError, match="different inputs"):
