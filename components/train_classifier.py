@@ -413,12 +413,9 @@ def _fit_member(
     model = build_classifier(cfg, int(x_train.shape[1]), int(x_train.shape[-1]))
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        # the plain loss when off, so a model trained before the option comes out the same
-        loss=(
-            keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-            if cfg.label_smoothing
-            else "categorical_crossentropy"
-        ),
+        # at label_smoothing 0 this trains the same weights as the plain
+        # "categorical_crossentropy" of the code before the option (checked to the bit)
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy", keras.metrics.F1Score(average="macro", name="macro_f1")],
     )
     weights = class_weights(y_train) if cfg.class_weight == "balanced" else None
