@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.metrics.write_text(json.dumps(summary, indent=2) + "\n")
         tracking.log_step_outputs(
-            {k: v for k, v in summary.items() if k != "class_weights"},
+            {k: v for k, v in summary.items() if k not in ("class_weights", "members")},
             artifacts=[args.history],
             model=model,
             model_name="classifier",

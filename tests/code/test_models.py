@@ -711,3 +711,57 @@ def test_ensemble_members_train_from_seeds_100_apart_and_member_0_is_the_single_
 def test_members_must_be_a_whole_number_of_at_least_one(members):
     with pytest.raises(ValueError, match="members"):
         ClassifierConfig(members=members)
+
+
+def test_train_classifier_saves_an_ensemble_and_logs_each_members_epochs(tmp_path, monkeypatch):
+    """The step's shell with ``members: 2``: one saved model of two members, the members in
+    the metrics file, each member's epochs in MLflow under a prefix of its own."""
+    import json
+
+    import mlflow
+
+    from busi import tracking
+    from components.train_classifier import main
+
+    rng = np.random.default_rng(0)
+    rois = tmp_path / "rois"
+    rois.mkdir()
+    for split, n in (("train", 18), ("val", 9)):
+        np.savez(
+            rois / f"{split}.npz",
+            crops=rng.integers(0, 256, (n, 16, 16), dtype=np.uint8),
+            channel=rng.uniform(0, 1, (n, 16, 16)).astype(np.float32),
+            labels=np.arange(n) % 3,
+        )
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "train_classifier:\n  base_filters: 4\n  epochs: 2\n  batch_size: 8\n  members: 2\n"
+    )
+    monkeypatch.setenv("BUSI_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    with tracking.pipeline_run("ensemble-test"):
+        code = main(
+            [
+                "--rois",
+                str(rois),
+                "--params",
+                str(params),
+                "--model",
+                str(out / "classifier.keras"),
+                "--history",
+                str(out / "history.csv"),
+                "--metrics",
+                str(out / "metrics.json"),
+            ]
+        )
+    assert code == 0
+    model = keras.models.load_model(out / "classifier.keras")
+    assert [layer.name for layer in model.layers[1:3]] == ["member_0", "member_1"]
+    assert json.loads((out / "metrics.json").read_text())["members"] == 2
+    run = mlflow.search_runs(filter_string="tags.step = 'train_classifier'", output_format="list")
+    history = mlflow.MlflowClient().get_metric_history(run[0].info.run_id, "member_1/val_loss")
+    assert [m.step for m in history] == [0, 1]
+    assert "member_0/val_loss" in run[0].data.metrics
+    assert "val_loss" not in run[0].data.metrics
