@@ -384,19 +384,19 @@ def fit_classifier(
         return _fit_member(
             x_train, y_train, x_val, y_val, cfg, history_csv, [*extra_callbacks, *more]
         )
+    import tempfile
+
     models, histories = [], []
-    for k, member in enumerate(member_configs(cfg)):
-        logger.info("training member %d of %d (seed %d)", k + 1, cfg.members, member.seed)
-        histories.append(history_csv.with_name(f"{history_csv.stem}.member_{k}.csv"))
-        more = list(member_callbacks(k)) if member_callbacks else []
-        models.append(
-            _fit_member(
-                x_train, y_train, x_val, y_val, member, histories[-1], [*extra_callbacks, *more]
+    with tempfile.TemporaryDirectory(prefix="busi-members-") as tmp:
+        for k, member in enumerate(member_configs(cfg)):
+            logger.info("training member %d of %d (seed %d)", k + 1, cfg.members, member.seed)
+            histories.append(Path(tmp) / f"member_{k}.csv")
+            more = list(member_callbacks(k)) if member_callbacks else []
+            callbacks = [*extra_callbacks, *more]
+            models.append(
+                _fit_member(x_train, y_train, x_val, y_val, member, histories[-1], callbacks)
             )
-        )
-    merge_histories(histories, history_csv)
-    for path in histories:
-        path.unlink()
+        merge_histories(histories, history_csv)
     return ensemble_classifier(models)
 
 
