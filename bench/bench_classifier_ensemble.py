@@ -15,7 +15,8 @@ and every ensemble of ``--size`` of them (the mean of their class probabilities,
 checked against the workspace's metrics/evaluation.json (evaluate_models on val), so the
 figures are evaluate_models' figures. Nothing of the workspace is changed; each member's val
 probabilities are kept under scratch/classifier-ensemble/ so that a rerun trains only what
-is missing. One member costs one classifier training (about 5.5 min on AMD EPYC, 2 cores).
+is missing. One member costs one classifier training (5.5-11.5 min measured on AMD EPYC, 2 cores:
+classifier_ensemble.md).
 Writes bench/results/classifier_ensemble[_NAME].{json,md}.
 """
 
