@@ -5,6 +5,12 @@ U-Nets run (with the flip average, as the chain does); the lesion rule is params
 
     python bench/bench_unet_ensemble.py                    # seeds 0 1 2 of chain_seeds
     python bench/bench_unet_ensemble.py --workspace 0=PATH 1=PATH
+    python bench/bench_unet_ensemble.py --folds --workspace 0=PATH   # + the fold U-Nets
+
+With ``--folds`` the members are, in each workspace, the full U-Net and the fold U-Nets
+train_unet_folds trained (``models/unet_folds/fold-<k>.keras``): an ensemble make run
+already pays for. Each workspace is scored alone (full, each fold, full + folds) and the
+means over workspaces are given; results go to ``unet_ensemble_folds.{json,md}``.
 
 Writes bench/results/unet_ensemble.{json,md}.
 """
@@ -54,6 +60,53 @@ def ensemble_figures(
     return out
 
 
+def fold_figures(
+    probs_by_member: dict[str, list[np.ndarray]], truth: list, labels: list[str], rule
+) -> dict[str, dict]:
+    """One workspace's members (``full``, ``fold-<k>``): each alone, then the full U-Net
+    with every fold and all of them together (the mean of their lesion probabilities)."""
+    out = {name: figures(p, truth, labels, rule) for name, p in probs_by_member.items()}
+    folds = [n for n in probs_by_member if n != "full"]
+    for k in range(1, len(folds) + 1):
+        for combo in itertools.combinations(folds, k):
+            names = ["full", *combo]
+            mean = [
+                np.mean([probs_by_member[n][i] for n in names], axis=0) for i in range(len(truth))
+            ]
+            out["+".join(names)] = figures(mean, truth, labels, rule)
+    return out
+
+
+def render_folds(result: dict) -> str:
+    """Per workspace and member set, then the mean over workspaces of each member set."""
+    lines = [
+        f"Measured {result['date']} on {result['machine']}, commit {result['commit']}, the "
+        f"{result['split']} split ({result['n_images']} images, {result['n_normal']} normal), "
+        f"lesion rule {result['rule']}, the full and fold U-Nets of: "
+        + "; ".join(f"seed {s} `{p}`" for s, p in result["workspaces"].items())
+        + ".",
+        "",
+        "| seed | U-Nets | lesion Dice | false lesion on normal images | lesion images not found |",
+        "|---|---|---:|---:|---:|",
+    ]
+    sets: dict[str, list[dict]] = {}
+    for seed, rows in result["figures"].items():
+        for name, f in rows.items():
+            sets.setdefault(name, []).append(f)
+            lines.append(
+                f"| {seed} | {name} | {f['lesion_dice']:.3f} | "
+                f"{f['normal_false_lesion_rate']:.3f} | {f['lesion_not_found']:.3f} |"
+            )
+    if len(result["figures"]) > 1:
+        for name, fs in sets.items():
+            mean = {k: np.mean([f[k] for f in fs]) for k in fs[0]}
+            lines.append(
+                f"| mean of {len(fs)} | {name} | {mean['lesion_dice']:.3f} | "
+                f"{mean['normal_false_lesion_rate']:.3f} | {mean['lesion_not_found']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def render(result: dict) -> str:
     rows = result["figures"]
     singles = [v for k, v in rows.items() if k.startswith("seed ")]
@@ -93,6 +146,11 @@ def main() -> int:
     parser.add_argument(
         "--split", default="val", choices=("val", "train"), help="default: %(default)s"
     )
+    parser.add_argument(
+        "--folds",
+        action="store_true",
+        help="ensemble each workspace's full U-Net with its fold U-Nets (models/unet_folds)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     import subprocess
@@ -105,6 +163,7 @@ def main() -> int:
     from busi.model.chain import segment
     from busi.model.loading import load_chain_and_split
     from busi.model.masks import LesionRule
+    from busi.model.unet import load_unet
 
     workspaces = seed_paths(args.workspace, "--workspace", "SEED=PATH to a seed workspace")
     crop = yaml.safe_load((REPO / "params.yaml").read_text())["crop_rois"]
@@ -125,24 +184,41 @@ def main() -> int:
         these = part["class"].to_list()
         if labels is not None and these != labels:
             raise SystemExit(f"{ws}: its {args.split} split differs from the first workspace's")
-        probs[seed] = segment(unet, images, unet.input_shape[1], tta_flip=crop["tta_flip"])
+        size, flip = unet.input_shape[1], crop["tta_flip"]
+        probs[seed] = segment(unet, images, size, tta_flip=flip)
+        if args.folds:
+            fold_paths = sorted((ws / "models" / "unet_folds").glob("fold-*.keras"))
+            if not fold_paths:
+                raise SystemExit(f"{ws}: no models/unet_folds/fold-*.keras (train_unet_folds)")
+            members = {"full": probs[seed]}
+            for path in fold_paths:
+                members[path.stem] = segment(load_unet(path), images, size, tta_flip=flip)
+            probs[seed] = members
         truth, labels = masks, these
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": "{cpu_model} ({nproc} cores)".format(**machine_info()),
+        "machine": "{cpu_model} ({nproc} cores; {cpu_isa})".format(**machine_info()),
         "commit": commit,
         "split": args.split,
         "n_images": len(labels),
         "n_normal": labels.count("normal"),
         "rule": f"threshold {rule.threshold}, min_area {rule.min_area}, keep {rule.keep}",
         "workspaces": {str(s): str(p) for s, p in sorted(workspaces.items())},
-        "figures": ensemble_figures(probs, truth, labels, rule),
     }
-    write_results("unet_ensemble", "U-Net ensembles on the val split", result, render(result))
-    print(render(result))
+    if args.folds:
+        result["figures"] = {
+            str(s): fold_figures(p, truth, labels, rule) for s, p in sorted(probs.items())
+        }
+        text = render_folds(result)
+        write_results("unet_ensemble_folds", "The full U-Net with its fold U-Nets", result, text)
+    else:
+        result["figures"] = ensemble_figures(probs, truth, labels, rule)
+        text = render(result)
+        write_results("unet_ensemble", "U-Net ensembles on the val split", result, text)
+    print(text)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.bench_unet_ensemble import ensemble_figures, render
+from bench.bench_unet_ensemble import ensemble_figures, fold_figures, render, render_folds
 from busi.model.masks import LesionRule
 
 RULE = LesionRule(threshold=0.5, min_area=0.01, keep="largest")
@@ -70,3 +70,47 @@ def test_the_report_has_a_row_per_model_and_the_seeds_mean():
     text = render(result)
     assert "| mean of 0+1 | 0.500 | 0.000 | 0.500 |" in text
     assert "| mean of the single seeds | 0.750 | 0.500 | 0.250 |" in text
+
+
+def test_the_full_u_net_is_scored_with_each_fold_and_with_all_of_them():
+    probs, truth, labels = _maps()
+    maps = {"full": probs[0], "fold-0": probs[1], "fold-1": probs[1]}
+    out = fold_figures(maps, truth, labels, RULE)
+    assert list(out) == [
+        "full",
+        "fold-0",
+        "fold-1",
+        "full+fold-0",
+        "full+fold-1",
+        "full+fold-0+fold-1",
+    ]
+    # full + one fold is the mean of 0 and 1 above; with both folds the fold maps weigh
+    # 2/3: lesion 2 at (0.6 + 0.2 + 0.2) / 3 = 0.33 is missed, the false lesion at 0.33 goes
+    assert out["full+fold-0"] == ensemble_figures(probs, truth, labels, RULE)["mean of 0+1"]
+    assert out["full+fold-0+fold-1"]["lesion_not_found"] == 0.5
+    assert out["full+fold-0+fold-1"]["normal_false_lesion_rate"] == 0.0
+    assert out["full"]["normal_false_lesion_rate"] == 1.0
+
+
+def test_the_fold_report_gives_each_workspace_and_the_mean_of_each_member_set():
+    probs, truth, labels = _maps()
+    one = fold_figures({"full": probs[0], "fold-0": probs[1]}, truth, labels, RULE)
+    two = fold_figures({"full": probs[1], "fold-0": probs[1]}, truth, labels, RULE)
+    result = {
+        "date": "2026-12-03",
+        "machine": "AMD EPYC (2 cores; family 25 model 1 stepping 1; avx avx2 fma f16c)",
+        "commit": "abc1234",
+        "split": "val",
+        "n_images": 3,
+        "n_normal": 1,
+        "rule": "threshold 0.5, min_area 0.01, keep largest",
+        "workspaces": {"0": "a", "1": "b"},
+        "figures": {"0": one, "1": two},
+    }
+    text = render_folds(result)
+    assert "family 25 model 1 stepping 1; avx avx2 fma f16c" in text
+    assert "| 0 | full | 1.000 | 1.000 | 0.000 |" in text
+    assert "| 1 | full | 0.500 | 0.000 | 0.500 |" in text
+    # the full U-Net's mean over the two workspaces
+    assert "| mean of 2 | full | 0.750 | 0.500 | 0.250 |" in text
+    assert "| mean of 2 | full+fold-0 | 0.500 | 0.000 | 0.500 |" in text
