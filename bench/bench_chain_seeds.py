@@ -182,9 +182,12 @@ def _fmt(value) -> str:
 
 
 def render(result: dict) -> str:
+    from bench.results_files import isa_note
+
     m = result["machine"]
     lines = [
-        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}, "
+        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores{isa_note(m)}), "
+        f"commit {m['commit']}, "
         f"profile `{result['profile']}`, {result.get('split', 'test')} split, "
         f"seeds {result['seeds']}: "
         + (

@@ -174,9 +174,12 @@ def _row(name: str, s: dict) -> str:
 
 
 def render(result: dict) -> str:
+    from bench.results_files import isa_note
+
     m = result["machine"]
     lines = [
-        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), commit {m['commit']}: "
+        f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores{isa_note(m)}), "
+        f"commit {m['commit']}: "
         f"pool of {result['pool']} classifiers, ensembles of {result['size']}, val crops.",
         "",
         "Mean ± sample sd (min-max) over the singles, and over every ensemble of the pool "

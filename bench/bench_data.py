@@ -44,6 +44,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: import the project's package
 
+from bench.results_files import cpu_isa  # noqa: E402
 from busi.data.imaging import decode_image, hamming_matrix  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -89,6 +90,7 @@ def machine_info() -> dict:
         "hostname": platform.node(),
         "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
         "cpu_model": models[0] if models else platform.processor() or "unknown",
+        "cpu_isa": cpu_isa(cpuinfo),
         "memory_gib": round(int(mem.group(1)) / 1024**2, 1) if mem else None,
         "gpu": "none used (CPU-only steps)",
         "kernel": platform.release(),

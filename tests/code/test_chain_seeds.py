@@ -231,3 +231,24 @@ def test_a_seed_offset_reseeds_one_step_and_is_refused_for_others():
     for bad in ("crop_rois=1", "train_classifier", "train_classifier=x"):
         with pytest.raises(SystemExit, match="STEP=N"):
             parse_offsets([bad])
+
+
+def test_the_results_header_names_the_cpu_s_family_and_instruction_sets():
+    from bench.results_files import cpu_isa, isa_note
+
+    cpuinfo = (
+        "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 85\nstepping\t: 7\n"
+        "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n\n"
+        "processor\t: 1\ncpu family\t: 6\nflags\t\t: fpu\n"
+    )
+    isa = cpu_isa(cpuinfo)
+    assert isa == "family 6 model 85 stepping 7; avx avx2 fma avx512f avx512bw"
+    assert cpu_isa("flags: sse2\n") == "none of avx/avx2/fma"
+    record = {"date": "2026-12-03", "profile": "default", "seeds": [0], "minutes_per_seed": 1.0,
+              "summary": summarize({0: _evaluation(0.8, 0.9, 0.1)})}  # fmt: skip
+    machine = {"cpu": "Intel Xeon", "cores": 2, "commit": "abc"}
+    assert isa_note(machine) == ""  # a record from before the flags were kept
+    old = render({**record, "machine": machine})
+    assert "on Intel Xeon (2 cores), commit abc" in old
+    new = render({**record, "machine": {**machine, "cpu_isa": isa}})
+    assert f"on Intel Xeon (2 cores; {isa}), commit abc" in new
