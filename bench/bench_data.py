@@ -44,8 +44,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: import the project's package
 
-from bench.results_files import cpu_isa  # noqa: E402
 from busi.data.imaging import decode_image, hamming_matrix  # noqa: E402
+from busi.tracking import cpu_isa  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GNU_TIME = Path("/usr/bin/time")

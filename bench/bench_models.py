@@ -39,7 +39,7 @@ NOTEBOOK = {"lesion_dice": 0.64, "normal_false_lesion_rate": 0.52, "accuracy": 0
 
 
 def machine() -> dict:
-    from bench.results_files import cpu_isa
+    from busi.tracking import host_isa
 
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -50,7 +50,7 @@ def machine() -> dict:
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
-        "cpu_isa": cpu_isa(Path("/proc/cpuinfo").read_text()),
+        "cpu_isa": host_isa(),
         "memory_gib": round(mem_kb / 1024**2, 1),
         "python": platform.python_version(),
         "load_before": os.getloadavg(),

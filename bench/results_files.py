@@ -9,31 +9,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# The instruction sets TensorFlow's CPU kernels (oneDNN, Eigen) choose their code paths by:
-# two hosts of one named type that differ in these can train different models from the same
-# seed (bench/results/chain_seeds_val_repro.md).
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-             "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16")  # fmt: skip
-
-
-def cpu_isa(cpuinfo: str) -> str:
-    """The CPU's family/model/stepping and the TensorFlow-relevant flags it has, from the
-    text of /proc/cpuinfo (its first processor), e.g. ``family 25 model 1 stepping 1;
-    avx avx2 fma f16c``."""
-    first = cpuinfo.split("\n\n", 1)[0]
-    fields = {}
-    for line in first.splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    ident = " ".join(
-        f"{name} {fields[key]}"
-        for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
-        if key in fields
-    )
-    have = " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + "/".join(ISA_FLAGS[:3])
-    return f"{ident}; {have}" if ident else have
-
 
 def write_results(
     name: str, title: str, result: dict, rendered: str, script: str | None = None

@@ -98,6 +98,40 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+# The instruction sets TensorFlow's CPU kernels (oneDNN, Eigen) choose their code paths by:
+# two hosts of one named type that differ in these can train different models from the same
+# seed (bench/results/chain_seeds_val_repro.md).
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16")  # fmt: skip
+
+
+def cpu_isa(cpuinfo: str) -> str:
+    """The CPU's family/model/stepping and the TensorFlow-relevant flags it has, from the
+    text of /proc/cpuinfo (its first processor), e.g. ``family 25 model 1 stepping 1;
+    avx avx2 fma f16c``."""
+    first = cpuinfo.split("\n\n", 1)[0]
+    fields = {}
+    for line in first.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    ident = " ".join(
+        f"{name} {fields[key]}"
+        for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+        if key in fields
+    )
+    have = " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + "/".join(ISA_FLAGS[:3])
+    return f"{ident}; {have}" if ident else have
+
+
+def host_isa() -> str:
+    """:func:`cpu_isa` of the CPU the step runs on ("unknown" without /proc/cpuinfo)."""
+    try:
+        return cpu_isa(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return "unknown"
+
+
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in params.items():
@@ -160,7 +194,9 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Any]:
     else:
         context = mlflow.start_run(run_name=step, nested=bool(parent), parent_run_id=parent)
     with context as run:
-        mlflow.set_tags({"step": step, "machine": machine(), **lineage_tags()})
+        mlflow.set_tags(
+            {"step": step, "machine": machine(), "cpu_isa": host_isa(), **lineage_tags()}
+        )
         if not unfinished:
             mlflow.log_params(_flatten(params))
         started = time.perf_counter()
@@ -180,7 +216,9 @@ def pipeline_run(name: str = "pipeline") -> Iterator[Any]:
         return
     mlflow = _setup()
     with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tags({"kind": "pipeline", **lineage_tags()})
+        mlflow.set_tags(
+            {"kind": "pipeline", "machine": machine(), "cpu_isa": host_isa(), **lineage_tags()}
+        )
         previous = os.environ.get("BUSI_PARENT_RUN_ID")
         os.environ["BUSI_PARENT_RUN_ID"] = run.info.run_id
         try:

@@ -55,7 +55,9 @@ REQUIRED_TAGS = ("git_commit", "data_version", "profile")
 PARENT_TAG = "mlflow.parentRunId"
 # Lineage shown side by side; the decisive ones must be equal for a reproduction. dvc.lock
 # holds the outputs' hashes too, which differ as soon as a model file differs by a byte.
-LINEAGE = ("git_commit", "data_version", "params_md5", "dvc_lock_md5")
+# The host (CPU model, its family and instruction sets) is shown, never decisive: it names
+# the likeliest cause of a numerical gap.
+LINEAGE = ("git_commit", "data_version", "params_md5", "dvc_lock_md5", "machine", "cpu_isa")
 DECISIVE = ("git_commit", "data_version", "params_md5")
 # Float noise in |new - logged| must not turn a gap of exactly the tolerance into a failure.
 EPSILON = 1e-9
@@ -261,10 +263,16 @@ def judge(
         else:
             what.append(f"{row.name} differs by {row.diff:.4f} (more than {tolerance:g})")
     what += [f"the {row.name} differs ({row.original} vs {row.new})" for row in bad_lineage]
-    return Verdict(False, f"not reproduced: {'; '.join(what)}. {_cause(bad_lineage, plan, drift)}")
+    cause = _cause(bad_lineage, plan, drift, lineage)
+    return Verdict(False, f"not reproduced: {'; '.join(what)}. {cause}")
 
 
-def _cause(bad_lineage: list[LineageRow], plan: Plan, drift: list[str] | None) -> str:
+def _cause(
+    bad_lineage: list[LineageRow],
+    plan: Plan,
+    drift: list[str] | None,
+    lineage: list[LineageRow] = (),
+) -> str:
     differing = {row.name for row in bad_lineage}
     if "data_version" in differing:
         return (
@@ -288,6 +296,24 @@ def _cause(bad_lineage: list[LineageRow], plan: Plan, drift: list[str] | None) -
             "The original's work tree was dirty: an uncommitted change outside the stages' "
             "recorded code (a module they import) may explain the gap, and it cannot be "
             "recovered."
+        )
+    host = {row.name: row for row in lineage if row.name in ("machine", "cpu_isa")}
+    isa = host.get("cpu_isa")
+    if isa and isa.original and isa.new and not isa.same:
+        machines = host.get("machine")
+        a = f"{machines.original} ({isa.original})" if machines else isa.original
+        b = f"{machines.new} ({isa.new})" if machines else isa.new
+        return (
+            f"Code, data and params are the same, so the gap is numerical: the original ran "
+            f"on {a}, this run on {b}; {NONDETERMINISM}, and with other instruction sets a "
+            "seed can train another model (on BUSI by as much as another seed: compare means "
+            "over seeds, bench/bench_chain_seeds.py)."
+        )
+    if isa and isa.original and isa.same:
+        return (
+            f"Code, data and params are the same, so the gap is numerical, on a CPU of the "
+            f"same family and instruction sets ({isa.original}): it points to a "
+            "nondeterministic step, or a host difference below these (a library build)."
         )
     return (
         f"Code, data and params are the same, so the gap is numerical: {NONDETERMINISM}; on "
@@ -320,13 +346,15 @@ def format_report(
             f"{row.name:<28}{_num(row.logged):>10}{_num(row.new):>10}{_num(row.diff):>10}"
             f"{row.tolerance:>8g}  {'yes' if row.ok else 'NO'}"
         )
-    lines += ["", f"{'lineage':<14}{'original':<48}{'new':<48}same"]
+    # Columns as wide as their longest value (a commit hash, a CPU's instruction sets).
+    width = 2 + max([48, *(len(v or "") for row in lineage for v in (row.original, row.new))])
+    lines += ["", f"{'lineage':<14}{'original':<{width}}{'new':<{width}}same"]
     for row in lineage:
         if row.original is None:
             same = "unknown (not logged)"
         else:
             same = "yes" if row.same else ("NO" if row.decisive else "no (informative)")
-        lines.append(f"{row.name:<14}{row.original or '-':<48}{row.new or '-':<48}{same}")
+        lines.append(f"{row.name:<14}{row.original or '-':<{width}}{row.new or '-':<{width}}{same}")
     lines += ["", verdict.sentence]
     return "\n".join(lines)
 

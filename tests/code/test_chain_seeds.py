@@ -234,7 +234,8 @@ def test_a_seed_offset_reseeds_one_step_and_is_refused_for_others():
 
 
 def test_the_results_header_names_the_cpu_s_family_and_instruction_sets():
-    from bench.results_files import cpu_isa, isa_note
+    from bench.results_files import isa_note
+    from busi.tracking import cpu_isa
 
     cpuinfo = (
         "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 85\nstepping\t: 7\n"

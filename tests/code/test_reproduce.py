@@ -548,3 +548,26 @@ def test_a_commit_from_before_busi_existed_gets_its_own_dispatcher(tmp_path):
     (new / "busi" / "cli.py").write_text("")
     assert old_layout_launcher(new, tmp_path / "bin2") is None
     assert old_layout_launcher(Path(__file__).resolve().parents[2], tmp_path / "b3") is None
+
+
+def test_a_numerical_gap_names_the_two_hosts_when_their_instruction_sets_differ():
+    here = {**TAGS, "machine": "AMD EPYC, 2 cores", "cpu_isa": "family 25 model 1; avx avx2 fma"}
+    there = {**here, "git_commit": COMMIT, "cpu_isa": "family 25 model 17; avx avx2 avx512f"}
+    verdict, plan, rows, lineage = _verdict({"accuracy": 0.8}, {"accuracy": 0.7}, here, there)
+    assert not verdict.reproduced
+    assert (
+        "the original ran on AMD EPYC, 2 cores (family 25 model 1; avx avx2 fma), this run on "
+        "AMD EPYC, 2 cores (family 25 model 17; avx avx2 avx512f)" in verdict.sentence
+    )
+    by_name = {row.name: row for row in lineage}
+    assert not by_name["cpu_isa"].same
+    assert not by_name["cpu_isa"].decisive  # the host explains a gap, it never decides one
+    assert by_name["machine"].same
+    assert "cpu_isa" in format_report(plan, "new1", rows, lineage, verdict, [])
+    same_host = _verdict({"accuracy": 0.8}, {"accuracy": 0.7}, here)[0]
+    assert "same family and instruction sets (family 25 model 1; avx avx2 fma)" in (
+        same_host.sentence
+    )
+    assert "nondeterministic step" in same_host.sentence
+    # within tolerance another host changes nothing
+    assert _verdict({"accuracy": 0.8}, {"accuracy": 0.8}, here, there)[0].reproduced

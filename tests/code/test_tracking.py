@@ -61,3 +61,40 @@ def test_a_retried_step_continues_its_run_instead_of_adding_one(tmp_path, monkey
     assert unet.info.status == "FINISHED"
     assert unet.data.metrics["val_dice"] == 0.5
     assert other.info.run_id != second.info.run_id
+
+
+def test_the_pipeline_and_each_step_name_the_host_cpu_and_its_instruction_sets(
+    tmp_path, monkeypatch
+):
+    """Two hosts of one named CPU type trained different chains from one seed: the runs say
+    which CPU family and instruction sets they ran on, for reproduce to compare."""
+    import mlflow
+
+    from busi import tracking
+
+    monkeypatch.setenv("BUSI_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "host_isa", lambda: "family 25 model 1; avx avx2 fma")
+    with tracking.pipeline_run("pipeline-test") as parent, tracking.step_run("train_unet", {}):
+        pass
+    (step,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
+    pipeline = mlflow.get_run(parent.info.run_id)
+    for run in (pipeline, step):
+        assert run.data.tags["cpu_isa"] == "family 25 model 1; avx avx2 fma"
+        assert run.data.tags["machine"] == tracking.machine()
+
+
+def test_cpu_isa_reads_the_first_processor_s_family_and_tensorflow_s_flags():
+    from busi.tracking import cpu_isa, host_isa
+
+    cpuinfo = (
+        "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nstepping\t: 8\n"
+        "flags\t\t: fpu sse2 avx avx2 fma avx512f amx_tile\n\n"
+        "processor\t: 1\ncpu family\t: 25\nflags\t\t: fpu\n"
+    )
+    assert cpu_isa(cpuinfo) == "family 6 model 143 stepping 8; avx avx2 fma avx512f amx_tile"
+    assert cpu_isa("flags: sse2\n") == "none of avx/avx2/fma"
+    assert host_isa()  # this machine's, never empty
