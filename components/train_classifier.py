@@ -82,7 +82,8 @@ class ClassifierConfig:
     # single classifier moved val's macro-F1 by 0.034 and "lesion called normal" by 6.8
     # points in the 3-seed mean (bench/results/chain_seeds_val_cwnone_cseed100.md): the
     # average of several draws ships less of one draw's luck. Each member costs one more
-    # classifier training (about 5.5 min of `make run` on the slow machine type).
+    # classifier training (5.5-11.5 min on the slow machine type, measured in
+    # bench/results/classifier_ensemble_pool6.md, where 3 members did not beat one on val).
     members: int = 1
 
     def __post_init__(self) -> None:
