@@ -10,7 +10,12 @@ U-Nets run (with the flip average, as the chain does); the lesion rule is params
 With ``--folds`` the members are, in each workspace, the full U-Net and the fold U-Nets
 train_unet_folds trained (``models/unet_folds/fold-<k>.keras``): an ensemble make run
 already pays for. Each workspace is scored alone (full, each fold, full + folds) and the
-means over workspaces are given; results go to ``unet_ensemble_folds.{json,md}``.
+means over workspaces are given; results go to ``unet_ensemble_folds.{json,md}``. With
+``--chain`` too, the whole chain is scored with each workspace's classifier behind the full
+U-Net and behind the average of all its U-Nets (as evaluate_models scores it, on the split,
+with the behavioural checks). The classifier is not retrained: its train crops are out of
+fold (the fold U-Nets') either way, but the epoch it kept was chosen on the full U-Net's
+val crops, so this reads what the segmenter changes, not a retrained chain.
 
 Writes bench/results/unet_ensemble.{json,md}.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -77,6 +83,104 @@ def fold_figures(
     return out
 
 
+CHAIN_FIGURES = (
+    "lesion_dice_mean",
+    "normal_false_lesion_rate",
+    "lesion_not_found",
+    "lesion_called_normal",
+    "accuracy",
+    "macro_f1",
+    "malignant_auc",
+)
+
+
+def chain_figures(segmenter, classifier, crop, images, masks, labels, params: Path) -> dict:
+    """The chain behind ``segmenter`` on one split, as evaluate_models scores it: the
+    robustness figures (Dice, not found, called normal, ...), macro-F1, and the behavioural
+    checks that failed (evaluate_models' settings from ``params``)."""
+    from busi.config import load_section
+    from busi.data.preprocess import CLASSES
+    from busi.model.behaviour import run_checks
+    from busi.model.metrics import robustness_figures
+    from components.evaluate_models import EvaluateConfig, evaluate_chain
+
+    cfg = load_section(params, "evaluate_models", EvaluateConfig)
+    ids = [CLASSES.index(c) for c in labels]
+    result = evaluate_chain(images, masks, ids, segmenter, classifier, crop.roi, crop.tta_flip, cfg)
+    out = robustness_figures(masks, labels, result["pred_masks"], result["proba"], CLASSES)
+    out["macro_f1"] = result["classification"]["macro_f1"]
+    normals = [img for img, label in zip(images, labels, strict=True) if label == "normal"]
+    checks = run_checks(
+        segmenter, classifier, normals, images, crop.roi, crop.tta_flip, cfg.behaviour_config()
+    )
+    out["checks_failed"] = checks["failed"]
+    return out
+
+
+def matches_evaluation(figures: dict, evaluation: dict) -> bool:
+    """Whether the chain's figures behind the full U-Net equal those evaluate_models wrote
+    for the workspace (``metrics/evaluation.json``, same split): the bench scores the chain
+    as the pipeline does."""
+    head = evaluation["headline"]
+    pairs = [
+        (figures["lesion_dice_mean"], head["lesion_dice"]),
+        (figures["normal_false_lesion_rate"], head["normal_false_lesion_rate"]),
+        (figures["accuracy"], head["accuracy"]),
+        (figures["macro_f1"], head["macro_f1"]),
+        (figures["malignant_auc"], head["malignant_auc"]),
+    ]
+    same = all(
+        (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
+        for a, b in pairs
+    )
+    return same and figures["checks_failed"] == evaluation["behaviour"]["failed"]
+
+
+def render_chain(chain: dict[str, dict[str, dict]]) -> list[str]:
+    """Rows per workspace and segmenter, then the paired mean difference of each figure."""
+    lines = [
+        "",
+        "The whole chain, each workspace's classifier (not retrained) behind the segmenter:",
+        "",
+        "| seed | segmenter | " + " | ".join(CHAIN_FIGURES) + " | checks failed |",
+        "|---|---|" + "---:|" * len(CHAIN_FIGURES) + "---|",
+    ]
+    for seed, rows in chain.items():
+        for name, f in rows.items():
+            cells = ["n/a" if f[k] is None else f"{f[k]:.3f}" for k in CHAIN_FIGURES]
+            failed = ", ".join(f["checks_failed"]) or "none"
+            lines.append(f"| {seed} | {name} | " + " | ".join(cells) + f" | {failed} |")
+    checked = {
+        seed: rows["full"]["matches_evaluation"]
+        for seed, rows in chain.items()
+        if rows["full"].get("matches_evaluation") is not None
+    }
+    if checked:
+        lines += [
+            "",
+            "Check: behind the full U-Net the figures equal the workspace's own evaluate_models "
+            "figures (metrics/evaluation.json): "
+            + "; ".join(f"seed {s} {'yes' if ok else 'NO'}" for s, ok in checked.items())
+            + ".",
+        ]
+    names = list(next(iter(chain.values())))
+    if len(names) == 2:
+        base, other = names
+        lines.append("")
+        lines.append(f"Paired difference ({other} minus {base}), mean over workspaces (each):")
+        lines.append("")
+        for key in CHAIN_FIGURES:
+            diffs = [
+                rows[other][key] - rows[base][key]
+                for rows in chain.values()
+                if rows[other][key] is not None and rows[base][key] is not None
+            ]
+            each = ", ".join(f"{d:+.3f}" for d in diffs)
+            mean = f"{np.mean(diffs):+.3f}" if diffs else "n/a"
+            lines.append(f"- {key}: {mean} ({each})")
+    return lines
+
+
 def render_folds(result: dict) -> str:
     """Per workspace and member set, then the mean over workspaces of each member set."""
     lines = [
@@ -104,6 +208,8 @@ def render_folds(result: dict) -> str:
                 f"| mean of {len(fs)} | {name} | {mean['lesion_dice']:.3f} | "
                 f"{mean['normal_false_lesion_rate']:.3f} | {mean['lesion_not_found']:.3f} |"
             )
+    if result.get("chain"):
+        lines += render_chain(result["chain"])
     return "\n".join(lines)
 
 
@@ -151,7 +257,14 @@ def main() -> int:
         action="store_true",
         help="ensemble each workspace's full U-Net with its fold U-Nets (models/unet_folds)",
     )
+    parser.add_argument(
+        "--chain",
+        action="store_true",
+        help="with --folds: score the whole chain behind the full U-Net and behind the average",
+    )
     args = parser.parse_args()
+    if args.chain and not args.folds:
+        parser.error("--chain goes with --folds")
     sys.path.insert(0, str(REPO))
     import subprocess
     from argparse import Namespace
@@ -163,12 +276,12 @@ def main() -> int:
     from busi.model.chain import segment
     from busi.model.loading import load_chain_and_split
     from busi.model.masks import LesionRule
-    from busi.model.unet import load_unet
+    from busi.model.unet import average_unets, load_unet
 
     workspaces = seed_paths(args.workspace, "--workspace", "SEED=PATH to a seed workspace")
     crop = yaml.safe_load((REPO / "params.yaml").read_text())["crop_rois"]
     rule = LesionRule(crop["threshold"], crop["min_area"], crop["keep"])
-    probs, truth, labels = {}, None, None
+    probs, truth, labels, chain = {}, None, None, {}
     for seed, ws in sorted(workspaces.items()):
         if not (ws / "models" / "unet.keras").is_file():
             raise SystemExit(f"{ws}: no models/unet.keras; run bench_chain_seeds.py first")
@@ -180,7 +293,7 @@ def main() -> int:
             splits=ws / "data/splits.csv",
             data_dir=ws / "data/busi",
         )
-        unet, _, _, part, images, masks = load_chain_and_split(paths, args.split)
+        unet, classifier, chain_crop, part, images, masks = load_chain_and_split(paths, args.split)
         these = part["class"].to_list()
         if labels is not None and these != labels:
             raise SystemExit(f"{ws}: its {args.split} split differs from the first workspace's")
@@ -191,9 +304,31 @@ def main() -> int:
             if not fold_paths:
                 raise SystemExit(f"{ws}: no models/unet_folds/fold-*.keras (train_unet_folds)")
             members = {"full": probs[seed]}
-            for path in fold_paths:
-                members[path.stem] = segment(load_unet(path), images, size, tta_flip=flip)
+            fold_unets = [load_unet(path) for path in fold_paths]
+            for path, fold_unet in zip(fold_paths, fold_unets, strict=True):
+                members[path.stem] = segment(fold_unet, images, size, tta_flip=flip)
             probs[seed] = members
+            if args.chain:
+                ensemble = "+".join(members)
+                params = ws / "params.yaml"
+                full = chain_figures(unet, classifier, chain_crop, images, masks, these, params)
+                evaluation = ws / "metrics" / "evaluation.json"
+                if evaluation.is_file():
+                    record = json.loads(evaluation.read_text())
+                    if record.get("split") == args.split:
+                        full["matches_evaluation"] = matches_evaluation(full, record)
+                chain[str(seed)] = {
+                    "full": full,
+                    ensemble: chain_figures(
+                        average_unets([unet, *fold_unets]),
+                        classifier,
+                        chain_crop,
+                        images,
+                        masks,
+                        these,
+                        params,
+                    ),
+                }
         truth, labels = masks, these
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -212,6 +347,7 @@ def main() -> int:
         result["figures"] = {
             str(s): fold_figures(p, truth, labels, rule) for s, p in sorted(probs.items())
         }
+        result["chain"] = chain
         text = render_folds(result)
         write_results("unet_ensemble_folds", "The full U-Net with its fold U-Nets", result, text)
     else:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.bench_unet_ensemble import ensemble_figures, fold_figures, render, render_folds
+from bench.bench_unet_ensemble import (
+    CHAIN_FIGURES,
+    ensemble_figures,
+    fold_figures,
+    matches_evaluation,
+    render,
+    render_chain,
+    render_folds,
+)
 from busi.model.masks import LesionRule
 
 RULE = LesionRule(threshold=0.5, min_area=0.01, keep="largest")
@@ -114,3 +122,60 @@ def test_the_fold_report_gives_each_workspace_and_the_mean_of_each_member_set():
     # the full U-Net's mean over the two workspaces
     assert "| mean of 2 | full | 0.750 | 0.500 | 0.250 |" in text
     assert "| mean of 2 | full+fold-0 | 0.500 | 0.000 | 0.500 |" in text
+
+
+def _chain_row(dice, called_normal, macro_f1, failed=()):
+    row = dict.fromkeys(CHAIN_FIGURES, 0.5)
+    row.update(lesion_dice_mean=dice, lesion_called_normal=called_normal, macro_f1=macro_f1)
+    return {**row, "checks_failed": list(failed)}
+
+
+def test_the_chain_table_pairs_each_workspace_s_segmenters_and_averages_the_differences():
+    chain = {
+        "0": {
+            "full": {
+                **_chain_row(0.60, 0.20, 0.70, ["flip_invariance"]),
+                "matches_evaluation": True,
+            },
+            "full+fold-0": _chain_row(0.66, 0.10, 0.74, ["blank_image"]),
+        },
+        "1": {
+            "full": {**_chain_row(0.70, 0.10, 0.80), "matches_evaluation": False},
+            "full+fold-0": _chain_row(0.68, 0.10, 0.82),
+        },
+    }
+    text = "\n".join(render_chain(chain))
+    assert (
+        "| 0 | full | 0.600 | 0.500 | 0.500 | 0.200 | 0.500 | 0.700 | 0.500 | flip_invariance |"
+        in (text)
+    )
+    assert "| 1 | full+fold-0 | 0.680 |" in text
+    assert "| 1 | full | 0.700 |" in text and text.count("| none |") == 2
+    assert "- lesion_dice_mean: +0.020 (+0.060, -0.020)" in text
+    assert "- lesion_called_normal: -0.050 (-0.100, +0.000)" in text
+    assert "- macro_f1: +0.030 (+0.040, +0.020)" in text
+    assert "seed 0 yes; seed 1 NO" in text
+
+
+def test_the_full_u_net_s_chain_is_checked_against_the_workspace_s_evaluation():
+    figures = {
+        "lesion_dice_mean": 0.6332,
+        "normal_false_lesion_rate": 0.35,
+        "accuracy": 0.76,
+        "macro_f1": 0.75,
+        "malignant_auc": 0.94,
+        "checks_failed": ["flip_invariance"],
+    }
+    evaluation = {
+        "headline": {
+            "lesion_dice": 0.6332,
+            "normal_false_lesion_rate": 0.35,
+            "accuracy": 0.76,
+            "macro_f1": 0.75,
+            "malignant_auc": 0.94,
+        },
+        "behaviour": {"failed": ["flip_invariance"]},
+    }
+    assert matches_evaluation(figures, evaluation)
+    assert not matches_evaluation({**figures, "macro_f1": 0.751}, evaluation)
+    assert not matches_evaluation({**figures, "checks_failed": []}, evaluation)

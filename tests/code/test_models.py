@@ -674,6 +674,32 @@ def test_an_ensemble_averages_its_members_probabilities_and_saves_as_one_model(t
         ensemble_classifier([members[0], other])
 
 
+def test_an_average_of_u_nets_is_one_segmenter_that_saves_loads_and_compiles(tmp_path):
+    from busi.model.lite_runtime import compile_checked
+    from busi.model.unet import average_unets, load_unet
+
+    arch = ARCHITECTURES["compact"]
+    # one member standardises its input inside it: each keeps its own normalisation
+    members = [build_unet(32, arch), build_unet(32, arch), build_unet(32, arch, input_norm="image")]
+    x = np.random.default_rng(1).uniform(0, 1, (3, 32, 32, 1)).astype(np.float32)
+    each = np.stack([m.predict(x, verbose=0) for m in members])
+    assert np.abs(each[0] - each[1]).max() > 1e-3
+    segmenter = average_unets(members)
+    assert segmenter.input_shape == members[0].input_shape
+    assert segmenter.output_shape == members[0].output_shape
+    np.testing.assert_allclose(segmenter.predict(x, verbose=0), each.mean(axis=0), atol=1e-6)
+    assert [layer.name for layer in segmenter.layers[1:4]] == ["unet_0", "unet_1", "unet_2"]
+    segmenter.save(tmp_path / "segmenter.keras")
+    loaded = load_unet(tmp_path / "segmenter.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), each.mean(axis=0), atol=1e-6)
+    compile_checked(loaded)  # serving's LiteRT copy agrees (it raises otherwise)
+    assert average_unets(members[:1]) is members[0]
+    with pytest.raises(ValueError, match="different inputs"):
+        average_unets([members[0], build_unet(64, arch)])
+    with pytest.raises(ValueError, match="at least one"):
+        average_unets([])
+
+
 def test_ensemble_members_train_from_seeds_100_apart_and_member_0_is_the_single_classifier(
     tmp_path,
 ):
