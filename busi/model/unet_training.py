@@ -10,7 +10,8 @@ threshold, small-blob removal and largest component from ``crop_rois``):
 ``val_lesion_dice``, ``val_false_lesion_rate`` and ``val_score`` (the Dice minus
 ``false_lesion_weight`` times the rate). Early stopping watches ``monitor``, one of those,
 so what stops training is what is reported.
-A backup every epoch (Keras BackupAndRestore), so a killed run resumes where it stopped.
+A backup every epoch (Keras BackupAndRestore, each file written whole), so a killed run
+resumes where it stopped.
 ``architecture: original`` is the published notebook's U-Net (base 64 filters, 31 M
 parameters, dropout, no batch norm); ``compact`` is the default that fits the CPU budget.
 """
@@ -399,6 +400,31 @@ def early_stopping(cfg: UnetConfig, state_dir: Path | None = None):
     )
 
 
+def backup_and_restore(backup_dir: Path):
+    """Keras' BackupAndRestore (model, optimizer and epoch after every epoch; a rerun resumes
+    from the last completed epoch) with each file written whole or not at all. Keras writes
+    ``latest.weights.h5`` in place: a training killed while writing it left a truncated file
+    that the rerun could not read (h5py: "addr overflow"), so it crashed instead of resuming.
+    Here the weights and the epoch go to partial files first, then replace the backup's."""
+    import os
+
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+            partial = Path(self.backup_dir) / "partial.weights.h5"
+            self.model.save_weights(filepath=str(partial), overwrite=True)
+            metadata = Path(f"{self._training_metadata_path}.partial")
+            metadata.write_text(
+                json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen})
+            )
+            os.replace(partial, self._weights_path)
+            os.replace(metadata, self._training_metadata_path)
+
+    return AtomicBackupAndRestore(str(backup_dir), save_freq="epoch")
+
+
 def fit_unet(
     train_ds,
     val_ds,
@@ -434,7 +460,7 @@ def fit_unet(
         # Saves model, optimizer and epoch after every epoch; on a rerun, training resumes
         # from the last completed epoch. Deleted once training ends normally. Last, so an
         # epoch is marked done only once early stopping has saved what it made of it.
-        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch"),
+        backup_and_restore(Path(backup_dir)),
     ]
     if cfg.lr_schedule != "constant":
         # Set at each epoch's start from the epoch number alone, so a resumed run gets the

@@ -84,3 +84,45 @@ def test_a_backup_of_another_training_is_not_resumed(tmp_path):
     assert _claim_backup(backup, "config B") is False  # other params or data: start over
     assert not (backup / "latest.weights.h5").exists()
     assert (backup / "busi_fingerprint.txt").read_text() == "config B"
+
+
+def test_a_backup_killed_while_being_written_leaves_the_last_one_whole(tmp_path):
+    """A kill while the backup's weights are written (the truncated file made the rerun crash
+    in h5py instead of resuming): the previous backup stays whole and is the one resumed."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from busi.model.unet_training import backup_and_restore
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        m.compile(optimizer="adam", loss="mse")
+        return m
+
+    saved = model()
+    callback = backup_and_restore(tmp_path / "backup")
+    callback.set_model(saved)
+    callback.on_epoch_end(2)  # epoch 2 done: the backup says resume at 3
+    weights = tmp_path / "backup" / "latest.weights.h5"
+    before = weights.read_bytes()
+
+    def killed(filepath, overwrite=True):
+        Path(filepath).write_bytes(before[: len(before) // 3])  # half written, then the kill
+        raise KeyboardInterrupt
+
+    saved.save_weights = killed
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_epoch_end(3)
+    assert weights.read_bytes() == before
+    metadata = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 3
+
+    resumed = model()
+    again = backup_and_restore(tmp_path / "backup")
+    again.set_model(resumed)
+    again.on_train_begin()  # reads the backup: no error from the half-written file
+    assert resumed._initial_epoch == 3
+    for a, b in zip(resumed.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
