@@ -349,7 +349,13 @@ def main() -> int:
         }
         result["chain"] = chain
         text = render_folds(result)
-        write_results("unet_ensemble_folds", "The full U-Net with its fold U-Nets", result, text)
+        write_results(
+            "unet_ensemble_folds",
+            "The full U-Net with its fold U-Nets",
+            result,
+            text,
+            "bench/bench_unet_ensemble.py",
+        )
     else:
         result["figures"] = ensemble_figures(probs, truth, labels, rule)
         text = render(result)
