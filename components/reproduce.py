@@ -299,6 +299,8 @@ def _cause(
         )
     host = {row.name: row for row in lineage if row.name in ("machine", "cpu_isa")}
     isa = host.get("cpu_isa")
+    if isa and "unknown" in (isa.original, isa.new):
+        isa = None  # a host without /proc/cpuinfo: nothing to compare
     if isa and isa.original and isa.new and not isa.same:
         machines = host.get("machine")
         a = f"{machines.original} ({isa.original})" if machines else isa.original

@@ -569,5 +569,9 @@ def test_a_numerical_gap_names_the_two_hosts_when_their_instruction_sets_differ(
         same_host.sentence
     )
     assert "nondeterministic step" in same_host.sentence
+    unknown = {**here, "cpu_isa": "unknown"}
+    neither = _verdict({"accuracy": 0.8}, {"accuracy": 0.7}, unknown)[0]
+    assert NONDETERMINISM in neither.sentence
+    assert "same family" not in neither.sentence
     # within tolerance another host changes nothing
     assert _verdict({"accuracy": 0.8}, {"accuracy": 0.8}, here, there)[0].reproduced
