@@ -181,14 +181,21 @@ def render_chain(chain: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def _measured(result: dict, whose: str) -> str:
+    """The results header: when, where, which split, the lesion rule and the workspaces."""
+    return (
+        f"Measured {result['date']} on {result['machine']}, commit {result['commit']}, the "
+        f"{result['split']} split ({result['n_images']} images, {result['n_normal']} normal), "
+        f"lesion rule {result['rule']}, {whose}: "
+        + "; ".join(f"seed {s} `{p}`" for s, p in result["workspaces"].items())
+        + "."
+    )
+
+
 def render_folds(result: dict) -> str:
     """Per workspace and member set, then the mean over workspaces of each member set."""
     lines = [
-        f"Measured {result['date']} on {result['machine']}, commit {result['commit']}, the "
-        f"{result['split']} split ({result['n_images']} images, {result['n_normal']} normal), "
-        f"lesion rule {result['rule']}, the full and fold U-Nets of: "
-        + "; ".join(f"seed {s} `{p}`" for s, p in result["workspaces"].items())
-        + ".",
+        _measured(result, "the full and fold U-Nets of"),
         "",
         "| seed | U-Nets | lesion Dice | false lesion on normal images | lesion images not found |",
         "|---|---|---:|---:|---:|",
@@ -217,11 +224,7 @@ def render(result: dict) -> str:
     rows = result["figures"]
     singles = [v for k, v in rows.items() if k.startswith("seed ")]
     lines = [
-        f"Measured {result['date']} on {result['machine']}, commit {result['commit']}, the "
-        f"{result['split']} split ({result['n_images']} images, {result['n_normal']} normal), "
-        f"lesion rule {result['rule']}, U-Nets of: "
-        + "; ".join(f"seed {s} `{p}`" for s, p in result["workspaces"].items())
-        + ".",
+        _measured(result, "U-Nets of"),
         "",
         "| U-Net | lesion Dice | false lesion on normal images | lesion images not found |",
         "|---|---:|---:|---:|",

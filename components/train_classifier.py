@@ -339,20 +339,9 @@ def ensemble_classifier(members: list):
     """One model whose class probabilities are the mean of the members' (a single member is
     returned as it is). The members become its layers ``member_0``, ``member_1``, ...; it is
     saved, loaded and served as any classifier."""
-    import keras
+    from busi.model.chain import average_models
 
-    if not members:
-        raise ValueError("an ensemble needs at least one member")
-    if len(members) == 1:
-        return members[0]
-    shapes = {tuple(m.input_shape[1:]) for m in members}
-    if len(shapes) != 1:
-        raise ValueError(f"the members take different inputs {sorted(shapes)}; they must agree")
-    for k, member in enumerate(members):
-        member.name = f"member_{k}"
-    inputs = keras.Input(shapes.pop(), name="roi")
-    outputs = keras.layers.Average(name="class")([member(inputs) for member in members])
-    return keras.Model(inputs, outputs, name=f"classifier_ensemble_{len(members)}")
+    return average_models(members, "classifier_ensemble", "roi", "class", "member")
 
 
 def merge_histories(paths: list[Path], out: Path) -> None:

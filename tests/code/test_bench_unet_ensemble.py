@@ -33,6 +33,21 @@ def _maps():
     return {0: seed0, 1: seed1}, truth, ["benign", "malignant", "normal"]
 
 
+def _result(figures: dict, machine: str = "AMD EPYC (2 cores)") -> dict:
+    """A results record of two workspaces over the three images of ``_maps``."""
+    return {
+        "date": "2026-12-03",
+        "machine": machine,
+        "commit": "abc1234",
+        "split": "val",
+        "n_images": 3,
+        "n_normal": 1,
+        "rule": "threshold 0.5, min_area 0.01, keep largest",
+        "workspaces": {"0": "a", "1": "b"},
+        "figures": figures,
+    }
+
+
 def test_each_seed_and_their_mean_are_scored():
     probs, truth, labels = _maps()
     out = ensemble_figures(probs, truth, labels, RULE)
@@ -64,17 +79,7 @@ def test_three_seeds_give_every_pair_and_the_triple():
 
 def test_the_report_has_a_row_per_model_and_the_seeds_mean():
     probs, truth, labels = _maps()
-    result = {
-        "date": "2026-12-02",
-        "machine": "AMD EPYC (2 cores)",
-        "commit": "abc1234",
-        "split": "val",
-        "n_images": 3,
-        "n_normal": 1,
-        "rule": "threshold 0.5, min_area 0.01, keep largest",
-        "workspaces": {"0": "a", "1": "b"},
-        "figures": ensemble_figures(probs, truth, labels, RULE),
-    }
+    result = _result(ensemble_figures(probs, truth, labels, RULE))
     text = render(result)
     assert "| mean of 0+1 | 0.500 | 0.000 | 0.500 |" in text
     assert "| mean of the single seeds | 0.750 | 0.500 | 0.250 |" in text
@@ -104,17 +109,8 @@ def test_the_fold_report_gives_each_workspace_and_the_mean_of_each_member_set():
     probs, truth, labels = _maps()
     one = fold_figures({"full": probs[0], "fold-0": probs[1]}, truth, labels, RULE)
     two = fold_figures({"full": probs[1], "fold-0": probs[1]}, truth, labels, RULE)
-    result = {
-        "date": "2026-12-03",
-        "machine": "AMD EPYC (2 cores; family 25 model 1 stepping 1; avx avx2 fma f16c)",
-        "commit": "abc1234",
-        "split": "val",
-        "n_images": 3,
-        "n_normal": 1,
-        "rule": "threshold 0.5, min_area 0.01, keep largest",
-        "workspaces": {"0": "a", "1": "b"},
-        "figures": {"0": one, "1": two},
-    }
+    machine = "AMD EPYC (2 cores; family 25 model 1 stepping 1; avx avx2 fma f16c)"
+    result = _result({"0": one, "1": two}, machine)
     text = render_folds(result)
     assert "family 25 model 1 stepping 1; avx avx2 fma f16c" in text
     assert "| 0 | full | 1.000 | 1.000 | 0.000 |" in text
