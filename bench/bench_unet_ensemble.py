@@ -6,16 +6,20 @@ U-Nets run (with the flip average, as the chain does); the lesion rule is params
     python bench/bench_unet_ensemble.py                    # seeds 0 1 2 of chain_seeds
     python bench/bench_unet_ensemble.py --workspace 0=PATH 1=PATH
     python bench/bench_unet_ensemble.py --folds --workspace 0=PATH   # + the fold U-Nets
+    python bench/bench_unet_ensemble.py --folds --gate --chain --workspace 0=PATH 1=PATH
 
 With ``--folds`` the members are, in each workspace, the full U-Net and the fold U-Nets
 train_unet_folds trained (``models/unet_folds/fold-<k>.keras``): an ensemble make run
 already pays for. Each workspace is scored alone (full, each fold, full + folds) and the
-means over workspaces are given; results go to ``unet_ensemble_folds.{json,md}``. With
+means over workspaces are given; results go to ``unet_ensemble_folds.{json,md}``
+(``unet_ensemble_folds_gated`` with ``--gate``). With
 ``--chain`` too, the whole chain is scored with each workspace's classifier behind the full
 U-Net and behind the average of all its U-Nets (as evaluate_models scores it, on the split,
 with the behavioural checks). The classifier is not retrained: its train crops are out of
 fold (the fold U-Nets') either way, but the epoch it kept was chosen on the full U-Net's
-val crops, so this reads what the segmenter changes, not a retrained chain.
+val crops, so this reads what the segmenter changes, not a retrained chain. With ``--gate``
+the average gated by the full U-Net is scored too (``average_unets(..., gate=rule)``: the
+average draws the lesion, the full U-Net alone decides whether there is one).
 
 Writes bench/results/unet_ensemble.{json,md}.
 """
@@ -163,9 +167,8 @@ def render_chain(chain: dict[str, dict[str, dict]]) -> list[str]:
             + "; ".join(f"seed {s} {'yes' if ok else 'NO'}" for s, ok in checked.items())
             + ".",
         ]
-    names = list(next(iter(chain.values())))
-    if len(names) == 2:
-        base, other = names
+    base, *others = list(next(iter(chain.values())))
+    for other in others:
         lines.append("")
         lines.append(f"Paired difference ({other} minus {base}), mean over workspaces (each):")
         lines.append("")
@@ -265,9 +268,14 @@ def main() -> int:
         action="store_true",
         help="with --folds: score the whole chain behind the full U-Net and behind the average",
     )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="with --folds: also the average gated by the full U-Net's lesion decision",
+    )
     args = parser.parse_args()
-    if args.chain and not args.folds:
-        parser.error("--chain goes with --folds")
+    if (args.chain or args.gate) and not args.folds:
+        parser.error("--chain and --gate go with --folds")
     sys.path.insert(0, str(REPO))
     import subprocess
     from argparse import Namespace
@@ -284,7 +292,7 @@ def main() -> int:
     workspaces = seed_paths(args.workspace, "--workspace", "SEED=PATH to a seed workspace")
     crop = yaml.safe_load((REPO / "params.yaml").read_text())["crop_rois"]
     rule = LesionRule(crop["threshold"], crop["min_area"], crop["keep"])
-    probs, truth, labels, chain = {}, None, None, {}
+    probs, gated_probs, truth, labels, chain = {}, {}, None, None, {}
     for seed, ws in sorted(workspaces.items()):
         if not (ws / "models" / "unet.keras").is_file():
             raise SystemExit(f"{ws}: no models/unet.keras; run bench_chain_seeds.py first")
@@ -311,8 +319,11 @@ def main() -> int:
             for path, fold_unet in zip(fold_paths, fold_unets, strict=True):
                 members[path.stem] = segment(fold_unet, images, size, tta_flip=flip)
             probs[seed] = members
+            ensemble = "+".join(members)
+            gated = average_unets([unet, *fold_unets], gate=rule) if args.gate else None
+            if gated is not None:
+                gated_probs[seed] = segment(gated, images, size, tta_flip=flip)
             if args.chain:
-                ensemble = "+".join(members)
                 params = ws / "params.yaml"
                 full = chain_figures(unet, classifier, chain_crop, images, masks, these, params)
                 evaluation = ws / "metrics" / "evaluation.json"
@@ -332,6 +343,10 @@ def main() -> int:
                         params,
                     ),
                 }
+                if gated is not None:
+                    chain[str(seed)][f"gated {ensemble}"] = chain_figures(
+                        gated, classifier, chain_crop, images, masks, these, params
+                    )
         truth, labels = masks, these
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -350,11 +365,15 @@ def main() -> int:
         result["figures"] = {
             str(s): fold_figures(p, truth, labels, rule) for s, p in sorted(probs.items())
         }
+        for s, p in gated_probs.items():
+            name = "gated " + "+".join(probs[s])
+            result["figures"][str(s)][name] = figures(p, truth, labels, rule)
         result["chain"] = chain
         text = render_folds(result)
         write_results(
-            "unet_ensemble_folds",
-            "The full U-Net with its fold U-Nets",
+            "unet_ensemble_folds_gated" if args.gate else "unet_ensemble_folds",
+            "The full U-Net with its fold U-Nets"
+            + (", gated by the full U-Net" if args.gate else ""),
             result,
             text,
             "bench/bench_unet_ensemble.py",

@@ -55,6 +55,23 @@ class RoiConfig:
             raise ValueError("peak_window must lie in (0, 1]")
 
 
+def member_outputs(members: list, what: str, input_name: str, prefix: str):
+    """(input, [each member's output]) of a model built from ``members``, which become its
+    layers ``<prefix>_0``, ``<prefix>_1``, ... and must take the same input; ``what`` names
+    the model in errors. The chain's ensembles (``average_models``, gated U-Nets) start here."""
+    import keras
+
+    if not members:
+        raise ValueError(f"{what}: an average needs at least one member")
+    shapes = {tuple(m.input_shape[1:]) for m in members}
+    if len(shapes) != 1:
+        raise ValueError(f"{what}: the members take different inputs {sorted(shapes)}")
+    for k, member in enumerate(members):
+        member.name = f"{prefix}_{k}"
+    inputs = keras.Input(shapes.pop(), name=input_name)
+    return inputs, [member(inputs) for member in members]
+
+
 def average_models(members: list, what: str, input_name: str, output_name: str, prefix: str):
     """One Keras model whose output is the mean of the members' (a single member is returned
     as it is): the chain's ensembles, of U-Nets and of classifiers. The members become its
@@ -62,18 +79,11 @@ def average_models(members: list, what: str, input_name: str, output_name: str, 
     names the model in its name and errors (``unet_average``, ``classifier_ensemble``)."""
     import keras
 
-    if not members:
-        raise ValueError(f"{what}: an average needs at least one member")
     if len(members) == 1:
         return members[0]
-    shapes = {tuple(m.input_shape[1:]) for m in members}
-    if len(shapes) != 1:
-        raise ValueError(f"{what}: the members take different inputs {sorted(shapes)}")
-    for k, member in enumerate(members):
-        member.name = f"{prefix}_{k}"
-    inputs = keras.Input(shapes.pop(), name=input_name)
-    outputs = keras.layers.Average(name=output_name)([member(inputs) for member in members])
-    return keras.Model(inputs, outputs, name=f"{what}_{len(members)}")
+    inputs, outputs = member_outputs(members, what, input_name, prefix)
+    mean = keras.layers.Average(name=output_name)(outputs)
+    return keras.Model(inputs, mean, name=f"{what}_{len(members)}")
 
 
 def segment(

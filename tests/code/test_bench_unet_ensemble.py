@@ -154,6 +154,30 @@ def test_the_chain_table_pairs_each_workspace_s_segmenters_and_averages_the_diff
     assert "seed 0 yes; seed 1 NO" in text
 
 
+def test_each_further_segmenter_gets_its_own_paired_differences_against_the_first():
+    chain = {
+        "0": {
+            "full": _chain_row(0.60, 0.20, 0.70),
+            "full+fold-0": _chain_row(0.66, 0.10, 0.74, ["blank_image"]),
+            "gated full+fold-0": _chain_row(0.64, 0.15, 0.72),
+        },
+        "1": {
+            "full": _chain_row(0.70, 0.10, 0.80),
+            "full+fold-0": _chain_row(0.68, 0.10, 0.82),
+            "gated full+fold-0": _chain_row(0.74, 0.10, 0.80),
+        },
+    }
+    text = "\n".join(render_chain(chain))
+    ungated = text.index("Paired difference (full+fold-0 minus full)")
+    gated = text.index("Paired difference (gated full+fold-0 minus full)")
+    assert ungated < gated
+    assert "| 1 | gated full+fold-0 | 0.740 |" in text
+    assert text[ungated:gated].count("- lesion_dice_mean:") == 1
+    assert "- lesion_dice_mean: +0.020 (+0.060, -0.020)" in text[ungated:gated]
+    assert "- lesion_dice_mean: +0.040 (+0.040, +0.040)" in text[gated:]
+    assert "- lesion_called_normal: -0.025 (-0.050, +0.000)" in text[gated:]
+
+
 def test_the_full_u_net_s_chain_is_checked_against_the_workspace_s_evaluation():
     figures = {
         "lesion_dice_mean": 0.6332,

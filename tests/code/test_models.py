@@ -700,6 +700,44 @@ def test_an_average_of_u_nets_is_one_segmenter_that_saves_loads_and_compiles(tmp
         average_unets([])
 
 
+def _fixed_unet(size: int, scale: float, bias: float, name: str):
+    """A stand-in U-Net whose lesion probability is ``scale * pixel + bias`` (known maps)."""
+    import keras
+
+    inputs = keras.Input((size, size, 1))
+    conv = keras.layers.Conv2D(1, 1, name="p")
+    outputs = conv(inputs)
+    conv.set_weights([np.full((1, 1, 1, 1), scale, np.float32), np.array([bias], np.float32)])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def test_a_gated_average_keeps_the_mean_only_where_the_first_u_net_finds_a_lesion(tmp_path):
+    from busi.model.lite_runtime import compile_checked
+    from busi.model.masks import LesionRule
+    from busi.model.unet import average_unets, load_unet
+
+    size, rule = 32, LesionRule(threshold=0.5, min_area=0.01)  # 0.01 of 32 x 32: 10.24 px
+    # first: the image itself; second: 0.9 everywhere (marks flat grey, as the fold U-Nets did)
+    first, second = _fixed_unet(size, 1.0, 0.0, "a"), _fixed_unet(size, 0.0, 0.9, "b")
+    x = np.zeros((4, size, size, 1), np.float32)  # 0: blank, nothing reaches 0.5 in `first`
+    x[1, :4, :4] = 1.0  # 16 px (1.6 %): a lesion for `first`
+    x[2, :3, :3] = 1.0  # 9 px (0.9 %): below min_area, no lesion
+    x[3, :4, :4] = 0.5  # exactly the threshold counts
+    mean = (x + 0.9) / 2.0
+    plain = average_unets([first, second])
+    np.testing.assert_allclose(plain.predict(x, verbose=0), mean, atol=1e-6)
+    gated = average_unets([first, second], gate=rule)
+    expected = mean * np.array([0, 1, 0, 1], np.float32)[:, None, None, None]
+    np.testing.assert_allclose(gated.predict(x, verbose=0), expected, atol=1e-6)
+    assert gated.output_shape == first.output_shape
+    gated.save(tmp_path / "gated.keras")
+    loaded = load_unet(tmp_path / "gated.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    compile_checked(loaded)  # serving's LiteRT copy agrees (it raises otherwise)
+    # a single member is returned as it is, gate or not
+    assert average_unets([first], gate=rule) is first
+
+
 def test_ensemble_members_train_from_seeds_100_apart_and_member_0_is_the_single_classifier(
     tmp_path,
 ):
