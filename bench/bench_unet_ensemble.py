@@ -19,7 +19,8 @@ with the behavioural checks). The classifier is not retrained: its train crops a
 fold (the fold U-Nets') either way, but the epoch it kept was chosen on the full U-Net's
 val crops, so this reads what the segmenter changes, not a retrained chain. With ``--gate``
 the average gated by the full U-Net is scored too (``average_unets(..., gate=rule)``: the
-average draws the lesion, the full U-Net alone decides whether there is one).
+average draws the lesion, the full U-Net alone decides whether there is one), without and
+with ``fallback`` (the full U-Net's own map where the average finds no lesion).
 
 Writes bench/results/unet_ensemble.{json,md}.
 """
@@ -85,6 +86,42 @@ def fold_figures(
             ]
             out["+".join(names)] = figures(mean, truth, labels, rule)
     return out
+
+
+def segment_latency(segmenter, images: list, size: int, flip: bool) -> dict:
+    """Per-image milliseconds of ``segment`` (one image a call, with the chain's flip
+    average) for a segmenter as serving runs it (its checked LiteRT copy): p50, p95 and
+    the number of images timed (after one untimed warm-up call)."""
+    from busi.model.chain import segment
+    from busi.model.lite_runtime import LiteModel, compile_checked
+
+    lite = LiteModel(compile_checked(segmenter)[0])
+    segment(lite, images[:1], size, tta_flip=flip)
+    times = []
+    for image in images:
+        start = time.perf_counter()
+        segment(lite, [image], size, tta_flip=flip)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "images": len(times),
+    }
+
+
+def render_latency(latency: dict) -> list[str]:
+    """One row per segmenter: its LiteRT copy's per-image p50 and p95."""
+    lines = [
+        "",
+        f"Segmentation latency, seed {latency['seed']}'s U-Nets as serving runs them (LiteRT, "
+        "one image a call, with the flip average), the first images of the split:",
+        "",
+        "| segmenter | p50 (ms) | p95 (ms) | images |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in latency["segmenters"].items():
+        lines.append(f"| {name} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['images']} |")
+    return lines
 
 
 CHAIN_FIGURES = (
@@ -220,6 +257,8 @@ def render_folds(result: dict) -> str:
             )
     if result.get("chain"):
         lines += render_chain(result["chain"])
+    if result.get("latency"):
+        lines += render_latency(result["latency"])
     return "\n".join(lines)
 
 
@@ -273,9 +312,16 @@ def main() -> int:
         action="store_true",
         help="with --folds: also the average gated by the full U-Net's lesion decision",
     )
+    parser.add_argument(
+        "--latency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --folds: time each segmenter's LiteRT copy on N images (first workspace)",
+    )
     args = parser.parse_args()
-    if (args.chain or args.gate) and not args.folds:
-        parser.error("--chain and --gate go with --folds")
+    if (args.chain or args.gate or args.latency) and not args.folds:
+        parser.error("--chain, --gate and --latency go with --folds")
     sys.path.insert(0, str(REPO))
     import subprocess
     from argparse import Namespace
@@ -292,7 +338,7 @@ def main() -> int:
     workspaces = seed_paths(args.workspace, "--workspace", "SEED=PATH to a seed workspace")
     crop = yaml.safe_load((REPO / "params.yaml").read_text())["crop_rois"]
     rule = LesionRule(crop["threshold"], crop["min_area"], crop["keep"])
-    probs, gated_probs, truth, labels, chain = {}, {}, None, None, {}
+    probs, gated_probs, truth, labels, chain, latency = {}, {}, None, None, {}, {}
     for seed, ws in sorted(workspaces.items()):
         if not (ws / "models" / "unet.keras").is_file():
             raise SystemExit(f"{ws}: no models/unet.keras; run bench_chain_seeds.py first")
@@ -320,9 +366,22 @@ def main() -> int:
                 members[path.stem] = segment(fold_unet, images, size, tta_flip=flip)
             probs[seed] = members
             ensemble = "+".join(members)
-            gated = average_unets([unet, *fold_unets], gate=rule) if args.gate else None
-            if gated is not None:
-                gated_probs[seed] = segment(gated, images, size, tta_flip=flip)
+            gated = {}  # name -> the average gated by the full U-Net, without and with fallback
+            for fallback in (False, True) if args.gate else ():
+                name = f"gated{'+fallback' if fallback else ''} {ensemble}"
+                gated[name] = average_unets([unet, *fold_unets], gate=rule, fallback=fallback)
+                gated_probs.setdefault(seed, {})[name] = segment(
+                    gated[name], images, size, tta_flip=flip
+                )
+            if args.latency and not latency:
+                timed = {"full": unet, ensemble: average_unets([unet, *fold_unets]), **gated}
+                latency = {
+                    "seed": seed,
+                    "segmenters": {
+                        name: segment_latency(model, images[: args.latency], size, flip)
+                        for name, model in timed.items()
+                    },
+                }
             if args.chain:
                 params = ws / "params.yaml"
                 full = chain_figures(unet, classifier, chain_crop, images, masks, these, params)
@@ -343,9 +402,9 @@ def main() -> int:
                         params,
                     ),
                 }
-                if gated is not None:
-                    chain[str(seed)][f"gated {ensemble}"] = chain_figures(
-                        gated, classifier, chain_crop, images, masks, these, params
+                for name, segmenter in gated.items():
+                    chain[str(seed)][name] = chain_figures(
+                        segmenter, classifier, chain_crop, images, masks, these, params
                     )
         truth, labels = masks, these
     commit = subprocess.run(
@@ -365,10 +424,11 @@ def main() -> int:
         result["figures"] = {
             str(s): fold_figures(p, truth, labels, rule) for s, p in sorted(probs.items())
         }
-        for s, p in gated_probs.items():
-            name = "gated " + "+".join(probs[s])
-            result["figures"][str(s)][name] = figures(p, truth, labels, rule)
+        for s, by_name in gated_probs.items():
+            for name, p in by_name.items():
+                result["figures"][str(s)][name] = figures(p, truth, labels, rule)
         result["chain"] = chain
+        result["latency"] = latency
         text = render_folds(result)
         write_results(
             "unet_ensemble_folds_gated" if args.gate else "unet_ensemble_folds",

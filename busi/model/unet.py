@@ -24,38 +24,53 @@ def lesion_gate_layer():
     """The ``LesionGate`` layer class (built on first use: no Keras import at import time).
     Called on ``[prob, gate]`` it returns ``prob`` where at least ``min_area`` of ``gate``'s
     pixels (and at least one) reach ``threshold``, and zeros elsewhere: one model's
-    "is there a lesion at all" decides whether another's map is kept."""
+    "is there a lesion at all" decides whether another's map is kept. With ``fallback``,
+    where ``gate`` finds a lesion but ``prob`` does not (by the same test), ``gate``'s own
+    map is returned instead, so the gate's lesions are never lost."""
     import keras
 
     class LesionGate(keras.layers.Layer):
-        def __init__(self, threshold: float, min_area: float, **kwargs):
+        def __init__(self, threshold: float, min_area: float, fallback: bool = False, **kwargs):
             super().__init__(**kwargs)
             self.threshold = float(threshold)
             self.min_area = float(min_area)
+            self.fallback = bool(fallback)
 
-        def call(self, inputs):
-            prob, gate = inputs
+        def found(self, prob):
+            """1.0 per image whose map has a lesion by the test above, else 0.0 ([N,1,1,1])."""
             ops = keras.ops
             marked = ops.mean(
-                ops.cast(ops.greater_equal(gate, self.threshold), prob.dtype),
+                ops.cast(ops.greater_equal(prob, self.threshold), prob.dtype),
                 axis=(1, 2, 3),
                 keepdims=True,
             )
-            found = ops.logical_and(
+            hit = ops.logical_and(
                 ops.greater(marked, 0.0), ops.greater_equal(marked, self.min_area)
             )
-            return prob * ops.cast(found, prob.dtype)
+            return ops.cast(hit, prob.dtype)
+
+        def call(self, inputs):
+            prob, gate = inputs
+            if self.fallback:
+                own = self.found(prob)
+                prob = own * prob + (1.0 - own) * gate
+            return prob * self.found(gate)
 
         def compute_output_shape(self, input_shape):
             return input_shape[0]
 
         def get_config(self):
-            return {**super().get_config(), "threshold": self.threshold, "min_area": self.min_area}
+            return {
+                **super().get_config(),
+                "threshold": self.threshold,
+                "min_area": self.min_area,
+                "fallback": self.fallback,
+            }
 
     return LesionGate
 
 
-def average_unets(members: list, gate=None):
+def average_unets(members: list, gate=None, fallback: bool = False):
     """One segmenter whose lesion probability is the mean of the members' (a single member
     is returned as it is): saved, loaded, compiled to the serving copy and run as any U-Net.
     The members become its layers ``unet_0``, ``unet_1``, ...; they must take the same input
@@ -64,7 +79,9 @@ def average_unets(members: list, gate=None):
     With ``gate`` (a ``LesionRule``, or anything with its ``threshold`` and ``min_area``) the
     first member decides whether there is a lesion: the mean is kept only where at least
     ``min_area`` of the first member's pixels reach ``threshold`` (all zeros otherwise), so
-    the average may draw the lesion but never finds one the first member does not."""
+    the average may draw the lesion but never finds one the first member does not. With
+    ``fallback`` too, where the first member finds a lesion and the mean none, the first
+    member's map is kept: the average then only redraws lesions both find."""
     import keras
 
     from busi.model.chain import average_models, member_outputs
@@ -73,5 +90,6 @@ def average_unets(members: list, gate=None):
         return average_models(members, "unet_average", "image", "lesion", "unet")
     inputs, outputs = member_outputs(members, "unet_average", "image", "unet")
     mean = keras.layers.Average(name="lesion_mean")(outputs)
-    gated = lesion_gate_layer()(gate.threshold, gate.min_area, name="lesion")([mean, outputs[0]])
+    layer = lesion_gate_layer()(gate.threshold, gate.min_area, fallback, name="lesion")
+    gated = layer([mean, outputs[0]])
     return keras.Model(inputs, gated, name=f"unet_gated_average_{len(members)}")

@@ -13,6 +13,7 @@ from bench.bench_unet_ensemble import (
     render,
     render_chain,
     render_folds,
+    segment_latency,
 )
 from busi.model.masks import LesionRule
 
@@ -200,3 +201,20 @@ def test_the_full_u_net_s_chain_is_checked_against_the_workspace_s_evaluation():
     assert matches_evaluation(figures, evaluation)
     assert not matches_evaluation({**figures, "macro_f1": 0.751}, evaluation)
     assert not matches_evaluation({**figures, "checks_failed": []}, evaluation)
+
+
+def test_the_latency_of_a_segmenter_s_lite_copy_is_timed_per_image_and_reported():
+    from busi.model.unet_training import ARCHITECTURES, build_unet
+
+    unet = build_unet(32, ARCHITECTURES["compact"])
+    images = [np.full((40, 50), 90, np.uint8), np.full((60, 30), 120, np.uint8)] * 2
+    row = segment_latency(unet, images, 32, flip=True)
+    assert row["images"] == 4
+    assert 0 < row["p50_ms"] <= row["p95_ms"]
+    result = {
+        **_result({"0": {}}),
+        "latency": {"seed": 0, "segmenters": {"full": row, "full+fold-0": row}},
+    }
+    text = render_folds(result)
+    assert "Segmentation latency, seed 0's U-Nets" in text
+    assert f"| full+fold-0 | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | 4 |" in text

@@ -734,6 +734,17 @@ def test_a_gated_average_keeps_the_mean_only_where_the_first_u_net_finds_a_lesio
     loaded = load_unet(tmp_path / "gated.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
     compile_checked(loaded)  # serving's LiteRT copy agrees (it raises otherwise)
+    # with fallback, where `first` finds a lesion and the mean none, `first`'s map is kept
+    weak = _fixed_unet(size, 0.0, 0.0, "c")  # marks nothing: the mean of it and `first` is x / 2
+    fallback = average_unets([first, weak], gate=rule, fallback=True)
+    x[3, :4, :4] = 1.0  # the mean (0.5) still reaches the threshold here: the mean is kept
+    x[1, :4, :4] = 0.8  # the mean (0.4) does not: `first`'s map (0.8) is kept
+    expected = np.stack([x[0] * 0, x[1], x[2] * 0, x[3] / 2])
+    np.testing.assert_allclose(fallback.predict(x, verbose=0), expected, atol=1e-6)
+    fallback.save(tmp_path / "fallback.keras")
+    loaded = load_unet(tmp_path / "fallback.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    compile_checked(loaded)
     # a single member is returned as it is, gate or not
     assert average_unets([first], gate=rule) is first
 
