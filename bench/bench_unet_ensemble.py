@@ -285,6 +285,54 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def score_fold_workspace(
+    ws: Path, chain, images, masks, labels, rule, flip, args, time_it: bool = False
+) -> dict:
+    """One workspace of ``--folds``: its fold U-Nets' probability maps (``probs``, by fold),
+    those of the gated averages (``gated_probs``, with ``--gate``), and with ``--chain`` the
+    whole chain behind the full U-Net, the plain average and the gated ones (``chain``), with
+    ``time_it`` each segmenter's LiteRT latency on ``--latency`` images (``latency``).
+    ``chain``: the workspace's (U-Net, classifier, crop settings)."""
+    from busi.model.chain import segment
+    from busi.model.unet import average_unets, load_unet
+
+    unet, classifier, crop = chain
+    size = unet.input_shape[1]
+    fold_paths = sorted((ws / "models" / "unet_folds").glob("fold-*.keras"))
+    if not fold_paths:
+        raise SystemExit(f"{ws}: no models/unet_folds/fold-*.keras (train_unet_folds)")
+    folds = {path.stem: load_unet(path) for path in fold_paths}
+    out: dict = {
+        "probs": {k: segment(m, images, size, tta_flip=flip) for k, m in folds.items()},
+        "gated_probs": {},
+    }
+    ensemble = "+".join(["full", *folds])
+    segmenters = {"full": unet, ensemble: average_unets([unet, *folds.values()])}
+    for fallback in (False, True) if args.gate else ():
+        name = f"gated{'+fallback' if fallback else ''} {ensemble}"
+        gated = average_unets([unet, *folds.values()], gate=rule, fallback=fallback)
+        segmenters[name] = gated
+        out["gated_probs"][name] = segment(gated, images, size, tta_flip=flip)
+    if time_it:
+        out["latency"] = {
+            name: segment_latency(model, images[: args.latency], size, flip)
+            for name, model in segmenters.items()
+        }
+    if args.chain:
+        params = ws / "params.yaml"
+        out["chain"] = {
+            name: chain_figures(model, classifier, crop, images, masks, labels, params)
+            for name, model in segmenters.items()
+        }
+        evaluation = ws / "metrics" / "evaluation.json"
+        if evaluation.is_file():
+            record = json.loads(evaluation.read_text())
+            if record.get("split") == args.split:
+                full = out["chain"]["full"]
+                full["matches_evaluation"] = matches_evaluation(full, record)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -333,7 +381,6 @@ def main() -> int:
     from busi.model.chain import segment
     from busi.model.loading import load_chain_and_split
     from busi.model.masks import LesionRule
-    from busi.model.unet import average_unets, load_unet
 
     workspaces = seed_paths(args.workspace, "--workspace", "SEED=PATH to a seed workspace")
     crop = yaml.safe_load((REPO / "params.yaml").read_text())["crop_rois"]
@@ -357,55 +404,23 @@ def main() -> int:
         size, flip = unet.input_shape[1], crop["tta_flip"]
         probs[seed] = segment(unet, images, size, tta_flip=flip)
         if args.folds:
-            fold_paths = sorted((ws / "models" / "unet_folds").glob("fold-*.keras"))
-            if not fold_paths:
-                raise SystemExit(f"{ws}: no models/unet_folds/fold-*.keras (train_unet_folds)")
-            members = {"full": probs[seed]}
-            fold_unets = [load_unet(path) for path in fold_paths]
-            for path, fold_unet in zip(fold_paths, fold_unets, strict=True):
-                members[path.stem] = segment(fold_unet, images, size, tta_flip=flip)
-            probs[seed] = members
-            ensemble = "+".join(members)
-            gated = {}  # name -> the average gated by the full U-Net, without and with fallback
-            for fallback in (False, True) if args.gate else ():
-                name = f"gated{'+fallback' if fallback else ''} {ensemble}"
-                gated[name] = average_unets([unet, *fold_unets], gate=rule, fallback=fallback)
-                gated_probs.setdefault(seed, {})[name] = segment(
-                    gated[name], images, size, tta_flip=flip
-                )
-            if args.latency and not latency:
-                timed = {"full": unet, ensemble: average_unets([unet, *fold_unets]), **gated}
-                latency = {
-                    "seed": seed,
-                    "segmenters": {
-                        name: segment_latency(model, images[: args.latency], size, flip)
-                        for name, model in timed.items()
-                    },
-                }
+            scored = score_fold_workspace(
+                ws,
+                (unet, classifier, chain_crop),
+                images,
+                masks,
+                these,
+                rule,
+                flip,
+                args,
+                time_it=bool(args.latency) and not latency,
+            )
+            probs[seed] = {"full": probs[seed], **scored["probs"]}
+            gated_probs[seed] = scored["gated_probs"]
             if args.chain:
-                params = ws / "params.yaml"
-                full = chain_figures(unet, classifier, chain_crop, images, masks, these, params)
-                evaluation = ws / "metrics" / "evaluation.json"
-                if evaluation.is_file():
-                    record = json.loads(evaluation.read_text())
-                    if record.get("split") == args.split:
-                        full["matches_evaluation"] = matches_evaluation(full, record)
-                chain[str(seed)] = {
-                    "full": full,
-                    ensemble: chain_figures(
-                        average_unets([unet, *fold_unets]),
-                        classifier,
-                        chain_crop,
-                        images,
-                        masks,
-                        these,
-                        params,
-                    ),
-                }
-                for name, segmenter in gated.items():
-                    chain[str(seed)][name] = chain_figures(
-                        segmenter, classifier, chain_crop, images, masks, these, params
-                    )
+                chain[str(seed)] = scored["chain"]
+            if "latency" in scored:
+                latency = {"seed": seed, "segmenters": scored["latency"]}
         truth, labels = masks, these
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True

@@ -81,7 +81,10 @@ def average_unets(members: list, gate=None, fallback: bool = False):
     ``min_area`` of the first member's pixels reach ``threshold`` (all zeros otherwise), so
     the average may draw the lesion but never finds one the first member does not. With
     ``fallback`` too, where the first member finds a lesion and the mean none, the first
-    member's map is kept: the average then only redraws lesions both find."""
+    member's map is kept: the average then only redraws lesions both find. The gate acts on
+    each call, so on each pass of the chain's flip average, not on their mean: a lesion the
+    first member finds in one pass only can still fall under the threshold after it
+    (bench/results/unet_ensemble_folds_gated.md)."""
     import keras
 
     from busi.model.chain import average_models, member_outputs
