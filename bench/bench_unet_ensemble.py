@@ -22,7 +22,7 @@ the average gated by the full U-Net is scored too (``average_unets(..., gate=rul
 average draws the lesion, the full U-Net alone decides whether there is one), without and
 with ``fallback`` (the full U-Net's own map where the average finds no lesion).
 
-Writes bench/results/unet_ensemble.{json,md}.
+Writes bench/results/unet_ensemble.{json,md} (with ``--folds``: the files named above).
 """
 
 from __future__ import annotations
@@ -286,17 +286,17 @@ def render(result: dict) -> str:
 
 
 def score_fold_workspace(
-    ws: Path, chain, images, masks, labels, rule, flip, args, time_it: bool = False
+    ws: Path, models, images, masks, labels, rule, flip, args, time_it: bool = False
 ) -> dict:
     """One workspace of ``--folds``: its fold U-Nets' probability maps (``probs``, by fold),
     those of the gated averages (``gated_probs``, with ``--gate``), and with ``--chain`` the
     whole chain behind the full U-Net, the plain average and the gated ones (``chain``), with
     ``time_it`` each segmenter's LiteRT latency on ``--latency`` images (``latency``).
-    ``chain``: the workspace's (U-Net, classifier, crop settings)."""
+    ``models``: the workspace's (U-Net, classifier, crop settings)."""
     from busi.model.chain import segment
     from busi.model.unet import average_unets, load_unet
 
-    unet, classifier, crop = chain
+    unet, classifier, crop = models
     size = unet.input_shape[1]
     fold_paths = sorted((ws / "models" / "unet_folds").glob("fold-*.keras"))
     if not fold_paths:
