@@ -1,0 +1,213 @@
+"""bench/bench_unet_screen.py: a U-Net scored alone as the stress tests score the chain,
+and a candidate's criteria applied to it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.bench_unet_screen import (
+    matches_stress_test,
+    parse_limits,
+    reference_drops,
+    render,
+    segmentation_figures,
+    verdict,
+)
+
+
+def _masks():
+    """Two lesion images (a 4x4 lesion) and one normal image; the prediction finds the first
+    lesion whole, half of the second, and marks the normal image."""
+    truth = [np.zeros((10, 10), bool) for _ in range(3)]
+    truth[0][:4, :4] = truth[1][:4, :4] = True
+    pred = [truth[0].copy(), np.zeros((10, 10), bool), np.zeros((10, 10), bool)]
+    pred[1][:2, :4] = True
+    pred[2][6:9, 6:9] = True
+    return truth, pred, ["benign", "malignant", "normal"]
+
+
+def _result(dice_drop: float = 0.02, blank: bool = True) -> dict:
+    unshifted = {"lesion_dice_mean": 0.8, "lesion_not_found": 0.1, "normal_false_lesion_rate": 0.3}
+    shifted = {
+        "lesion_dice_mean": 0.8 - dice_drop,
+        "lesion_not_found": 0.2,
+        "normal_false_lesion_rate": 0.3,
+        "lesion_dice_mean_drop": dice_drop,
+    }
+    check = {"passed": blank, "detail": "no lesion on any" if blank else "lesion found"}
+    return {
+        "unshifted": unshifted,
+        "shifts": {
+            "gain_0.7": shifted,
+            "contrast_0.6": {**shifted, "lesion_dice_mean": 0.73, "lesion_dice_mean_drop": 0.07},
+        },
+        "checks": {"blank_image": check},
+    }
+
+
+def test_segmentation_figures_are_the_stress_tests_definitions_on_a_known_answer():
+    truth, pred, labels = _masks()
+    out = segmentation_figures(truth, labels, pred)
+    # Dice 1.0 and 2*8/(8+16) over the two lesion images; both found; the normal one marked
+    assert out == {
+        "lesion_dice_mean": pytest.approx((1.0 + 16 / 24) / 2),
+        "lesion_not_found": 0.0,
+        "normal_false_lesion_rate": 1.0,
+    }
+    pred[1][:] = False
+    assert segmentation_figures(truth, labels, pred)["lesion_not_found"] == 0.5
+
+
+def test_limits_are_parsed_and_bad_ones_refused():
+    assert parse_limits(["lesion_not_found<=0.204", "lesion_dice_mean >= 0.6"]) == [
+        ("lesion_not_found", "<=", 0.204),
+        ("lesion_dice_mean", ">=", 0.6),
+    ]
+    with pytest.raises(SystemExit, match="FIGURE<=X"):
+        parse_limits(["accuracy>=0.8"])  # the classifier's, not the U-Net's
+    with pytest.raises(SystemExit, match="FIGURE<=X"):
+        parse_limits(["lesion_not_found<0.2"])
+
+
+def test_the_verdict_applies_checks_limits_and_the_reference_drops():
+    drops = {"gain_0.7": 0.031, "contrast_0.6": 0.085}
+    rows = verdict(_result(), ["blank_image"], parse_limits(["lesion_not_found<=0.1"]), drops, 0.05)
+    assert [(r["criterion"], r["holds"]) for r in rows] == [
+        ("blank_image passes", True),
+        ("lesion_not_found", True),  # 0.1 <= 0.1
+        ("Dice drop under gain_0.7", True),  # 0.02 <= max(0.05, 0.031)
+        ("Dice drop under contrast_0.6", True),  # 0.07 <= max(0.05, 0.085)
+    ]
+    tighter = {"gain_0.7": 0.0, "contrast_0.6": 0.01}
+    rows = verdict(_result(dice_drop=0.06, blank=False), ["blank_image"], [], tighter, 0.05)
+    assert [r["holds"] for r in rows] == [False, False, False]
+    # an undefined figure fails: the screen cannot vouch for it
+    result = _result()
+    result["unshifted"]["lesion_not_found"] = None
+    assert not verdict(result, [], parse_limits(["lesion_not_found<=0.5"]), None, 0.05)[0]["holds"]
+    with pytest.raises(SystemExit, match="not a check here"):
+        verdict(_result(), ["drawn_lesion"], [], None, 0.05)
+    with pytest.raises(SystemExit, match=r"no shift .contrast_0\.6."):
+        verdict(_result(), [], [], {"gain_0.7": 0.0}, 0.05)
+
+
+def test_reference_drops_come_from_a_chain_seeds_record():
+    record = {
+        "summary": {
+            "stress": {
+                "gain_0.7": {"lesion_dice_mean_drop": {"mean": 0.031}, "lesion_called_normal": {}},
+                "jpeg_30": {"lesion_called_normal": {"mean": 0.1}},
+            }
+        }
+    }
+    assert reference_drops(record) == {"gain_0.7": 0.031}
+    with pytest.raises(SystemExit, match="no per-shift Dice drops"):
+        reference_drops({"summary": {}})
+
+
+def test_a_screen_matches_the_pipeline_s_stress_file_only_when_every_figure_is_equal():
+    result = _result()
+    record = {"unshifted": {**result["unshifted"], "accuracy": 0.7}, "shifts": result["shifts"]}
+    assert matches_stress_test(result, record)
+    changed = json.loads(json.dumps(record))
+    changed["shifts"]["gain_0.7"]["lesion_not_found"] = 0.3
+    assert not matches_stress_test(result, changed)
+    assert not matches_stress_test(result, {**record, "shifts": {"gain_0.7": {}}})
+
+
+def test_the_rendering_says_what_failed():
+    result = _result(blank=False)
+    record = {
+        "date": "2026-12-04 17:00 UTC",
+        "machine": "AMD EPYC (2 cores; family 23)",
+        "commit": "abc1234",
+        "workspace": "ws",
+        "split": "val",
+        "n_images": 3,
+        "n_normal": 1,
+        "rule": "threshold 0.5, min_area 0.002, keep largest",
+        "tta_flip": True,
+        "minutes": 1.5,
+        "result": result,
+        "matches_stress_test": None,
+        "verdict": verdict(result, ["blank_image"], [], None, 0.05),
+    }
+    text = render(record)
+    assert "| contrast_0.6 | 0.730 | 0.200 | 0.300 | 0.070 |" in text
+    assert "- blank_image: FAILED (lesion found)" in text
+    assert "| blank_image passes | lesion found | passes | NO |" in text
+    assert "Screen: 0 of 1 criteria hold: fails." in text
+
+
+@pytest.mark.slow
+def test_on_the_smoke_run_the_screen_equals_the_pipeline_s_stress_figures(
+    smoke_run, tmp_path, monkeypatch
+):
+    """The screen scores a U-Net as stress_test_models scores the chain: on the smoke run's
+    own stress split its figures equal metrics/stress_test.json; and the command writes its
+    results with the verdict."""
+    from dataclasses import replace
+
+    import bench.results_files as results_files
+    from bench.bench_unet_screen import main, screen
+    from busi.config import load_section
+    from busi.data.preprocess import load_pair
+    from busi.data.splits import load_split_rows
+    from busi.model.chain import CropConfig
+    from busi.model.unet import load_unet
+    from components.evaluate_models import EvaluateConfig
+    from components.stress_test_models import StressConfig
+
+    ws = smoke_run["workspace"]
+    theirs = json.loads((ws / "metrics" / "stress_test.json").read_text())
+    params = ws / "params.yaml"
+    crop = load_section(params, "crop_rois", CropConfig)
+    stress = replace(
+        load_section(params, "stress_test_models", StressConfig), split=theirs["split"]
+    )
+    rows = load_split_rows(ws / "data/manifest.csv", ws / "data/splits.csv")
+    part = rows[rows["split"] == theirs["split"]]
+    pairs = [load_pair(ws / "data/busi", r["path"], r["mask_files"]) for _, r in part.iterrows()]
+    result = screen(
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        part["class"].to_list(),
+        load_unet(ws / "models/unet.keras"),
+        crop.roi,
+        crop.tta_flip,
+        stress,
+        load_section(params, "evaluate_models", EvaluateConfig).behaviour_config(),
+    )
+    assert matches_stress_test(result, theirs)
+    assert set(result["checks"]) == {
+        "blank_image",
+        "lesion_free_tissue",
+        "flip_invariance",
+        "drawn_lesion",
+    }
+
+    monkeypatch.setattr(results_files, "RESULTS", tmp_path)
+    reference = tmp_path / "reference.json"
+    reference.write_text(
+        json.dumps(
+            {
+                "summary": {
+                    "stress": {
+                        name: {"lesion_dice_mean_drop": {"mean": 1.0}} for name in theirs["shifts"]
+                    }
+                }
+            }
+        )
+    )
+    argv = ["--workspace", str(ws), "--name", "smoke", "--stress-reference", str(reference)]
+    limits = ["lesion_not_found<=1.0", "lesion_dice_mean>=1.01"]  # the second cannot hold
+    assert main([*argv, "--limit", *limits]) == 0
+    record = json.loads((tmp_path / "unet_screen_smoke.json").read_text())
+    assert record["split"] == "val"
+    holds = [r["holds"] for r in record["verdict"]]
+    assert holds == [True, False] + [True] * len(theirs["shifts"])
+    text = (tmp_path / "unet_screen_smoke.md").read_text()
+    assert f"Screen: {len(holds) - 1} of {len(holds)} criteria hold: fails." in text
