@@ -145,7 +145,9 @@ def verdict(
         )
     for figure, op, value in limits:
         got = result["unshifted"][figure]
-        holds = got is not None and (got <= value + 1e-12 if op == "<=" else got >= value - 1e-12)
+        holds = got is not None and bool(
+            got <= value + 1e-12 if op == "<=" else got >= value - 1e-12
+        )
         rows.append({"criterion": figure, "value": got, "limit": f"{op} {value:g}", "holds": holds})
     if drops is not None:
         for name, figures in result["shifts"].items():
@@ -158,7 +160,7 @@ def verdict(
                     "criterion": f"Dice drop under {name}",
                     "value": got,
                     "limit": f"<= {limit:.3f} (reference mean {drops[name]:.3f})",
-                    "holds": got is not None and got <= limit + 1e-12,
+                    "holds": got is not None and bool(got <= limit + 1e-12),
                 }
             )
     return rows
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     from busi.data.preprocess import load_pair
     from busi.data.splits import load_split_rows
     from busi.model.chain import CropConfig
+    from busi.model.metrics import to_jsonable
     from busi.model.unet import load_unet
     from components.evaluate_models import EvaluateConfig
     from components.stress_test_models import StressConfig
@@ -305,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         theirs = json.loads(stress_file.read_text())
         if theirs.get("split") == args.split:
             record["matches_stress_test"] = matches_stress_test(result, theirs)
+    record = to_jsonable(record)  # numpy scalars (a check's passed, a figure) to JSON's
     text = render(record)
     write_results(
         f"unet_screen_{args.name}",

@@ -94,6 +94,16 @@ def test_the_verdict_applies_checks_limits_and_the_reference_drops():
         verdict(_result(), [], [], {"gain_0.7": 0.0}, 0.05)
 
 
+def test_the_verdict_of_numpy_figures_is_plain_json():
+    result = _result()
+    result["unshifted"]["lesion_not_found"] = np.float64(0.1)
+    result["shifts"]["gain_0.7"]["lesion_dice_mean_drop"] = np.float32(0.02)
+    result["checks"]["blank_image"]["passed"] = np.bool_(True)
+    rows = verdict(result, ["blank_image"], parse_limits(["lesion_not_found<=0.2"]), None, 0.05)
+    assert [type(r["holds"]) for r in rows] == [bool, bool]
+    json.dumps(rows)
+
+
 def test_reference_drops_come_from_a_chain_seeds_record():
     record = {
         "summary": {
