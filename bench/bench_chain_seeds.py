@@ -136,8 +136,8 @@ def _with_bar(spread: dict, bar: tuple[str, float]) -> dict:
 def summarize(per_seed: dict[int, dict]) -> dict:
     """From each seed's evaluation.json (and stress_test.json, when present, under
     ``stress``): per figure the mean, min and max over seeds, each seed's value with its
-    bootstrap interval, and whether the mean meets the bar; per shift the mean Dice drop
-    and called-normal share."""
+    bootstrap interval, and whether the mean meets the bar; per shift the mean, range and
+    each seed's Dice drop and called-normal share."""
     figures = {}
     for name in FIGURES:
         seeds = {}
@@ -163,8 +163,9 @@ def summarize(per_seed: dict[int, dict]) -> dict:
                 value = row.get(key)
                 if value is not None:
                     shifts.setdefault(shift, {}).setdefault(key, {})[seed] = value
+    # each seed's value kept beside the spread, so that one seed can be paired later
     stress = {
-        shift: {key: _with_bar(_spread(list(vals.values())), STRESS_BARS[key])
+        shift: {key: {**_with_bar(_spread(list(vals.values())), STRESS_BARS[key]), "seeds": vals}
                 for key, vals in keys.items()}
         for shift, keys in sorted(shifts.items())
     }  # fmt: skip

@@ -80,6 +80,7 @@ def test_the_summary_gives_mean_range_each_seed_and_the_bar():
     assert blur["lesion_called_normal"]["mean"] == pytest.approx(0.125)
     assert blur["lesion_called_normal"]["mean_meets_bar"] is False  # <= 0.10
     assert blur["lesion_dice_mean_drop"]["mean_meets_bar"] is True
+    assert blur["lesion_called_normal"]["seeds"] == {0: 0.05, 1: 0.2}
     table = render(
         {
             "date": "2026-12-02",
