@@ -5,6 +5,8 @@ stress tests per shift; against issue 13's bars.
     python bench/bench_chain_seeds.py --seeds 0 1 2            # the real data ($BUSI_SOURCE)
     python bench/bench_chain_seeds.py --profile smoke --seeds 0 1   # a check in minutes
     python bench/bench_chain_seeds.py --seeds 0 1 2 --reuse 0=metrics  # seed 0 = the project's run
+    python bench/bench_chain_seeds.py --split val --name X --set ... --seeds 2 \
+        --carry bench/results/chain_seeds_val_X.json   # seeds 0, 1 from an earlier session
 
 Choosing a setting (issue 13: on the val split and the stress tests, never on test): a
 candidate is the project's params with ``--set`` changes, scored with ``--split val``
@@ -259,6 +261,60 @@ def read_seed(folder: Path) -> dict:
     return result
 
 
+def seeds_from_results(record: dict) -> dict[int, dict]:
+    """Each seed's figures as ``read_seed`` gives them (what ``summarize`` reads), rebuilt
+    from a results record this script wrote: its summary keeps every seed's values. So the
+    seeds of an earlier session, whose workspaces are gone, can be carried into a new run
+    (``--carry``); ``summarize`` of the rebuilt seeds gives the record's summary again."""
+    summary = record["summary"]
+    split = record.get("split", "test")
+    out: dict[int, dict] = {}
+
+    def seed_entry(seed) -> dict:
+        return out.setdefault(
+            int(seed), {"split": split, "headline": {}, "intervals": {"figures": {}}}
+        )
+
+    for name, figure in summary["figures"].items():
+        for seed, entry in figure["seeds"].items():
+            if name in FIGURES:
+                seed_entry(seed)["headline"][name] = entry["value"]
+                seed_entry(seed)["intervals"]["figures"][name] = dict(entry)
+            else:  # an unshifted stress figure (UNSHIFTED_AIMS)
+                unshifted = seed_entry(seed).setdefault("stress", {}).setdefault("unshifted", {})
+                unshifted[name] = entry["value"]
+    for shift, keys in summary["stress"].items():
+        for key, figure in keys.items():
+            if "seeds" not in figure:
+                raise SystemExit(
+                    "--carry: this results file was written before each seed's stress figures "
+                    "were kept; its seeds cannot be carried (rerun them, or --reuse their "
+                    "metrics folders)"
+                )
+            for seed, value in figure["seeds"].items():
+                stress = seed_entry(seed).setdefault("stress", {})
+                stress.setdefault("shifts", {}).setdefault(shift, {})[key] = value
+    for seed, failed in summary.get("behaviour", {}).items():
+        seed_entry(seed)["behaviour"] = {"passed": not failed, "failed": list(failed)}
+    return out
+
+
+def carried_seeds(path: Path, profile: str, split: str, changes: dict, offsets: dict) -> dict:
+    """{seed: figures} from ``--carry``'s results file, refused unless it is the same
+    candidate (profile, split, settings changed, seed offsets)."""
+    if not path.is_file():
+        raise SystemExit(f"--carry {path}: no such results file")
+    record = json.loads(path.read_text())
+    theirs = (record.get("profile"), record.get("split", "test"), record.get("changes") or {},
+              record.get("seed_offsets") or {})  # fmt: skip
+    if theirs != (profile, split, changes, offsets):
+        raise SystemExit(
+            f"--carry {path}: another candidate (profile, split, changes, offsets "
+            f"{theirs}); this run is {(profile, split, changes, offsets)}"
+        )
+    return seeds_from_results(record)
+
+
 def parse_reuse(items: list[str]) -> dict[int, Path]:
     """``SEED=FOLDER`` pairs: a seed whose run already exists (same code, data and params)."""
     from bench.results_files import seed_paths
@@ -312,6 +368,14 @@ def main() -> int:
         help="add N to one seeded step's seed (e.g. train_classifier=100): the same chain "
         "with that step alone retrained from another seed, to measure its noise",
     )
+    parser.add_argument(
+        "--carry",
+        type=Path,
+        metavar="RESULTS.json",
+        help="take the seeds of an earlier run of this candidate from its results file (its "
+        "workspaces gone, e.g. on another machine): they are not retrained; --seeds names "
+        "the ones to add",
+    )
     parser.add_argument("--name", help="the candidate's name, part of the results file's name")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -322,25 +386,34 @@ def main() -> int:
     from bench.bench_models import machine
     from bench.results_files import write_results
 
+    recorded = {k: v for k, v in changes.items() if k not in SPLIT_STEPS or len(v) > 1}
+    carried = {}
+    if args.carry:
+        carried = carried_seeds(args.carry, args.profile, args.split, recorded, offsets)
+        carried = {seed: f for seed, f in carried.items() if seed not in reused}
     base = REPO / "scratch" / "chain-seeds" / args.profile
     start = time.perf_counter()
-    trained = [seed for seed in args.seeds if seed not in reused]
+    trained = [seed for seed in args.seeds if seed not in reused and seed not in carried]
     per_seed = {seed: run_seed(args.profile, seed, base, changes, offsets) for seed in trained}
     for seed, folder in reused.items():
         per_seed[seed] = read_seed(folder)
         if per_seed[seed].get("split", "test") != args.split:
             raise SystemExit(f"--reuse {seed}={folder}: scored on another split than {args.split}")
     minutes = (time.perf_counter() - start) / 60 / len(trained) if trained else None
+    said = {str(seed): str(folder) for seed, folder in reused.items()}
+    for seed, figures in carried.items():
+        per_seed[seed] = figures
+        said[str(seed)] = f"{args.carry} (an earlier run)"
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "profile": args.profile,
         "split": args.split,
-        "changes": {k: v for k, v in changes.items() if k not in SPLIT_STEPS or len(v) > 1},
+        "changes": recorded,
         "seed_offsets": offsets,
         "name": args.name,
         "seeds": sorted(per_seed),
-        "reused": {str(seed): str(folder) for seed, folder in reused.items()},
+        "reused": said,
         "minutes_per_seed": minutes,
         "summary": summarize(per_seed),
     }

@@ -9,12 +9,14 @@ import pytest
 import yaml
 
 from bench.bench_chain_seeds import (
+    carried_seeds,
     parse_changes,
     parse_reuse,
     read_seed,
     render,
     results_name,
     seed_settings,
+    seeds_from_results,
     summarize,
 )
 from busi.orchestration.workspace import prepare_workspace
@@ -254,3 +256,48 @@ def test_the_results_header_names_the_cpu_s_family_and_instruction_sets():
     assert "on Intel Xeon (2 cores), commit abc" in old
     new = render({**record, "machine": {**machine, "cpu_isa": isa}})
     assert f"on Intel Xeon (2 cores; {isa}), commit abc" in new
+
+
+def _record(per_seed: dict, changes: dict | None = None) -> dict:
+    """A results record as main writes it, through JSON (string seed keys)."""
+    record = {
+        "profile": "default",
+        "split": "val",
+        "changes": changes or {"train_unet": {"flat_negatives": 0.05}},
+        "seed_offsets": {},
+        "summary": summarize(per_seed),
+    }
+    return json.loads(json.dumps(record))
+
+
+def test_seeds_carried_from_a_results_file_give_its_summary_again():
+    first, second = _evaluation(0.70, 0.93, 0.05), _evaluation(0.80, 0.91, 0.2)
+    second["behaviour"] = {"passed": False, "failed": ["blank_image"]}
+    record = _record({0: first, 1: second})
+    rebuilt = seeds_from_results(record)
+    assert sorted(rebuilt) == [0, 1]
+    assert rebuilt[1]["behaviour"]["failed"] == ["blank_image"]
+    assert rebuilt[0]["stress"]["shifts"]["blur"]["lesion_called_normal"] == 0.05
+    assert json.loads(json.dumps(summarize(rebuilt))) == record["summary"]
+    # a third seed trained now is summarised with the carried two
+    both = summarize({**rebuilt, 2: _evaluation(0.75, 0.92, 0.1)})
+    assert both["figures"]["lesion_dice"]["mean"] == pytest.approx(0.75)
+    assert both["stress"]["blur"]["lesion_called_normal"]["seeds"] == {0: 0.05, 1: 0.2, 2: 0.1}
+
+
+def test_carrying_refuses_another_candidate_and_files_without_per_seed_stress(tmp_path):
+    path = tmp_path / "chain_seeds_val_x.json"
+    changes = {"train_unet": {"flat_negatives": 0.05}}
+    path.write_text(json.dumps(_record({0: _evaluation(0.7, 0.9, 0.1)}, changes)))
+    assert list(carried_seeds(path, "default", "val", changes, {})) == [0]
+    with pytest.raises(SystemExit, match="another candidate"):
+        carried_seeds(path, "default", "val", {"train_unet": {"flat_negatives": 0.1}}, {})
+    with pytest.raises(SystemExit, match="another candidate"):
+        carried_seeds(path, "default", "test", changes, {})
+    old = json.loads(path.read_text())
+    del old["summary"]["stress"]["blur"]["lesion_called_normal"]["seeds"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="before each seed's stress figures were kept"):
+        carried_seeds(path, "default", "val", changes, {})
+    with pytest.raises(SystemExit, match="no such results file"):
+        carried_seeds(tmp_path / "missing.json", "default", "val", changes, {})
