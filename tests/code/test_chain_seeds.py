@@ -263,7 +263,7 @@ def _record(per_seed: dict, changes: dict | None = None) -> dict:
     record = {
         "profile": "default",
         "split": "val",
-        "changes": changes or {"train_unet": {"flat_negatives": 0.05}},
+        "changes": {"train_unet": {"flat_negatives": 0.05}} if changes is None else changes,
         "seed_offsets": {},
         "summary": summarize(per_seed),
     }
@@ -301,3 +301,36 @@ def test_carrying_refuses_another_candidate_and_files_without_per_seed_stress(tm
         carried_seeds(path, "default", "val", changes, {})
     with pytest.raises(SystemExit, match="no such results file"):
         carried_seeds(tmp_path / "missing.json", "default", "val", changes, {})
+
+
+def test_a_run_of_reused_and_carried_seeds_trains_nothing_and_names_where_each_came_from(
+    tmp_path, monkeypatch
+):
+    """main with seed 0 from a metrics folder and seed 1 from an earlier results file: no
+    seed is trained, and the results say both and summarise both."""
+    import sys
+
+    import bench.bench_chain_seeds as chain_seeds
+    import bench.results_files as results_files
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    evaluation = {**_evaluation(0.7, 0.9, 0.1), "split": "val"}
+    (folder / "stress_test.json").write_text(json.dumps(evaluation.pop("stress")))
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    earlier = tmp_path / "earlier.json"
+    record = _record({1: _evaluation(0.8, 0.9, 0.1)}, changes={})
+    earlier.write_text(json.dumps(record))
+    monkeypatch.setattr(results_files, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(
+        chain_seeds, "run_seed", lambda *a, **k: pytest.fail("no seed should be trained")
+    )
+    argv = ["bench_chain_seeds.py", "--split", "val", "--name", "x", "--seeds", "0", "1"]
+    argv += ["--reuse", f"0={folder}", "--carry", str(earlier)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert chain_seeds.main() == 0
+    written = json.loads((tmp_path / "results" / "chain_seeds_val_x.json").read_text())
+    assert written["seeds"] == [0, 1]
+    assert written["minutes_per_seed"] is None
+    assert written["reused"] == {"0": str(folder), "1": f"{earlier} (an earlier run)"}
+    assert written["summary"]["figures"]["lesion_dice"]["mean"] == pytest.approx(0.75)
