@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -91,6 +90,49 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
         "unshifted": base,
         "shifts": shifted,
         "checks": {c.name: asdict(c) for c in checks},
+    }
+
+
+def load_workspace(ws: Path, split: str) -> dict:
+    """What a screen of ``ws``'s U-Net on ``split`` needs, from the workspace's params.yaml
+    and data: ``crop`` (crop_rois), ``stress`` (stress_test_models, on ``split``), ``labels``
+    and ``screen_args``, the keyword arguments of :func:`screen`."""
+    from busi.config import load_section
+    from busi.data.preprocess import load_pair
+    from busi.data.splits import load_split_rows
+    from busi.model.chain import CropConfig
+    from busi.model.unet import load_unet
+    from components.evaluate_models import EvaluateConfig
+    from components.stress_test_models import StressConfig
+
+    params = ws / "params.yaml"
+    crop = load_section(params, "crop_rois", CropConfig)
+    if crop.threshold_choice != "fixed":
+        raise SystemExit(
+            f"{params}: crop_rois.threshold_choice is {crop.threshold_choice!r}; the screen "
+            "knows the lesion threshold only when it is fixed"
+        )
+    stress = replace(load_section(params, "stress_test_models", StressConfig), split=split)
+    rows = load_split_rows(ws / "data/manifest.csv", ws / "data/splits.csv")
+    part = rows[rows["split"] == split]
+    pairs = [load_pair(ws / "data/busi", r["path"], r["mask_files"]) for _, r in part.iterrows()]
+    labels = part["class"].to_list()
+    return {
+        "crop": crop,
+        "stress": stress,
+        "labels": labels,
+        "screen_args": {
+            "images": [p[0] for p in pairs],
+            "masks": [p[1] for p in pairs],
+            "labels": labels,
+            "unet": load_unet(ws / "models/unet.keras"),
+            "roi": crop.roi,
+            "tta_flip": crop.tta_flip,
+            "stress_cfg": stress,
+            "behaviour_cfg": load_section(
+                params, "evaluate_models", EvaluateConfig
+            ).behaviour_config(),
+        },
     }
 
 
@@ -260,38 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from bench.bench_data import machine_info
     from bench.results_files import write_results
-    from busi.config import load_section
-    from busi.data.preprocess import load_pair
-    from busi.data.splits import load_split_rows
-    from busi.model.chain import CropConfig
     from busi.model.metrics import to_jsonable
-    from busi.model.unet import load_unet
-    from components.evaluate_models import EvaluateConfig
-    from components.stress_test_models import StressConfig
 
-    params = ws / "params.yaml"
-    crop = load_section(params, "crop_rois", CropConfig)
-    if crop.threshold_choice != "fixed":
-        raise SystemExit(
-            f"{params}: crop_rois.threshold_choice is {crop.threshold_choice!r}; the screen "
-            "knows the lesion threshold only when it is fixed"
-        )
-    stress_cfg = replace(load_section(params, "stress_test_models", StressConfig), split=args.split)
-    behaviour_cfg = load_section(params, "evaluate_models", EvaluateConfig).behaviour_config()
-    rows = load_split_rows(ws / "data/manifest.csv", ws / "data/splits.csv")
-    part = rows[rows["split"] == args.split]
-    pairs = [load_pair(ws / "data/busi", r["path"], r["mask_files"]) for _, r in part.iterrows()]
-    images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
-    labels = part["class"].to_list()
-    unet = load_unet(ws / "models/unet.keras")
+    loaded = load_workspace(ws, args.split)
+    crop, stress_cfg, labels = loaded["crop"], loaded["stress"], loaded["labels"]
     started = time.monotonic()
-    result = screen(images, masks, labels, unet, crop.roi, crop.tta_flip, stress_cfg, behaviour_cfg)
+    result = screen(**loaded["screen_args"])
+    machine = machine_info()
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": "{cpu_model} ({nproc} cores; {cpu_isa})".format(**machine_info()),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "machine": "{cpu_model} ({nproc} cores; {cpu_isa})".format(**machine),
+        "commit": machine["project_commit"],
         "workspace": str(ws),
         "split": args.split,
         "n_images": len(labels),

@@ -159,38 +159,12 @@ def test_on_the_smoke_run_the_screen_equals_the_pipeline_s_stress_figures(
     """The screen scores a U-Net as stress_test_models scores the chain: on the smoke run's
     own stress split its figures equal metrics/stress_test.json; and the command writes its
     results with the verdict."""
-    from dataclasses import replace
-
     import bench.results_files as results_files
-    from bench.bench_unet_screen import main, screen
-    from busi.config import load_section
-    from busi.data.preprocess import load_pair
-    from busi.data.splits import load_split_rows
-    from busi.model.chain import CropConfig
-    from busi.model.unet import load_unet
-    from components.evaluate_models import EvaluateConfig
-    from components.stress_test_models import StressConfig
+    from bench.bench_unet_screen import load_workspace, main, screen
 
     ws = smoke_run["workspace"]
     theirs = json.loads((ws / "metrics" / "stress_test.json").read_text())
-    params = ws / "params.yaml"
-    crop = load_section(params, "crop_rois", CropConfig)
-    stress = replace(
-        load_section(params, "stress_test_models", StressConfig), split=theirs["split"]
-    )
-    rows = load_split_rows(ws / "data/manifest.csv", ws / "data/splits.csv")
-    part = rows[rows["split"] == theirs["split"]]
-    pairs = [load_pair(ws / "data/busi", r["path"], r["mask_files"]) for _, r in part.iterrows()]
-    result = screen(
-        [p[0] for p in pairs],
-        [p[1] for p in pairs],
-        part["class"].to_list(),
-        load_unet(ws / "models/unet.keras"),
-        crop.roi,
-        crop.tta_flip,
-        stress,
-        load_section(params, "evaluate_models", EvaluateConfig).behaviour_config(),
-    )
+    result = screen(**load_workspace(ws, theirs["split"])["screen_args"])
     assert matches_stress_test(result, theirs)
     assert set(result["checks"]) == {
         "blank_image",
