@@ -1,0 +1,252 @@
+"""Judge a candidate chain against a reference by the rule its results file states: the
+criteria the project's candidates are judged by on the val split (issue 13: choose on val
+and the stress tests, never on test), applied to two bench_chain_seeds.py results files.
+
+    python bench/judge_candidate.py bench/results/chain_seeds_val_sitenorm_flatneg.json \
+        --reference bench/results/chain_seeds_val_repro.json --require blank_image
+
+The criteria, on the means over each file's seeds (the margins are options; the defaults are
+the rule the sitenorm, flatneg and sitenorm_flatneg candidates were written under):
+- (a) every ``--require`` check passes in every seed of the candidate;
+- (b) lesion not found and lesion called normal at most ``--not-found`` and
+  ``--called-normal`` above the reference's;
+- (c) macro-F1 at least the reference's minus ``--macro-f1``;
+- (d) normal images with a false lesion at most ``--false-lesion`` above the reference's;
+- (e) no behavioural check that passes in a majority of the reference's seeds fails in a
+  majority of the candidate's;
+- (f) under every shift: the Dice drop at most max(``--dice-drop``, the reference's mean
+  drop under it), and lesion called normal at most ``--stress-called-normal`` above the
+  reference's mean under it.
+
+The verdict is "adopt" only when every criterion holds and the candidate has at least
+``--seeds-needed`` seeds (default 3); with fewer it is "undecided", whatever the rows say:
+one seed moves these figures as much as the settings do (``chain_seeds_val_repro.md``).
+Where the reference has the candidate's seeds, each row also gives the reference's mean over
+those seeds alone, so that a partial run can be read paired. Prints a Markdown table; the
+exit status is 0 for adopt, 1 for not adopted, 2 for undecided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+STRESS_DROP = "lesion_dice_mean_drop"
+STRESS_CALLED_NORMAL = "lesion_called_normal"
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _paired(entry: dict, seeds: list[str]) -> float | None:
+    """The mean of ``entry``'s per-seed values over ``seeds``, where it has all of them."""
+    per_seed = entry.get("seeds") or {}
+    values = [per_seed[s]["value"] if isinstance(per_seed[s], dict) else per_seed[s]
+              for s in seeds if s in per_seed]  # fmt: skip
+    return _mean(values) if len(values) == len(seeds) and None not in values else None
+
+
+def _row(criterion: str, value, limit: float | None, op: str, reference, paired) -> dict:
+    holds = (
+        value is not None
+        and limit is not None
+        and bool(value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12)
+    )
+    return {
+        "criterion": criterion,
+        "value": value,
+        "limit": None if limit is None else f"{op} {limit:.3f}",
+        "reference": reference,
+        "reference_same_seeds": paired,
+        "holds": holds,
+    }
+
+
+def judge(candidate: dict, reference: dict, required: list[str], margins: dict) -> list[dict]:
+    """One row per criterion (a)-(f) from two bench_chain_seeds.py summaries (the ``summary``
+    of a results file): what, the candidate's mean, the limit, the reference's mean (over all
+    its seeds, and over the candidate's seeds where it has them), whether it holds. A figure
+    the candidate lacks fails its criterion; one the reference lacks is an error."""
+    seeds = sorted(candidate["figures"]["lesion_dice"]["seeds"])
+    behaviour = candidate.get("behaviour")  # results written before it was kept have none
+    rows = []
+    for check in required:
+        failed_in = [s for s in seeds if check in (behaviour or {}).get(s, [])]
+        rows.append(
+            {
+                "criterion": f"(a) {check} passes in every seed",
+                "value": (
+                    f"fails in {len(failed_in)} of {len(seeds)}"
+                    if behaviour is not None and set(seeds) <= set(behaviour)
+                    else "not recorded"
+                ),
+                "limit": "fails in none",
+                "reference": None,
+                "reference_same_seeds": None,
+                "holds": behaviour is not None and set(seeds) <= set(behaviour) and not failed_in,
+            }
+        )
+    for tag, figure, op, margin in (
+        ("(b)", "lesion_not_found", "<=", margins["not_found"]),
+        ("(b)", "lesion_called_normal", "<=", margins["called_normal"]),
+        ("(c)", "macro_f1", ">=", -margins["macro_f1"]),
+        ("(d)", "normal_false_lesion_rate", "<=", margins["false_lesion"]),
+    ):
+        ref = reference["figures"].get(figure, {}).get("mean")
+        if ref is None:
+            raise SystemExit(f"the reference has no mean {figure}: it cannot judge ({tag})")
+        entry = candidate["figures"].get(figure, {})
+        rows.append(
+            _row(
+                f"{tag} {figure}",
+                entry.get("mean"),
+                ref + margin,
+                op,
+                ref,
+                _paired(reference["figures"][figure], seeds),
+            )
+        )
+    rows.append(_majority_checks(behaviour, reference.get("behaviour")))
+    for shift, ref_keys in sorted(reference["stress"].items()):
+        got = candidate["stress"].get(shift, {})
+        for key, criterion, limit in (
+            (
+                STRESS_DROP,
+                f"(f) Dice drop under {shift}",
+                max(margins["dice_drop"], ref_keys[STRESS_DROP]["mean"]),
+            ),
+            (
+                STRESS_CALLED_NORMAL,
+                f"(f) called normal under {shift}",
+                ref_keys[STRESS_CALLED_NORMAL]["mean"] + margins["stress_called_normal"],
+            ),
+        ):
+            rows.append(
+                _row(
+                    criterion,
+                    got.get(key, {}).get("mean"),
+                    limit,
+                    "<=",
+                    ref_keys[key]["mean"],
+                    _paired(ref_keys[key], seeds),
+                )
+            )
+    return rows
+
+
+def _majority_checks(candidate: dict | None, reference: dict | None) -> dict:
+    """(e): the checks that fail in a majority of the candidate's seeds but pass in a majority
+    of the reference's. ``candidate`` and ``reference`` map a seed to its failed checks; where
+    either is missing (an older results file) the criterion cannot hold."""
+    if not candidate or not reference:
+        return {
+            "criterion": "(e) no check the reference passes (majority) fails (majority)",
+            "value": "not recorded",
+            "limit": "none",
+            "reference": None,
+            "reference_same_seeds": None,
+            "holds": False,
+        }
+
+    def fails_in_majority(behaviour: dict, check: str) -> bool:
+        return sum(check in failed for failed in behaviour.values()) * 2 > len(behaviour)
+
+    def passes_in_majority(behaviour: dict, check: str) -> bool:
+        return sum(check not in failed for failed in behaviour.values()) * 2 > len(behaviour)
+
+    worse = sorted(
+        check
+        for check in {c for failed in candidate.values() for c in failed}
+        if fails_in_majority(candidate, check) and passes_in_majority(reference, check)
+    )
+    return {
+        "criterion": "(e) no check the reference passes (majority) fails (majority)",
+        "value": ", ".join(worse) or "none",
+        "limit": "none",
+        "reference": None,
+        "reference_same_seeds": None,
+        "holds": not worse,
+    }
+
+
+def decide(rows: list[dict], n_seeds: int, seeds_needed: int) -> str:
+    if n_seeds < seeds_needed:
+        return "undecided"
+    return "adopt" if all(row["holds"] for row in rows) else "not adopted"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render(rows: list[dict], verdict: str, n_seeds: int, seeds_needed: int) -> str:
+    failed = [row["criterion"] for row in rows if not row["holds"]]
+    lines = [
+        f"**{verdict}** ({n_seeds} of the {seeds_needed} seeds the rule needs; "
+        f"{len(rows) - len(failed)} of {len(rows)} criteria hold"
+        + (f"; fails: {'; '.join(failed)})" if failed else ")"),
+        "",
+        "| criterion | candidate | limit | reference | reference, same seeds | holds |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {row['criterion']} | {_fmt(row['value'])} | {row['limit'] or ''} | "
+        f"{_fmt(row['reference'])} | {_fmt(row['reference_same_seeds'])} | "
+        f"{'yes' if row['holds'] else '**no**'} |"
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def load(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as failed:
+        raise SystemExit(f"{path}: not a readable results file ({failed})") from failed
+    if "summary" not in record:
+        raise SystemExit(f"{path}: no summary; write it with bench/bench_chain_seeds.py")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("candidate", type=Path, help="the candidate's results JSON")
+    parser.add_argument("--reference", type=Path, required=True, help="the reference's")
+    parser.add_argument("--require", nargs="*", default=[], help="checks every seed must pass")
+    parser.add_argument("--not-found", type=float, default=0.02)
+    parser.add_argument("--called-normal", type=float, default=0.02)
+    parser.add_argument("--macro-f1", type=float, default=0.01)
+    parser.add_argument("--false-lesion", type=float, default=0.05)
+    parser.add_argument("--dice-drop", type=float, default=0.05, help="the stress tests' bar")
+    parser.add_argument("--stress-called-normal", type=float, default=0.05)
+    parser.add_argument("--seeds-needed", type=int, default=3)
+    args = parser.parse_args(argv)
+    candidate, reference = load(args.candidate), load(args.reference)
+    for key in ("profile", "split"):
+        if candidate.get(key) != reference.get(key):
+            raise SystemExit(
+                f"the candidate's {key} is {candidate.get(key)!r}, the reference's "
+                f"{reference.get(key)!r}: judge against a reference run the same way"
+            )
+    margins = {
+        "not_found": args.not_found,
+        "called_normal": args.called_normal,
+        "macro_f1": args.macro_f1,
+        "false_lesion": args.false_lesion,
+        "dice_drop": args.dice_drop,
+        "stress_called_normal": args.stress_called_normal,
+    }
+    rows = judge(candidate["summary"], reference["summary"], args.require, margins)
+    n_seeds = candidate["summary"]["n_seeds"]
+    verdict = decide(rows, n_seeds, args.seeds_needed)
+    print(render(rows, verdict, n_seeds, args.seeds_needed))
+    return {"adopt": 0, "not adopted": 1}.get(verdict, 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

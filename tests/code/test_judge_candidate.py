@@ -1,0 +1,203 @@
+"""bench/judge_candidate.py: the val-split rule applied to two bench_chain_seeds.py results
+files, on summaries the tests write (and once on two committed results files)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import judge_candidate as jc
+
+REPO = Path(__file__).resolve().parents[2]
+MARGINS = {
+    "not_found": 0.02,
+    "called_normal": 0.02,
+    "macro_f1": 0.01,
+    "false_lesion": 0.05,
+    "dice_drop": 0.05,
+    "stress_called_normal": 0.05,
+}
+FIGURES = {
+    "lesion_dice": 0.62,
+    "lesion_not_found": 0.15,
+    "lesion_called_normal": 0.12,
+    "macro_f1": 0.75,
+    "normal_false_lesion_rate": 0.40,
+}
+
+
+def summary(seeds=("0", "1", "2"), shift=None, behaviour=None, **figures) -> dict:
+    """A bench_chain_seeds.py summary whose every seed has the same values: the figures above
+    (or those given), two shifts, and the failed checks per seed."""
+    values = {**FIGURES, **figures}
+    shift = shift or {
+        "contrast_0.6": {"lesion_dice_mean_drop": 0.08, "lesion_called_normal": 0.20},
+        "blur_1.5": {"lesion_dice_mean_drop": 0.01, "lesion_called_normal": 0.14},
+    }
+    return {
+        "figures": {
+            name: {"mean": value, "seeds": {s: {"value": value} for s in seeds}}
+            for name, value in values.items()
+        },
+        "stress": {
+            name: {key: {"mean": v, "seeds": {s: v for s in seeds}} for key, v in keys.items()}
+            for name, keys in shift.items()
+        },
+        "behaviour": {s: [] for s in seeds} if behaviour is None else behaviour,
+        "n_seeds": len(seeds),
+    }
+
+
+def holds(rows: list[dict]) -> dict[str, bool]:
+    return {row["criterion"]: row["holds"] for row in rows}
+
+
+def test_a_candidate_like_the_reference_is_adopted_on_three_seeds():
+    rows = jc.judge(summary(), summary(), ["blank_image"], MARGINS)
+    # (a) once, (b) twice, (c), (d), (e), (f) twice per shift
+    assert len(rows) == 1 + 2 + 1 + 1 + 1 + 2 * 2
+    assert all(holds(rows).values())
+    assert jc.decide(rows, 3, 3) == "adopt"
+    assert jc.decide(rows, 2, 3) == "undecided"
+
+
+@pytest.mark.parametrize(
+    ("change", "failed"),
+    [
+        ({"lesion_not_found": 0.171}, "(b) lesion_not_found"),
+        ({"lesion_called_normal": 0.141}, "(b) lesion_called_normal"),
+        ({"macro_f1": 0.739}, "(c) macro_f1"),
+        ({"normal_false_lesion_rate": 0.451}, "(d) normal_false_lesion_rate"),
+    ],
+)
+def test_each_figure_fails_just_past_its_margin(change, failed):
+    rows = jc.judge(summary(**change), summary(), [], MARGINS)
+    assert [row["criterion"] for row in rows if not row["holds"]] == [failed]
+    assert jc.decide(rows, 3, 3) == "not adopted"
+
+
+def test_figures_at_their_margin_hold():
+    at = summary(
+        lesion_not_found=0.17, lesion_called_normal=0.14, macro_f1=0.74,
+        normal_false_lesion_rate=0.45,
+    )  # fmt: skip
+    assert all(holds(jc.judge(at, summary(), [], MARGINS)).values())
+
+
+def test_a_shift_may_drop_as_much_as_the_reference_or_the_bar_not_more():
+    ref = summary()
+    worse = copy.deepcopy(ref)
+    # contrast: the reference dropped 0.08, over the 0.05 bar, so up to 0.08 holds
+    worse["stress"]["contrast_0.6"]["lesion_dice_mean_drop"]["mean"] = 0.08
+    # blur: the reference dropped 0.01, so the bar (0.05) is the limit
+    worse["stress"]["blur_1.5"]["lesion_dice_mean_drop"]["mean"] = 0.051
+    worse["stress"]["blur_1.5"]["lesion_called_normal"]["mean"] = 0.14 + 0.051
+    got = holds(jc.judge(worse, ref, [], MARGINS))
+    assert got["(f) Dice drop under contrast_0.6"] is True
+    assert got["(f) Dice drop under blur_1.5"] is False
+    assert got["(f) called normal under blur_1.5"] is False
+
+
+def test_a_shift_the_candidate_lacks_fails():
+    cand = summary()
+    del cand["stress"]["blur_1.5"]
+    got = holds(jc.judge(cand, summary(), [], MARGINS))
+    assert got["(f) Dice drop under blur_1.5"] is False
+    assert got["(f) called normal under contrast_0.6"] is True
+
+
+def test_a_required_check_must_pass_in_every_seed():
+    cand = summary(behaviour={"0": [], "1": ["blank_image"], "2": []})
+    row = jc.judge(cand, summary(), ["blank_image"], MARGINS)[0]
+    assert (row["value"], row["holds"]) == ("fails in 1 of 3", False)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "reference", "worse"),
+    [
+        # fails in 2 of 3 candidate seeds, passes in 2 of 3 reference seeds
+        ({"0": ["flip"], "1": ["flip"], "2": []}, {"0": ["flip"], "1": [], "2": []}, "flip"),
+        # fails in only 1 of 3: not a majority
+        ({"0": ["flip"], "1": [], "2": []}, {"0": [], "1": [], "2": []}, "none"),
+        # the reference fails it in a majority too
+        ({"0": ["flip"], "1": ["flip"], "2": []}, {"0": ["flip"], "1": ["flip"], "2": []}, "none"),
+    ],
+)
+def test_checks_by_majority(candidate, reference, worse):
+    rows = jc.judge(summary(behaviour=candidate), summary(behaviour=reference), [], MARGINS)
+    row = next(r for r in rows if r["criterion"].startswith("(e)"))
+    assert (row["value"], row["holds"]) == (worse, worse == "none")
+
+
+def test_results_without_behaviour_cannot_pass_the_checks():
+    cand = summary()
+    del cand["behaviour"]
+    rows = jc.judge(cand, summary(), ["blank_image"], MARGINS)
+    not_recorded = [r["criterion"][:3] for r in rows if r["value"] == "not recorded"]
+    assert not_recorded == ["(a)", "(e)"]
+    assert not any(r["holds"] for r in rows if r["value"] == "not recorded")
+
+
+def test_one_seed_is_paired_with_the_references_same_seed():
+    ref = summary()
+    ref["figures"]["macro_f1"]["seeds"]["1"]["value"] = 0.70
+    ref["stress"]["blur_1.5"]["lesion_called_normal"]["seeds"]["1"] = 0.30
+    cand = summary(seeds=("1",), macro_f1=0.72)
+    rows = {r["criterion"]: r for r in jc.judge(cand, ref, [], MARGINS)}
+    assert rows["(c) macro_f1"]["reference_same_seeds"] == pytest.approx(0.70)
+    assert rows["(c) macro_f1"]["reference"] == pytest.approx(0.75)
+    assert rows["(f) called normal under blur_1.5"]["reference_same_seeds"] == pytest.approx(0.30)
+    assert jc.decide(list(rows.values()), 1, 3) == "undecided"
+
+
+def test_a_reference_without_a_figure_is_refused():
+    ref = summary()
+    del ref["figures"]["macro_f1"]
+    with pytest.raises(SystemExit, match="no mean macro_f1"):
+        jc.judge(summary(), ref, [], MARGINS)
+
+
+def _write(path: Path, result_summary: dict, split: str = "val") -> Path:
+    path.write_text(json.dumps({"profile": "default", "split": split, "summary": result_summary}))
+    return path
+
+
+def test_main_prints_the_verdict_and_exits_by_it(tmp_path, capsys):
+    ref = _write(tmp_path / "ref.json", summary())
+    good = _write(tmp_path / "good.json", summary())
+    bad = _write(tmp_path / "bad.json", summary(macro_f1=0.70))
+    one = _write(tmp_path / "one.json", summary(seeds=("1",)))
+    assert jc.main([str(good), "--reference", str(ref), "--require", "blank_image"]) == 0
+    assert capsys.readouterr().out.startswith("**adopt** (3 of the 3 seeds")
+    assert jc.main([str(bad), "--reference", str(ref)]) == 1
+    assert "fails: (c) macro_f1" in capsys.readouterr().out
+    assert jc.main([str(one), "--reference", str(ref)]) == 2
+    assert capsys.readouterr().out.startswith("**undecided** (1 of the 3 seeds")
+    # a margin is an option: with macro-F1 allowed 0.06 below, the bad one passes
+    assert jc.main([str(bad), "--reference", str(ref), "--macro-f1", "0.06"]) == 0
+
+
+def test_main_refuses_a_reference_run_another_way(tmp_path):
+    ref = _write(tmp_path / "ref.json", summary(), split="test")
+    cand = _write(tmp_path / "cand.json", summary())
+    with pytest.raises(SystemExit, match="split is 'val', the reference's 'test'"):
+        jc.main([str(cand), "--reference", str(ref)])
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(SystemExit, match="not a readable results file"):
+        jc.main([str(tmp_path / "broken.json"), "--reference", str(ref)])
+
+
+def test_two_committed_results_files():
+    """cwnone_cseed100 (a classifier reseed) against the defaults on val, read from the files:
+    its macro-F1 (0.718 against 0.750) and its blank check (failed in seeds 1 and 2), as its
+    results file records them."""
+    results = REPO / "bench" / "results"
+    cand = jc.load(results / "chain_seeds_val_cwnone_cseed100.json")["summary"]
+    ref = jc.load(results / "chain_seeds_val_repro.json")["summary"]
+    rows = {r["criterion"]: r for r in jc.judge(cand, ref, ["blank_image"], MARGINS)}
+    assert rows["(c) macro_f1"]["holds"] is False
+    assert rows["(a) blank_image passes in every seed"]["value"] == "fails in 2 of 3"
+    assert len(rows) == 1 + 4 + 1 + 2 * len(ref["stress"])
