@@ -16,7 +16,8 @@ the rule the sitenorm, flatneg and sitenorm_flatneg candidates were written unde
   majority of the candidate's;
 - (f) under every shift: the Dice drop at most max(``--dice-drop``, the reference's mean
   drop under it), and lesion called normal at most ``--stress-called-normal`` above the
-  reference's mean under it.
+  reference's mean under it. The shifts are the reference's: one the candidate lacks fails,
+  one only the candidate has is not judged.
 
 The verdict is "adopt" only when every criterion holds and the candidate has at least
 ``--seeds-needed`` seeds (default 3); with fewer it is "undecided", whatever the rows say:
