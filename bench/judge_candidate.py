@@ -50,20 +50,21 @@ def _paired(entry: dict, seeds: list[str]) -> float | None:
     return _mean(values) if len(values) == len(seeds) and None not in values else None
 
 
-def _row(criterion: str, value, limit: float | None, op: str, reference, paired) -> dict:
-    holds = (
-        value is not None
-        and limit is not None
-        and bool(value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12)
-    )
+def _row(criterion: str, value, limit: str, holds: bool, reference=None, paired=None) -> dict:
     return {
         "criterion": criterion,
         "value": value,
-        "limit": None if limit is None else f"{op} {limit:.3f}",
+        "limit": limit,
         "reference": reference,
         "reference_same_seeds": paired,
         "holds": holds,
     }
+
+
+def _figure_row(criterion: str, value, limit: float, op: str, reference, paired) -> dict:
+    """A row for a figure against a numeric limit; a missing figure fails."""
+    holds = value is not None and (value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12)
+    return _row(criterion, value, f"{op} {limit:.3f}", bool(holds), reference, paired)
 
 
 def judge(candidate: dict, reference: dict, required: list[str], margins: dict) -> list[dict]:
@@ -74,21 +75,16 @@ def judge(candidate: dict, reference: dict, required: list[str], margins: dict) 
     seeds = sorted(candidate["figures"]["lesion_dice"]["seeds"])
     behaviour = candidate.get("behaviour")  # results written before it was kept have none
     rows = []
+    recorded = behaviour is not None and set(seeds) <= set(behaviour)
     for check in required:
-        failed_in = [s for s in seeds if check in (behaviour or {}).get(s, [])]
+        failed_in = [s for s in seeds if recorded and check in behaviour[s]]
         rows.append(
-            {
-                "criterion": f"(a) {check} passes in every seed",
-                "value": (
-                    f"fails in {len(failed_in)} of {len(seeds)}"
-                    if behaviour is not None and set(seeds) <= set(behaviour)
-                    else "not recorded"
-                ),
-                "limit": "fails in none",
-                "reference": None,
-                "reference_same_seeds": None,
-                "holds": behaviour is not None and set(seeds) <= set(behaviour) and not failed_in,
-            }
+            _row(
+                f"(a) {check} passes in every seed",
+                f"fails in {len(failed_in)} of {len(seeds)}" if recorded else "not recorded",
+                "fails in none",
+                recorded and not failed_in,
+            )
         )
     for tag, figure, op, margin in (
         ("(b)", "lesion_not_found", "<=", margins["not_found"]),
@@ -101,7 +97,7 @@ def judge(candidate: dict, reference: dict, required: list[str], margins: dict) 
             raise SystemExit(f"the reference has no mean {figure}: it cannot judge ({tag})")
         entry = candidate["figures"].get(figure, {})
         rows.append(
-            _row(
+            _figure_row(
                 f"{tag} {figure}",
                 entry.get("mean"),
                 ref + margin,
@@ -126,7 +122,7 @@ def judge(candidate: dict, reference: dict, required: list[str], margins: dict) 
             ),
         ):
             rows.append(
-                _row(
+                _figure_row(
                     criterion,
                     got.get(key, {}).get("mean"),
                     limit,
@@ -142,15 +138,9 @@ def _majority_checks(candidate: dict | None, reference: dict | None) -> dict:
     """(e): the checks that fail in a majority of the candidate's seeds but pass in a majority
     of the reference's. ``candidate`` and ``reference`` map a seed to its failed checks; where
     either is missing (an older results file) the criterion cannot hold."""
+    criterion = "(e) no check the reference passes (majority) fails (majority)"
     if not candidate or not reference:
-        return {
-            "criterion": "(e) no check the reference passes (majority) fails (majority)",
-            "value": "not recorded",
-            "limit": "none",
-            "reference": None,
-            "reference_same_seeds": None,
-            "holds": False,
-        }
+        return _row(criterion, "not recorded", "none", False)
 
     def fails_in_majority(behaviour: dict, check: str) -> bool:
         return sum(check in failed for failed in behaviour.values()) * 2 > len(behaviour)
@@ -163,14 +153,7 @@ def _majority_checks(candidate: dict | None, reference: dict | None) -> dict:
         for check in {c for failed in candidate.values() for c in failed}
         if fails_in_majority(candidate, check) and passes_in_majority(reference, check)
     )
-    return {
-        "criterion": "(e) no check the reference passes (majority) fails (majority)",
-        "value": ", ".join(worse) or "none",
-        "limit": "none",
-        "reference": None,
-        "reference_same_seeds": None,
-        "holds": not worse,
-    }
+    return _row(criterion, ", ".join(worse) or "none", "none", not worse)
 
 
 def decide(rows: list[dict], n_seeds: int, seeds_needed: int) -> str:
