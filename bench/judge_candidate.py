@@ -20,11 +20,16 @@ the rule the sitenorm, flatneg and sitenorm_flatneg candidates were written unde
   one only the candidate has is not judged.
 
 The verdict is "adopt" only when every criterion holds and the candidate has at least
-``--seeds-needed`` seeds (default 3); with fewer it is "undecided", whatever the rows say:
-one seed moves these figures as much as the settings do (``chain_seeds_val_repro.md``).
-Where the reference has the candidate's seeds, each row also gives the reference's mean over
-those seeds alone, so that a partial run can be read paired. Prints a Markdown table; the
-exit status is 0 for adopt, 1 for not adopted, 2 for undecided.
+``--seeds-needed`` seeds (default 3): one seed moves these figures as much as the settings do
+(``chain_seeds_val_repro.md``). With fewer seeds it is "undecided", unless a criterion has
+already failed for good: a required check failed in a seed, a check failed in a majority of
+the seeds to come, or a mean that no values of the remaining seeds could bring within its
+limit (rates and macro-F1 lie in [0, 1], a Dice drop in [-1, 1]). Then it is "not adopted",
+and the remaining seeds need not be run. For a partial run each figure's row also says what
+mean the remaining seeds would need for it to hold. Where the reference has the candidate's
+seeds, each row also gives the reference's mean over those seeds alone, so that a partial
+run can be read paired. Prints a Markdown table; the exit status is 0 for adopt, 1 for not
+adopted, 2 for undecided.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from pathlib import Path
 
 STRESS_DROP = "lesion_dice_mean_drop"
 STRESS_CALLED_NORMAL = "lesion_called_normal"
+# The range a figure's per-seed value can take: what bounds the remaining seeds of a partial run.
+RATE = (0.0, 1.0)
+DROP = (-1.0, 1.0)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -50,7 +58,12 @@ def _paired(entry: dict, seeds: list[str]) -> float | None:
     return _mean(values) if len(values) == len(seeds) and None not in values else None
 
 
-def _row(criterion: str, value, limit: str, holds: bool, reference=None, paired=None) -> dict:
+def _row(
+    criterion: str, value, limit: str, holds: bool, reference=None, paired=None, settled=True,
+    needed=None,
+) -> dict:  # fmt: skip
+    """``settled``: the seeds still to come cannot change ``holds``; ``needed``: the mean those
+    seeds would need for a figure to hold (None for a complete run or a check)."""
     return {
         "criterion": criterion,
         "value": value,
@@ -58,21 +71,51 @@ def _row(criterion: str, value, limit: str, holds: bool, reference=None, paired=
         "reference": reference,
         "reference_same_seeds": paired,
         "holds": holds,
+        "settled": settled,
+        "needed": needed,
     }
 
 
-def _figure_row(criterion: str, value, limit: float, op: str, reference, paired) -> dict:
-    """A row for a figure against a numeric limit; a missing figure fails."""
-    holds = value is not None and (value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12)
-    return _row(criterion, value, f"{op} {limit:.3f}", bool(holds), reference, paired)
+def _within(value: float, limit: float, op: str) -> bool:
+    return value <= limit + 1e-12 if op == "<=" else value >= limit - 1e-12
 
 
-def judge(candidate: dict, reference: dict, required: list[str], margins: dict) -> list[dict]:
+def _figure_row(
+    criterion: str, value, limit: float, op: str, reference, paired, n_seeds: int,
+    seeds_needed: int, bounds: tuple[float, float] = RATE,
+) -> dict:  # fmt: skip
+    """A row for a figure (the mean of ``n_seeds`` seeds) against a numeric limit on the mean
+    of ``seeds_needed`` seeds; a missing figure fails, for good. For a partial run: the mean
+    the remaining seeds need, and whether any values within ``bounds`` could change the
+    outcome."""
+    if value is None:
+        return _row(criterion, None, f"{op} {limit:.3f}", False, reference, paired)
+    holds = _within(value, limit, op)
+    remaining = seeds_needed - n_seeds
+    if remaining <= 0:
+        return _row(criterion, value, f"{op} {limit:.3f}", holds, reference, paired)
+    total = value * n_seeds
+    best, worst = (bounds[0], bounds[1]) if op == "<=" else (bounds[1], bounds[0])
+    can_hold = _within((total + remaining * best) / seeds_needed, limit, op)
+    must_hold = _within((total + remaining * worst) / seeds_needed, limit, op)
+    needed = (limit * seeds_needed - total) / remaining
+    return _row(
+        criterion, value, f"{op} {limit:.3f}", holds, reference, paired,
+        settled=must_hold or not can_hold, needed=needed,
+    )  # fmt: skip
+
+
+def judge(
+    candidate: dict, reference: dict, required: list[str], margins: dict, seeds_needed: int = 3
+) -> list[dict]:
     """One row per criterion (a)-(f) from two bench_chain_seeds.py summaries (the ``summary``
     of a results file): what, the candidate's mean, the limit, the reference's mean (over all
-    its seeds, and over the candidate's seeds where it has them), whether it holds. A figure
-    the candidate lacks fails its criterion; one the reference lacks is an error."""
+    its seeds, and over the candidate's seeds where it has them), whether it holds, whether
+    the candidate's remaining seeds (up to ``seeds_needed``) could change that, and for a
+    figure the mean they would need. A figure the candidate lacks fails its criterion; one
+    the reference lacks is an error."""
     seeds = sorted(candidate["figures"]["lesion_dice"]["seeds"])
+    complete = len(seeds) >= seeds_needed
     behaviour = candidate.get("behaviour")  # results written before it was kept have none
     rows = []
     recorded = behaviour is not None and set(seeds) <= set(behaviour)
@@ -84,6 +127,7 @@ def judge(candidate: dict, reference: dict, required: list[str], margins: dict) 
                 f"fails in {len(failed_in)} of {len(seeds)}" if recorded else "not recorded",
                 "fails in none",
                 recorded and not failed_in,
+                settled=complete or bool(failed_in) or not recorded,
             )
         )
     for tag, figure, op, margin in (
@@ -104,9 +148,11 @@ def judge(candidate: dict, reference: dict, required: list[str], margins: dict) 
                 op,
                 ref,
                 _paired(reference["figures"][figure], seeds),
+                len(seeds),
+                seeds_needed,
             )
         )
-    rows.append(_majority_checks(behaviour, reference.get("behaviour")))
+    rows.append(_majority_checks(behaviour, reference.get("behaviour"), seeds_needed))
     for shift, ref_keys in sorted(reference["stress"].items()):
         got = candidate["stress"].get(shift, {})
         for key, criterion, limit in (
@@ -129,15 +175,20 @@ def judge(candidate: dict, reference: dict, required: list[str], margins: dict) 
                     "<=",
                     ref_keys[key]["mean"],
                     _paired(ref_keys[key], seeds),
+                    len(seeds),
+                    seeds_needed,
+                    DROP if key == STRESS_DROP else RATE,
                 )
             )
     return rows
 
 
-def _majority_checks(candidate: dict | None, reference: dict | None) -> dict:
+def _majority_checks(candidate: dict | None, reference: dict | None, seeds_needed: int = 3) -> dict:
     """(e): the checks that fail in a majority of the candidate's seeds but pass in a majority
     of the reference's. ``candidate`` and ``reference`` map a seed to its failed checks; where
-    either is missing (an older results file) the criterion cannot hold."""
+    either is missing (an older results file) the criterion cannot hold. A failure is settled
+    once a check has failed in a majority of ``seeds_needed`` seeds; a pass only when the
+    candidate has them all."""
     criterion = "(e) no check the reference passes (majority) fails (majority)"
     if not candidate or not reference:
         return _row(criterion, "not recorded", "none", False)
@@ -153,12 +204,22 @@ def _majority_checks(candidate: dict | None, reference: dict | None) -> dict:
         for check in {c for failed in candidate.values() for c in failed}
         if fails_in_majority(candidate, check) and passes_in_majority(reference, check)
     )
-    return _row(criterion, ", ".join(worse) or "none", "none", not worse)
+    n_seeds = max(len(candidate), seeds_needed)
+    settled_worse = [
+        check
+        for check in worse
+        if sum(check in failed for failed in candidate.values()) * 2 > n_seeds
+    ]
+    settled = len(candidate) >= seeds_needed or bool(settled_worse)
+    return _row(criterion, ", ".join(worse) or "none", "none", not worse, settled=settled)
 
 
 def decide(rows: list[dict], n_seeds: int, seeds_needed: int) -> str:
+    """adopt / not adopted on ``seeds_needed`` seeds; with fewer, not adopted only when a
+    criterion has failed for good, else undecided."""
     if n_seeds < seeds_needed:
-        return "undecided"
+        settled_fail = any(not row["holds"] and row["settled"] for row in rows)
+        return "not adopted" if settled_fail else "undecided"
     return "adopt" if all(row["holds"] for row in rows) else "not adopted"
 
 
@@ -170,20 +231,28 @@ def _fmt(value) -> str:
 
 def render(rows: list[dict], verdict: str, n_seeds: int, seeds_needed: int) -> str:
     failed = [row["criterion"] for row in rows if not row["holds"]]
+    partial = n_seeds < seeds_needed
     lines = [
         f"**{verdict}** ({n_seeds} of the {seeds_needed} seeds the rule needs; "
         f"{len(rows) - len(failed)} of {len(rows)} criteria hold"
         + (f"; fails: {'; '.join(failed)})" if failed else ")"),
         "",
-        "| criterion | candidate | limit | reference | reference, same seeds | holds |",
-        "|---|---:|---|---:|---:|---|",
+        "| criterion | candidate | limit | reference | reference, same seeds | holds |"
+        + (" the remaining seeds' mean needs |" if partial else ""),
+        "|---|---:|---|---:|---:|---|" + ("---:|" if partial else ""),
     ]
-    lines += [
-        f"| {row['criterion']} | {_fmt(row['value'])} | {row['limit'] or ''} | "
-        f"{_fmt(row['reference'])} | {_fmt(row['reference_same_seeds'])} | "
-        f"{'yes' if row['holds'] else '**no**'} |"
-        for row in rows
-    ]
+    for row in rows:
+        holds = "yes" if row["holds"] else "**no**"
+        if partial and row["settled"]:
+            holds += " (for good)"
+        line = (
+            f"| {row['criterion']} | {_fmt(row['value'])} | {row['limit'] or ''} | "
+            f"{_fmt(row['reference'])} | {_fmt(row['reference_same_seeds'])} | {holds} |"
+        )
+        if partial:
+            op = row["limit"].split()[0] if row["needed"] is not None else ""
+            line += f" {op} {_fmt(row['needed'])} |" if op else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -225,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         "dice_drop": args.dice_drop,
         "stress_called_normal": args.stress_called_normal,
     }
-    rows = judge(candidate["summary"], reference["summary"], args.require, margins)
+    rows = judge(
+        candidate["summary"], reference["summary"], args.require, margins, args.seeds_needed
+    )
     n_seeds = candidate["summary"]["n_seeds"]
     verdict = decide(rows, n_seeds, args.seeds_needed)
     print(render(rows, verdict, n_seeds, args.seeds_needed))

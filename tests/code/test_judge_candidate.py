@@ -153,6 +153,79 @@ def test_one_seed_is_paired_with_the_references_same_seed():
     assert jc.decide(list(rows.values()), 1, 3) == "undecided"
 
 
+def _rows(cand: dict, ref: dict | None = None, required=()) -> dict[str, dict]:
+    return {r["criterion"]: r for r in jc.judge(cand, ref or summary(), list(required), MARGINS)}
+
+
+def test_a_partial_run_says_what_the_remaining_seeds_need():
+    # one seed at macro-F1 0.72 against a limit of 0.74 on the 3-seed mean: the other two
+    # need 0.75 on average, which they can reach, so nothing is settled yet
+    rows = _rows(summary(seeds=("1",), macro_f1=0.72, lesion_not_found=0.10))
+    f1 = rows["(c) macro_f1"]
+    assert (f1["holds"], f1["settled"]) == (False, False)
+    assert f1["needed"] == pytest.approx((0.74 * 3 - 0.72) / 2)
+    found = rows["(b) lesion_not_found"]
+    # 0.10 against 0.17: the other two may average up to 0.205 and it still holds
+    assert (found["holds"], found["settled"], found["needed"]) == (
+        True,
+        False,
+        pytest.approx(0.205),
+    )
+    assert jc.decide(list(rows.values()), 1, 3) == "undecided"
+    # a complete run needs nothing more and every row is settled
+    complete = _rows(summary())
+    assert all(r["settled"] and r["needed"] is None for r in complete.values())
+
+
+def test_a_mean_out_of_reach_is_not_adopted_before_the_last_seed():
+    # macro-F1 0.20 in one seed: even 1.0 in both others gives a mean of 0.733 < 0.74
+    rows = _rows(summary(seeds=("1",), macro_f1=0.20))
+    assert rows["(c) macro_f1"]["settled"] is True
+    assert jc.decide(list(rows.values()), 1, 3) == "not adopted"
+    # 0.25 leaves room (the others would need 0.985): undecided
+    rows = _rows(summary(seeds=("1",), macro_f1=0.25))
+    assert rows["(c) macro_f1"]["needed"] == pytest.approx(0.985)
+    assert jc.decide(list(rows.values()), 1, 3) == "undecided"
+    # a rate far under its limit cannot fail any more: settled as holding
+    rows = _rows(summary(seeds=("0", "1"), normal_false_lesion_rate=0.0))
+    # (0 + 0 + 1.0) / 3 = 0.333 <= 0.45
+    assert (
+        rows["(d) normal_false_lesion_rate"]["holds"],
+        rows["(d) normal_false_lesion_rate"]["settled"],
+    ) == (True, True)
+
+
+def test_a_dice_drop_may_be_negative_so_a_large_one_is_not_settled_early():
+    def shift(drop: float) -> dict:
+        return {"blur_1.5": {"lesion_dice_mean_drop": drop, "lesion_called_normal": 0.14}}
+
+    cand = summary(seeds=("1",), shift=shift(0.40))
+    # against a reference that dropped as much: the limit is its 0.40, and it holds
+    assert _rows(cand, summary(shift=shift(0.40)))["(f) Dice drop under blur_1.5"]["holds"]
+    # against one that dropped 0.01: the limit is the bar, 0.05 on the 3-seed mean, and the
+    # other two seeds would need a mean drop of -0.125, inside [-1, 1]: not settled
+    row = _rows(cand, summary(shift=shift(0.01)))["(f) Dice drop under blur_1.5"]
+    assert (row["holds"], row["settled"]) == (False, False)
+    assert row["needed"] == pytest.approx((0.05 * 3 - 0.40) / 2)
+
+
+def test_a_failed_required_check_or_a_majority_already_failed_settles_the_verdict():
+    cand = summary(seeds=("1",), behaviour={"1": ["blank_image"]})
+    rows = _rows(cand, required=["blank_image"])
+    assert rows["(a) blank_image passes in every seed"]["settled"] is True
+    assert jc.decide(list(rows.values()), 1, 3) == "not adopted"
+    # a check failed in 1 of 1 seed is not yet a majority of 3: (e) fails, unsettled
+    rows = _rows(summary(seeds=("1",), behaviour={"1": ["flip"]}))
+    e = rows["(e) no check the reference passes (majority) fails (majority)"]
+    assert (e["holds"], e["settled"]) == (False, False)
+    assert jc.decide(list(rows.values()), 1, 3) == "undecided"
+    # failed in 2 of 2: a majority of 3 whatever the third seed does
+    rows = _rows(summary(seeds=("0", "1"), behaviour={"0": ["flip"], "1": ["flip"]}))
+    e = rows["(e) no check the reference passes (majority) fails (majority)"]
+    assert (e["value"], e["holds"], e["settled"]) == ("flip", False, True)
+    assert jc.decide(list(rows.values()), 2, 3) == "not adopted"
+
+
 def test_a_reference_without_a_figure_is_refused():
     ref = summary()
     del ref["figures"]["macro_f1"]
@@ -175,7 +248,14 @@ def test_main_prints_the_verdict_and_exits_by_it(tmp_path, capsys):
     assert jc.main([str(bad), "--reference", str(ref)]) == 1
     assert "fails: (c) macro_f1" in capsys.readouterr().out
     assert jc.main([str(one), "--reference", str(ref)]) == 2
-    assert capsys.readouterr().out.startswith("**undecided** (1 of the 3 seeds")
+    out = capsys.readouterr().out
+    assert out.startswith("**undecided** (1 of the 3 seeds")
+    # a partial run's table says what the remaining seeds need: macro-F1 0.75 in one seed
+    # against 0.74 on the mean leaves the other two 0.735 on average
+    assert "| (c) macro_f1 | 0.750 | >= 0.740 | 0.750 | 0.750 | yes | >= 0.735 |" in out
+    bad_one = _write(tmp_path / "bad_one.json", summary(seeds=("1",), macro_f1=0.10))
+    assert jc.main([str(bad_one), "--reference", str(ref)]) == 1
+    assert "| **no** (for good) |" in capsys.readouterr().out
     # a margin is an option: with macro-F1 allowed 0.06 below, the bad one passes
     assert jc.main([str(bad), "--reference", str(ref), "--macro-f1", "0.06"]) == 0
 
