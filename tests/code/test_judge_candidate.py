@@ -226,6 +226,43 @@ def test_a_failed_required_check_or_a_majority_already_failed_settles_the_verdic
     assert jc.decide(list(rows.values()), 2, 3) == "not adopted"
 
 
+def test_called_normal_under_a_shift_may_be_judged_as_its_change_from_unshifted():
+    # The reference: 12 % unshifted, 5 % under speckle (a change of -7 points), 20 % under
+    # contrast (+8). The candidate: 16 % unshifted, 15 % under speckle, 25 % under contrast.
+    def shifts(speckle: float, contrast: float) -> dict:
+        return {
+            "speckle_0.5": {"lesion_dice_mean_drop": 0.0, "lesion_called_normal": speckle},
+            "contrast_0.6": {"lesion_dice_mean_drop": 0.0, "lesion_called_normal": contrast},
+        }
+
+    ref = summary(shift=shifts(0.05, 0.20), lesion_called_normal=0.12)
+    cand = summary(shift=shifts(0.15, 0.25), lesion_called_normal=0.16)
+    # as before: against the reference's figure under the shift plus 5 points
+    level = holds(jc.judge(cand, ref, [], MARGINS))
+    assert level["(f) called normal under speckle_0.5"] is False  # 0.15 > 0.10
+    assert level["(f) called normal under contrast_0.6"] is True  # 0.25 <= 0.25
+    # as a change: -1 point under speckle (limit max(0.05, -0.07)), +9 under contrast
+    # (limit max(0.05, +0.08))
+    rows = {r["criterion"]: r for r in jc.judge(cand, ref, [], MARGINS, 3, True)}
+    speckle = rows["(f) called normal under speckle_0.5, change from unshifted"]
+    contrast = rows["(f) called normal under contrast_0.6, change from unshifted"]
+    assert speckle["value"] == pytest.approx(-0.01) and speckle["holds"] is True
+    assert speckle["reference"] == pytest.approx(-0.07)
+    assert speckle["limit"] == "<= 0.050"
+    assert contrast["value"] == pytest.approx(0.09) and contrast["holds"] is False
+    assert contrast["limit"] == "<= 0.080"
+    # the unshifted level is still (b)'s: 0.16 against 0.14
+    assert rows["(b) lesion_called_normal"]["holds"] is False
+    # one seed of a change: the other two seeds' mean change, bounded by [-1, 1]
+    one = {r["criterion"]: r for r in jc.judge(
+        summary(seeds=("1",), shift=shifts(0.15, 0.25), lesion_called_normal=0.16),
+        ref, [], MARGINS, 3, True,
+    )}  # fmt: skip
+    assert one["(f) called normal under contrast_0.6, change from unshifted"]["needed"] == (
+        pytest.approx((0.08 * 3 - 0.09) / 2)
+    )
+
+
 def test_a_reference_without_a_figure_is_refused():
     ref = summary()
     del ref["figures"]["macro_f1"]
