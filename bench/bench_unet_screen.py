@@ -93,10 +93,11 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
     }
 
 
-def load_workspace(ws: Path, split: str) -> dict:
+def load_workspace(ws: Path, split: str, threshold: float | None = None) -> dict:
     """What a screen of ``ws``'s U-Net on ``split`` needs, from the workspace's params.yaml
     and data: ``crop`` (crop_rois), ``stress`` (stress_test_models, on ``split``), ``labels``
-    and ``screen_args``, the keyword arguments of :func:`screen`."""
+    and ``screen_args``, the keyword arguments of :func:`screen`. ``threshold`` replaces
+    crop_rois' lesion threshold (a candidate threshold for the same U-Net)."""
     from busi.config import load_section
     from busi.data.preprocess import load_pair
     from busi.data.splits import load_split_rows
@@ -112,6 +113,8 @@ def load_workspace(ws: Path, split: str) -> dict:
             f"{params}: crop_rois.threshold_choice is {crop.threshold_choice!r}; the screen "
             "knows the lesion threshold only when it is fixed"
         )
+    if threshold is not None:
+        crop = replace(crop, threshold=threshold)  # CropConfig checks it
     stress = replace(load_section(params, "stress_test_models", StressConfig), split=split)
     rows = load_split_rows(ws / "data/manifest.csv", ws / "data/splits.csv")
     part = rows[rows["split"] == split]
@@ -290,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a bench_chain_seeds.py results JSON whose mean Dice drops bound each shift's",
     )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="screen at this lesion threshold instead of the workspace's crop_rois.threshold",
+    )
     args = parser.parse_args(argv)
     limits = parse_limits(args.limit)
     ws = args.workspace
@@ -304,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.results_files import write_results
     from busi.model.metrics import to_jsonable
 
-    loaded = load_workspace(ws, args.split)
+    try:
+        loaded = load_workspace(ws, args.split, args.threshold)
+    except ValueError as bad:
+        raise SystemExit(f"--threshold {args.threshold}: {bad}") from bad
     crop, stress_cfg, labels = loaded["crop"], loaded["stress"], loaded["labels"]
     started = time.monotonic()
     result = screen(**loaded["screen_args"])
@@ -327,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     stress_file = ws / "metrics" / "stress_test.json"
     if stress_file.is_file():
         theirs = json.loads(stress_file.read_text())
-        if theirs.get("split") == args.split:
+        # the pipeline's own figures are at the workspace's threshold: compare only there
+        if theirs.get("split") == args.split and args.threshold is None:
             record["matches_stress_test"] = matches_stress_test(result, theirs)
     record = to_jsonable(record)  # numpy scalars (a check's passed, a figure) to JSON's
     text = render(record)

@@ -195,3 +195,17 @@ def test_on_the_smoke_run_the_screen_equals_the_pipeline_s_stress_figures(
     assert holds == [True, False] + [True] * len(theirs["shifts"])
     text = (tmp_path / "unet_screen_smoke.md").read_text()
     assert f"Screen: {len(holds) - 1} of {len(holds)} criteria hold: fails." in text
+
+    # Another lesion threshold for the same U-Net: said in the record, not compared with the
+    # pipeline's figures (made at the workspace's threshold); a lower threshold keeps every
+    # lesion found at the higher one, so fewer or as many are missed, and normal images get
+    # as many false lesions or more.
+    assert main([*argv, "--name", "smoke_t03", "--threshold", "0.3"]) == 0
+    low = json.loads((tmp_path / "unet_screen_smoke_t03.json").read_text())
+    assert low["rule"].startswith("threshold 0.3,")
+    assert low["matches_stress_test"] is None
+    low_figures, figures = low["result"]["unshifted"], result["unshifted"]
+    assert low_figures["lesion_not_found"] <= figures["lesion_not_found"]
+    assert low_figures["normal_false_lesion_rate"] >= figures["normal_false_lesion_rate"]
+    with pytest.raises(SystemExit, match=r"--threshold 1\.5"):
+        main([*argv, "--threshold", "1.5"])
