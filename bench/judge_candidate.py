@@ -103,7 +103,7 @@ def _figure_row(
     needed = (limit * seeds_needed - total) / remaining
     return _row(
         criterion, value, f"{op} {limit:.3f}", holds, reference, paired,
-        settled=must_hold or not can_hold, needed=needed,
+        settled=(holds and must_hold) or not (holds or can_hold), needed=needed,
     )  # fmt: skip
 
 
