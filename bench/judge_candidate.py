@@ -160,10 +160,9 @@ def judge(
             )
         )
     rows.append(_majority_checks(behaviour, reference.get("behaviour"), seeds_needed))
-    unshifted = {
-        "candidate": candidate["figures"].get(STRESS_CALLED_NORMAL, {}),
-        "reference": reference["figures"].get(STRESS_CALLED_NORMAL, {}),
-    }
+    # unshifted called normal, for --called-normal-change ((b) has checked the reference's)
+    base = candidate["figures"].get(STRESS_CALLED_NORMAL, {}).get("mean")
+    ref_unshifted = reference["figures"][STRESS_CALLED_NORMAL]
     for shift, ref_keys in sorted(reference["stress"].items()):
         got = candidate["stress"].get(shift, {})
         rows.append(
@@ -187,11 +186,10 @@ def judge(
             limit, bounds = ref + margins["stress_called_normal"], RATE
         else:
             criterion = f"(f) called normal under {shift}, change from unshifted"
-            base, ref_base = unshifted["candidate"].get("mean"), unshifted["reference"]["mean"]
             value = None if value is None or base is None else value - base
-            paired_base = _paired(unshifted["reference"], seeds)
+            paired_base = _paired(ref_unshifted, seeds)
             paired = None if paired is None or paired_base is None else paired - paired_base
-            ref -= ref_base
+            ref -= ref_unshifted["mean"]
             limit, bounds = max(margins["stress_called_normal"], ref), DROP
         rows.append(
             _figure_row(
@@ -211,8 +209,11 @@ def _majority_checks(candidate: dict | None, reference: dict | None, seeds_neede
     if not candidate or not reference:
         return _row(criterion, "not recorded", "none", False)
 
+    def failures(behaviour: dict, check: str) -> int:
+        return sum(check in failed for failed in behaviour.values())
+
     def fails_in_majority(behaviour: dict, check: str) -> bool:
-        return sum(check in failed for failed in behaviour.values()) * 2 > len(behaviour)
+        return failures(behaviour, check) * 2 > len(behaviour)
 
     def passes_in_majority(behaviour: dict, check: str) -> bool:
         return sum(check not in failed for failed in behaviour.values()) * 2 > len(behaviour)
@@ -222,13 +223,11 @@ def _majority_checks(candidate: dict | None, reference: dict | None, seeds_neede
         for check in {c for failed in candidate.values() for c in failed}
         if fails_in_majority(candidate, check) and passes_in_majority(reference, check)
     )
+    # a failure in a majority of all the seeds to come cannot be undone by the others
     n_seeds = max(len(candidate), seeds_needed)
-    settled_worse = [
-        check
-        for check in worse
-        if sum(check in failed for failed in candidate.values()) * 2 > n_seeds
-    ]
-    settled = len(candidate) >= seeds_needed or bool(settled_worse)
+    settled = len(candidate) >= seeds_needed or any(
+        failures(candidate, check) * 2 > n_seeds for check in worse
+    )
     return _row(criterion, ", ".join(worse) or "none", "none", not worse, settled=settled)
 
 
