@@ -246,10 +246,12 @@ def test_called_normal_under_a_shift_may_be_judged_as_its_change_from_unshifted(
     rows = {r["criterion"]: r for r in jc.judge(cand, ref, [], MARGINS, 3, True)}
     speckle = rows["(f) called normal under speckle_0.5, change from unshifted"]
     contrast = rows["(f) called normal under contrast_0.6, change from unshifted"]
-    assert speckle["value"] == pytest.approx(-0.01) and speckle["holds"] is True
+    assert speckle["value"] == pytest.approx(-0.01)
+    assert speckle["holds"] is True
     assert speckle["reference"] == pytest.approx(-0.07)
     assert speckle["limit"] == "<= 0.050"
-    assert contrast["value"] == pytest.approx(0.09) and contrast["holds"] is False
+    assert contrast["value"] == pytest.approx(0.09)
+    assert contrast["holds"] is False
     assert contrast["limit"] == "<= 0.080"
     # the unshifted level is still (b)'s: 0.16 against 0.14
     assert rows["(b) lesion_called_normal"]["holds"] is False
