@@ -30,6 +30,7 @@ import numpy as np
 from busi.config import load_section
 from busi.data.preprocess import CLASSES
 from busi.errors import BusiError
+from busi.model.weight_average import weight_average_callback
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ class ClassifierConfig:
     # validation, early stopping and the saved model see the averaged weights, while training
     # goes on from the raw ones: the epoch chosen on a noisy val figure is then a smoothed
     # model rather than one batch's luck. 0.98 averages over about 50 batches (3 epochs of
-    # BUSI's train crops at batch 32).
+    # BUSI's train crops at batch 32). On val it lost to the plain weights and stays off: the
+    # averaged classifier called every val image normal for its first 1-5 epochs (an average
+    # of weights that move fast is not a model between them; chain_seeds_val_wavg.md,
+    # chain_seeds_val_wavgbc.md).
     weight_average: float = 0.0
     # Random zoom of the training inputs: each is cut to a square of a random share in
     # [1 - zoom, 1] of its side, at a random place, and resized back (crop, context image and
@@ -272,59 +276,6 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
         seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def weight_average_callback(momentum: float):
-    """A Keras callback that keeps an exponential moving average of the model's weights and
-    puts it in the model for validation: swapped in at ``on_test_begin``, swapped back to the
-    raw weights at ``on_epoch_end``. List it after EarlyStopping, whose ``on_epoch_end`` then
-    keeps (and at the end restores) the averaged weights of the best epoch.
-
-    The average starts at zero and is divided by ``1 - momentum ** step`` (Adam's bias
-    correction): after ``step`` batches it is the weights after batches 1..step weighed
-    ``momentum ** (step - k)``, normalised, so the untrained initial weights count for
-    nothing. The first version started at the initial weights: at 0.98 (about 17 batches an
-    epoch) they still weighed 25 % after four epochs, the averaged classifier called every
-    val image normal for the first 4-10 epochs, and one seed stopped there
-    (bench/results/chain_seeds_val_wavg.md). This one still does for the first 1-5 epochs
-    (an average of weights that move fast is not a model between them) and lost to the plain
-    weights on val (chain_seeds_val_wavgbc.md): it stays off.
-
-    Not Keras' ``use_ema``: with ``ema_overwrite_frequency=None`` it puts the average in the
-    model only when ``fit`` ends, so validation and early stopping never see it (and
-    EarlyStopping's restore then overwrites it); it also starts at the first step's weights.
-    """
-    import keras
-
-    class WeightAverage(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            weights = self.model.get_weights()
-            self.shadow = [np.zeros(np.shape(w), dtype=np.float64) for w in weights]
-            self.steps = 0
-            self.raw = None
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps += 1
-            for shadow, weight in zip(self.shadow, self.model.get_weights(), strict=True):
-                shadow *= momentum
-                shadow += (1.0 - momentum) * weight
-
-        def averaged(self):
-            correction = 1.0 - momentum**self.steps
-            return [s / correction for s in self.shadow]
-
-        def on_test_begin(self, logs=None):
-            self.raw = self.model.get_weights()
-            self.model.set_weights(
-                [a.astype(r.dtype) for a, r in zip(self.averaged(), self.raw, strict=True)]
-            )
-
-        def on_epoch_end(self, epoch, logs=None):
-            if self.raw is not None:
-                self.model.set_weights(self.raw)
-                self.raw = None
-
-    return WeightAverage()
 
 
 def member_configs(cfg: ClassifierConfig) -> list[ClassifierConfig]:

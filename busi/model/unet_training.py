@@ -11,7 +11,8 @@ threshold, small-blob removal and largest component from ``crop_rois``):
 ``false_lesion_weight`` times the rate). Early stopping watches ``monitor``, one of those,
 so what stops training is what is reported.
 A backup every epoch (Keras BackupAndRestore, each file written whole), so a killed run
-resumes where it stopped.
+resumes where it stopped. ``weight_average`` > 0 validates, keeps and saves a moving average
+of the weights instead of the raw ones (``busi.model.weight_average``).
 ``architecture: original`` is the published notebook's U-Net (base 64 filters, 31 M
 parameters, dropout, no batch norm); ``compact`` is the default that fits the CPU budget.
 """
@@ -93,8 +94,22 @@ class UnetConfig:
     # from one epoch to the next, and with a heavy false_lesion_weight an early epoch that
     # marks little can win and stop training (bench/results/chain_seeds_val_cosine_flw.md).
     min_epochs: int = 0
+    # The momentum of an exponential moving average of the weights (all of them, batch-norm
+    # statistics included), updated after every training batch; 0 turns it off. With it on,
+    # the epoch-end validation figures, early stopping and the saved model see the averaged
+    # weights, while training goes on from the raw ones (busi.model.weight_average). Why: the
+    # false-lesion rate on the normal val images jumps by up to 0.6 from one epoch to the next
+    # (0.40-1.00 in the defaults' U-Net), so which epoch is kept, and how many normal images
+    # its U-Net marks, is largely luck. 0.995 weighs the last ~200 batches (3 epochs of
+    # BUSI's train split at batch 16).
+    weight_average: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(
+                f"weight_average {self.weight_average} must be in [0, 1): the momentum of the "
+                "moving average of the weights (0: off)"
+            )
         if not 0 <= self.min_epochs < self.epochs:
             raise ValueError(
                 f"min_epochs {self.min_epochs} must lie in [0, epochs={self.epochs}): the "
@@ -443,6 +458,8 @@ def fit_unet(
     import keras
     import tensorflow as tf
 
+    from busi.model.weight_average import weight_average_callback
+
     keras.utils.set_random_seed(cfg.seed)
     # Same data, params and code give the same model (on the same machine), which makes a
     # past run reproducible and a model comparison fair.
@@ -457,11 +474,15 @@ def fit_unet(
         early_stopping(cfg, Path(backup_dir)),
         keras.callbacks.CSVLogger(str(history_csv), append=resuming),
         *extra_callbacks,
-        # Saves model, optimizer and epoch after every epoch; on a rerun, training resumes
-        # from the last completed epoch. Deleted once training ends normally. Last, so an
-        # epoch is marked done only once early stopping has saved what it made of it.
-        backup_and_restore(Path(backup_dir)),
     ]
+    if cfg.weight_average:
+        # After everything that scores or keeps the epoch's model (they see the average);
+        # it puts the raw weights back, and saves the average, before the backup.
+        callbacks.append(weight_average_callback(cfg.weight_average, Path(backup_dir)))
+    # Saves model, optimizer and epoch after every epoch; on a rerun, training resumes from
+    # the last completed epoch. Deleted once training ends normally. Last, so an epoch is
+    # marked done only once early stopping (and the average) have saved what they made of it.
+    callbacks.append(backup_and_restore(Path(backup_dir)))
     if cfg.lr_schedule != "constant":
         # Set at each epoch's start from the epoch number alone, so a resumed run gets the
         # same rates as an uninterrupted one.

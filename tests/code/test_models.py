@@ -335,10 +335,22 @@ def test_classifier_image_norm_ignores_the_crops_gain_but_not_the_probability(tm
         ClassifierConfig(input_norm="zscore")
 
 
+def tiny_segmentation_data():
+    """Four 16x16 images (two with a square lesion, two normal) as a batched train/val
+    dataset and as ``split_arrays`` gives the val split: (images, masks, class names)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (4, 16, 16, 1)).astype(np.float32)
+    masks = np.zeros((4, 16, 16, 1), np.float32)
+    masks[:2, 4:10, 4:10] = 1.0
+    labels = np.array(["benign", "malignant", "normal", "normal"])
+    ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
+    return ds, (images, masks[..., 0], labels)
+
+
 def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     import csv
-
-    import tensorflow as tf
 
     from busi.model.masks import LesionRule
     from busi.model.unet_training import epoch_learning_rate, fit_unet
@@ -352,13 +364,7 @@ def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     with pytest.raises(ValueError, match="lr_schedule"):
         UnetConfig(lr_schedule="step")
 
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (4, 16, 16, 1)).astype(np.float32)
-    masks = np.zeros((4, 16, 16, 1), np.float32)
-    masks[:2, 4:10, 4:10] = 1.0
-    labels = np.array(["benign", "malignant", "normal", "normal"])
-    ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
-    val_arrays = (images, masks[..., 0], labels)
+    ds, val_arrays = tiny_segmentation_data()
     history = tmp_path / "history.csv"
     fit_unet(ds, ds, 16, cfg, tmp_path / "backup", history, val_arrays, LesionRule())
     logged = [float(row["learning_rate"]) for row in csv.DictReader(history.open())]
@@ -565,7 +571,7 @@ def test_a_resumed_training_keeps_the_best_epoch_found_before_it_was_killed(tmp_
 
 
 def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_the_raw_weights():
-    from components.train_classifier import weight_average_callback
+    from busi.model.weight_average import weight_average_callback
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
@@ -647,6 +653,95 @@ def test_early_stopping_keeps_the_averaged_weights_of_the_best_epoch(tmp_path):
     assert max(np.abs(k - r).max() for k, r in zip(kept, seen["raw"][best], strict=True)) > 1e-4
     with pytest.raises(ValueError, match="weight_average"):
         ClassifierConfig(weight_average=1.0)
+
+
+def test_a_resumed_weight_average_goes_on_as_an_uninterrupted_one(tmp_path):
+    """A training killed after epoch 1 and resumed in a new process: with the backup folder
+    the average after epoch 2 is the uninterrupted one; without it, the average restarts."""
+    from busi.model.weight_average import WEIGHT_AVERAGE_STATE, weight_average_callback
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    momentum = 0.5
+    # the raw weights after each of 4 batches, 2 an epoch
+    raw = [[np.full((1, 1), float(b)), np.full(1, -float(b))] for b in (1.0, 3.0, 2.0, 5.0)]
+
+    def train(callback, batches, epochs_ending):
+        callback.set_model(model)
+        callback.on_train_begin()
+        for b in batches:
+            model.set_weights(raw[b])
+            callback.on_train_batch_end(b)
+            if b in epochs_ending:
+                callback.on_test_begin()
+                validated = model.get_weights()
+                callback.on_epoch_end(b // 2)
+        return validated
+
+    whole = train(weight_average_callback(momentum), range(4), (1, 3))
+    factors = [momentum ** (4 - k) for k in range(1, 5)]
+    by_hand = sum(f * r[0] for f, r in zip(factors, raw, strict=True)) / sum(factors)
+    np.testing.assert_allclose(whole[0], by_hand, rtol=1e-6)
+
+    state = tmp_path / "backup"
+    train(weight_average_callback(momentum, state), range(2), (1,))
+    assert (state / WEIGHT_AVERAGE_STATE).is_file()
+    resumed = train(weight_average_callback(momentum, state), range(2, 4), (3,))
+    for got, want in zip(resumed, whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # without the saved average the rerun averages batches 3-4 only: another model
+    fresh = train(weight_average_callback(momentum), range(2, 4), (3,))
+    assert abs(float(fresh[0][0, 0]) - float(whole[0][0, 0])) > 0.1
+    # a backup of another average is not silently mixed in
+    with pytest.raises(ValueError, match="another training"):
+        train(weight_average_callback(0.9, state), range(2, 4), (3,))
+
+
+def test_a_unet_with_a_weight_average_keeps_and_scores_the_averaged_weights(tmp_path):
+    import csv
+
+    from busi.model.masks import LesionRule
+    from busi.model.unet_training import chain_scores, fit_unet
+
+    seen = {"raw": [], "scored": []}
+
+    class Watch(keras.callbacks.Callback):
+        # an extra callback comes before the average: at on_test_begin it sees the raw
+        # weights, at on_epoch_end those scored (the average, not yet swapped back)
+        def on_test_begin(self, logs=None):
+            seen["raw"].append(self.model.get_weights())
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen["scored"].append(self.model.get_weights())
+
+    ds, val_arrays = tiny_segmentation_data()
+    cfg = UnetConfig(epochs=4, batch_size=2, learning_rate=0.01, patience=4, weight_average=0.8)
+    history = tmp_path / "history.csv"
+    model = fit_unet(
+        ds,
+        ds,
+        16,
+        cfg,
+        tmp_path / "backup",
+        history,
+        val_arrays,
+        LesionRule(),
+        extra_callbacks=[Watch()],
+    )
+    rows = list(csv.DictReader(history.open()))
+    best = int(np.argmax([float(row["val_score"]) for row in rows]))
+    kept = model.get_weights()
+    for k, v in zip(kept, seen["scored"][best], strict=True):
+        np.testing.assert_array_equal(k, v)
+    # the average is not the raw weights (else the test could not fail)
+    assert max(np.abs(k - r).max() for k, r in zip(kept, seen["raw"][best], strict=True)) > 1e-4
+    # the logged figures are those of the averaged U-Net
+    images, masks, labels = val_arrays
+    probs = model.predict(images, verbose=0)[..., 0]
+    scores = chain_scores(probs, masks, labels, LesionRule(), cfg.false_lesion_weight)
+    assert float(rows[best]["val_score"]) == pytest.approx(scores["val_score"], abs=1e-6)
+    assert not (tmp_path / "backup").exists()  # finished: the backup (and average) are gone
+    with pytest.raises(ValueError, match="weight_average"):
+        UnetConfig(weight_average=1.0)
 
 
 def test_an_ensemble_averages_its_members_probabilities_and_saves_as_one_model(tmp_path):
