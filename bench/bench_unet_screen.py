@@ -14,7 +14,9 @@ seed, evaluate_models' behavioural settings), but without the classifier:
   normal images with a false lesion;
 - under each stress shift: the same, and the Dice drop from unshifted;
 - the behavioural checks that need only the U-Net: blank_image, lesion_free_tissue,
-  drawn_lesion, and flip_invariance without its class part.
+  drawn_lesion, and flip_invariance without its class part;
+- from the training log, how much the false-lesion rate and the Dice moved from one epoch
+  to the next (descriptive: no criterion reads it).
 What the classifier decides (called normal, accuracy, macro-F1, AUC) is not here: a
 candidate that passes a screen still needs its whole chain run.
 
@@ -139,6 +141,29 @@ def load_workspace(ws: Path, split: str, threshold: float | None = None) -> dict
     }
 
 
+# The per-epoch validation figures whose epoch-to-epoch jumps the screen reports.
+HISTORY_FIGURES = ("val_false_lesion_rate", "val_lesion_dice")
+
+
+def training_history(history_csv: Path) -> dict | None:
+    """What the U-Net's training log (``plots/train_unet.csv``) says about how steady
+    training was: each epoch's ``HISTORY_FIGURES`` and, for each, the mean absolute change
+    from one epoch to the next. None without a log (or with fewer than two epochs)."""
+    import csv
+
+    if not history_csv.is_file():
+        return None
+    rows = list(csv.DictReader(history_csv.open()))
+    if len(rows) < 2:
+        return None
+    out: dict = {"epochs": len(rows)}
+    for figure in HISTORY_FIGURES:
+        values = [float(row[figure]) for row in rows]
+        out[figure] = values
+        out[f"{figure}_mean_jump"] = float(np.mean(np.abs(np.diff(values))))
+    return out
+
+
 def parse_limits(items: list[str]) -> list[tuple[str, str, float]]:
     """``FIGURE<=X`` / ``FIGURE>=X`` -> (figure, op, value), the figure one of SEG_FIGURES."""
     out = []
@@ -250,6 +275,15 @@ def render(record: dict) -> str:
             + " | ".join(_fmt(figures[k]) for k in SEG_FIGURES)
             + f" | {_fmt(figures['lesion_dice_mean_drop'])} |"
         )
+    history = record.get("history")
+    if history:
+        lines += ["", f"Training (`plots/train_unet.csv`, {history['epochs']} epochs):", ""]
+        for figure in HISTORY_FIGURES:
+            values = " ".join(f"{v:.2f}" for v in history[figure])
+            lines.append(
+                f"- {figure}: {values}; mean change from one epoch to the next "
+                f"{history[f'{figure}_mean_jump']:.3f}"
+            )
     lines += ["", "Behavioural checks (the U-Net's part):", ""]
     for name, check in result["checks"].items():
         lines.append(f"- {name}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']})")
@@ -332,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "tta_flip": crop.tta_flip,
         "minutes": (time.monotonic() - started) / 60,
         "result": result,
+        "history": training_history(ws / "plots" / "train_unet.csv"),
         "matches_stress_test": None,
         "verdict": verdict(result, args.require, limits, drops, stress_cfg.max_dice_drop),
     }

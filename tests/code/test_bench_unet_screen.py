@@ -14,6 +14,7 @@ from bench.bench_unet_screen import (
     reference_drops,
     render,
     segmentation_figures,
+    training_history,
     verdict,
 )
 
@@ -128,9 +129,8 @@ def test_a_screen_matches_the_pipeline_s_stress_file_only_when_every_figure_is_e
     assert not matches_stress_test(result, {**record, "shifts": {"gain_0.7": {}}})
 
 
-def test_the_rendering_says_what_failed():
-    result = _result(blank=False)
-    record = {
+def _record(result: dict) -> dict:
+    return {
         "date": "2026-12-04 17:00 UTC",
         "machine": "AMD EPYC (2 cores; family 23)",
         "commit": "abc1234",
@@ -145,11 +145,36 @@ def test_the_rendering_says_what_failed():
         "matches_stress_test": None,
         "verdict": verdict(result, ["blank_image"], [], None, 0.05),
     }
-    text = render(record)
+
+
+def test_the_rendering_says_what_failed():
+    text = render(_record(_result(blank=False)))
     assert "| contrast_0.6 | 0.730 | 0.200 | 0.300 | 0.070 |" in text
     assert "- blank_image: FAILED (lesion found)" in text
     assert "| blank_image passes | lesion found | passes | NO |" in text
     assert "Screen: 0 of 1 criteria hold: fails." in text
+
+
+def test_the_training_history_gives_the_mean_change_between_epochs(tmp_path):
+    history = tmp_path / "train_unet.csv"
+    history.write_text(
+        "epoch,val_false_lesion_rate,val_lesion_dice,val_score\n"
+        "0,1.0,0.50,0.3\n1,0.4,0.60,0.52\n2,0.9,0.62,0.44\n3,0.9,0.58,0.4\n"
+    )
+    got = training_history(history)
+    assert got["epochs"] == 4
+    assert got["val_false_lesion_rate"] == [1.0, 0.4, 0.9, 0.9]
+    assert got["val_false_lesion_rate_mean_jump"] == pytest.approx((0.6 + 0.5 + 0.0) / 3)
+    assert got["val_lesion_dice_mean_jump"] == pytest.approx((0.10 + 0.02 + 0.04) / 3)
+    record = {**_record(_result(blank=True)), "history": got}
+    assert (
+        "- val_false_lesion_rate: 1.00 0.40 0.90 0.90; mean change from one epoch to the "
+        "next 0.367" in render(record)
+    )
+    # no log, or a single epoch: nothing to say
+    assert training_history(tmp_path / "absent.csv") is None
+    history.write_text("epoch,val_false_lesion_rate,val_lesion_dice\n0,1.0,0.5\n")
+    assert training_history(history) is None
 
 
 @pytest.mark.slow
