@@ -444,12 +444,12 @@ def _start(cluster: Cluster, ports: dict, timeout: float, out) -> dict:
         out(f"migrating the Airflow database (Postgres, {HOST}:{cluster.pg_port}) ...")
         env = defined["airflow-scheduler"].env
         ensure_airflow_db(env, settings.log_dir / "airflow-db-migrate.log")
+        for worker in WORKERS:  # each worker's work tree before the worker itself
+            prepare_worker(cluster, worker)
         for name in defined:
             if name.startswith("airflow-"):
                 launch(name)
         wait_ready(started, timeout)
-        for worker in WORKERS:
-            prepare_worker(cluster, worker)
     except BaseException as exc:
         stop_services(running_services(state))
         reap(proc for _, proc in started.values())

@@ -10,7 +10,9 @@ real-data outputs are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -61,11 +63,44 @@ def prepare_workspace(
     overrides = deep_merge(overrides, settings or {})
     ws = (workspace or project / "scratch" / profile).resolve()
     ws.mkdir(parents=True, exist_ok=True)
+    # Tasks on one Celery worker (and `busi up` beside them) may prepare the same work tree
+    # at once: one at a time, or `dvc init` finds the other's fresh .dvc and fails.
+    with _prepare_lock(ws):
+        _prepare(project, profile, ws, overrides)
+    return ws
+
+
+@contextlib.contextmanager
+def _prepare_lock(ws: Path):
+    with open(ws.parent / f".{ws.name}.prepare.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def dvc_init(ws: Path) -> None:
+    """``dvc init --no-scm`` in ``ws``, with DVC's own words in the error if it fails."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    if not (ws / ".dvc").is_dir():
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, env=env, check=True
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise BusiError(
+            f"could not make {ws} a DVC project: `dvc init --no-scm` exited with "
+            f"{done.returncode}:\n{(done.stdout + done.stderr).strip()}\n"
+            f"Remove {ws / '.dvc'} if it is left half made, and run again."
         )
+
+
+def _prepare(project: Path, profile: str, ws: Path, overrides: dict) -> None:
+    if not (ws / ".dvc").is_dir():
+        dvc_init(ws)
     for name in PROJECT_FILES:
         (ws / name).write_text((project / name).read_text())
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -82,7 +117,6 @@ def prepare_workspace(
     if profile == "default" and frozen.is_file() and not (ws / "data" / "splits.csv").exists():
         (ws / "data").mkdir(exist_ok=True)
         (ws / "data" / "splits.csv").write_bytes(frozen.read_bytes())
-    return ws
 
 
 def synthetic_source(project: Path, profile: str, ws: Path) -> Path | None:

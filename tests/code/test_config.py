@@ -66,3 +66,26 @@ def test_smoke_workspace_gets_merged_params_and_its_own_dvc(tmp_path):
     assert (ws / "dvc.yaml").read_text() == (REPO_ROOT / "dvc.yaml").read_text()
     for package in ("components", "busi"):
         assert (ws / package).resolve() == (REPO_ROOT / package).resolve()
+
+
+def test_one_work_tree_prepared_by_several_processes_at_once_is_made_once(tmp_path):
+    """Tasks on one Celery worker (and `busi up`) may prepare the same work tree at the
+    same moment; unguarded, the later `dvc init` finds the other's fresh .dvc and fails."""
+    import multiprocessing
+
+    from busi.orchestration.workspace import prepare_workspace
+    from tests.conftest import REPO_ROOT
+
+    ws = tmp_path / "ws"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        made = pool.starmap(prepare_workspace, [(REPO_ROOT, "smoke", ws)] * 4)
+    assert made == [ws.resolve()] * 4
+    assert (ws / ".dvc" / "config").is_file()
+
+
+def test_a_failed_dvc_init_says_what_dvc_said(tmp_path):
+    from busi.orchestration.workspace import dvc_init
+
+    dvc_init(tmp_path)
+    with pytest.raises(BusiError, match=r"(?s)dvc init --no-scm.*exists\. Use `-f`"):
+        dvc_init(tmp_path)  # a second init: DVC refuses, and its reason reaches the user
