@@ -62,14 +62,19 @@ SMOKE_DVC_FILES = frozenset(
 )
 WORKTREE_FILES = frozenset({"tests/code/test_reproduce.py", "tests/code/test_model_compat.py"})
 # The longest units first (measured: docs/testing.md), so that the workers end together.
+# The smoke run's trainer (the champion's users) first, beside the cluster: the worktree
+# reproduction, which needs the smoke run, then starts on whichever worker frees first
+# without waiting for it (second, it would wait at the smoke run's lock).
 LONGEST_FIRST = (
-    "tests/dags/test_cluster.py",
-    "tests/dags/test_dags_end_to_end.py",
     CHAMPION_UNIT,
+    "tests/dags/test_cluster.py",
     WORKTREE_UNIT,
+    "tests/dags/test_dags_end_to_end.py",
     "tests/code/test_register_model.py",
     "tests/dags/test_new_data_loop.py",
     "tests/code/test_resume.py",
+    "tests/code/test_unet_folds.py",
+    "tests/code/test_platform.py",
 )
 _CHAMPION_NAME = re.compile(r"\b(?:" + "|".join(sorted(CHAMPION_FIXTURES)) + r")\b")
 

@@ -41,12 +41,21 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def profile_overrides(project: Path, profile: str) -> dict:
+def profile_overrides(project: Path, profile: str, _within: tuple[str, ...] = ()) -> dict:
+    """``profiles/<profile>.yaml``; one with ``extends: <other profile>`` is that profile's
+    overrides with its own deep-merged over them."""
     path = project / "profiles" / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (project / "profiles").glob("*.yaml"))
         raise BusiError(f"unknown profile '{profile}': choose default or one of {known}")
-    return yaml.safe_load(path.read_text()) or {}
+    spec = yaml.safe_load(path.read_text()) or {}
+    parent = spec.pop("extends", None)
+    if parent is None:
+        return spec
+    if parent == profile or parent in _within:
+        chain = " -> ".join((*_within, profile, parent))
+        raise BusiError(f"profiles/{profile}.yaml: 'extends' goes round in a circle ({chain})")
+    return deep_merge(profile_overrides(project, parent, (*_within, profile)), spec)
 
 
 def prepare_workspace(

@@ -49,6 +49,33 @@ def test_profiles_merge_over_params_and_unknown_ones_are_named(tmp_path):
     assert prepare_workspace(REPO_ROOT, "default") == REPO_ROOT
 
 
+def test_a_profile_extends_another_and_a_circle_is_refused(tmp_path):
+    import yaml
+
+    from busi.orchestration.workspace import profile_overrides
+    from tests.conftest import REPO_ROOT
+
+    quick = profile_overrides(REPO_ROOT, "quick")
+    oof = profile_overrides(REPO_ROOT, "quick_oof")
+    # quick's settings, with fold U-Nets and out-of-fold crops on top
+    assert oof["train_unet"] == quick["train_unet"]
+    assert oof["promote_model"] == quick["promote_model"]
+    assert quick["train_unet_folds"]["folds"] == 0
+    assert oof["train_unet_folds"]["folds"] == 2
+    assert oof["crop_rois"] == {**quick["crop_rois"], "train_segmenter": "out_of_fold"}
+    assert "extends" not in oof
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name, parent in (("a", "b"), ("b", "c"), ("c", "a")):
+        (profiles / f"{name}.yaml").write_text(yaml.safe_dump({"extends": parent}))
+    with pytest.raises(BusiError, match=r"circle \(a -> b -> c -> a\)"):
+        profile_overrides(tmp_path, "a")
+    (profiles / "d.yaml").write_text("extends: nightly\n")
+    with pytest.raises(BusiError, match="unknown profile 'nightly'"):
+        profile_overrides(tmp_path, "d")
+
+
 def test_smoke_workspace_gets_merged_params_and_its_own_dvc(tmp_path):
     import yaml
 

@@ -1,4 +1,4 @@
-"""The DAGs end to end on the quick profile (smoke data, 3 epochs), through Airflow
+"""The DAGs end to end on the quick_oof profile (smoke data, 3 epochs, fold U-Nets), through Airflow
 (`airflow dags test`) against a real MLflow server process: new data lands, is validated
 and versioned, the Asset event queues the training DAG, and the training DAG trains,
 registers and promotes."""
@@ -20,8 +20,9 @@ from busi.orchestration.dag_settings import TRAINING_STEPS as STEPS
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-# The wiring is under test, not the models: the smoke profile with 3 training epochs.
-PROFILE = "quick"
+# The wiring is under test, not the models: the smoke profile with 3 training epochs, and
+# the defaults' fold U-Nets and out-of-fold crops (which the smoke run leaves out).
+PROFILE = "quick_oof"
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +195,10 @@ def test_training_dag_trains_registers_and_promotes(platform):
     )
     assert sorted(r.data.tags["step"] for r in children) == sorted(STEPS)
     assert {r.info.status for r in children} == {"FINISHED"}
+    # The defaults' fold U-Nets were trained and cropped the train split (quick_oof)
+    step = {r.data.tags["step"]: r for r in children}
+    assert step["train_unet_folds"].data.metrics["folds"] == 2
+    assert step["crop_rois"].data.params["train_segmenter"] == "out_of_fold"
     platform["parent_run_id"] = parent.info.run_id
 
 
