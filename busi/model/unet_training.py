@@ -371,25 +371,31 @@ def early_stopping(cfg: UnetConfig, state_dir: Path | None = None):
     """Stops when ``cfg.monitor`` has not risen for ``patience`` epochs and keeps the best
     epoch's weights, watching from epoch ``min_epochs`` (0-based) on.
 
-    With ``state_dir`` (the backup folder) its state is saved after every epoch and loaded
-    when training starts, so a killed training that resumes keeps the best epoch it had found
-    and the epochs it had waited. Keras' EarlyStopping starts afresh at every ``fit``: a
-    resumed run chose its best epoch among the epochs after the resume only, and returned a
-    worse model than the one it had found (a smoke U-Net killed after epoch 1, its best:
-    val_score 0.796 kept before, 0.740 after)."""
+    With ``state_dir`` (the backup folder) its state is saved after every epoch and the one of
+    the epoch a resumed training starts at is loaded (``busi.model.resumable``: also when the
+    training was killed between this save and Keras' backup), so a killed training that
+    resumes keeps the best epoch it had found and the epochs it had waited. Keras'
+    EarlyStopping starts afresh at every ``fit``: a resumed run chose its best epoch among
+    the epochs after the resume only, and returned a worse model than the one it had found
+    (a smoke U-Net killed after epoch 1, its best: val_score 0.796 kept before, 0.740
+    after)."""
     import keras
-    import numpy as np
+
+    from busi.model.resumable import load_epoch_state, save_epoch_state
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
-            path = state_dir / EARLY_STOPPING_STATE if state_dir is not None else None
-            if path is None or not path.is_file():
+            self.resumed = state_dir is None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.resumed:
                 return
-            with np.load(path) as saved:
-                state = json.loads(str(saved["state"]))
-                count = len(saved.files) - 1
-                weights = [saved[f"weight_{i}"] for i in range(count)]
+            self.resumed = True  # the first epoch of this fit: Keras' backup resumed at it
+            found = load_epoch_state(state_dir, EARLY_STOPPING_STATE, epoch)
+            if found is None:
+                return
+            state, weights = found
             self.best, self.best_epoch = state["best"], state["best_epoch"]
             self.wait = state["wait"]
             self.best_weights = weights or None
@@ -400,11 +406,8 @@ def early_stopping(cfg: UnetConfig, state_dir: Path | None = None):
                 return
             best = None if self.best is None else float(self.best)
             state = {"best": best, "best_epoch": int(self.best_epoch), "wait": int(self.wait)}
-            arrays = {f"weight_{i}": w for i, w in enumerate(self.best_weights or [])}
-            state_dir.mkdir(parents=True, exist_ok=True)
-            partial = state_dir / f"{EARLY_STOPPING_STATE}.partial.npz"
-            np.savez(partial, state=np.array(json.dumps(state)), **arrays)
-            partial.replace(state_dir / EARLY_STOPPING_STATE)  # whole or not at all
+            weights = list(self.best_weights or [])
+            save_epoch_state(state_dir, EARLY_STOPPING_STATE, epoch + 1, state, weights)
 
     return ResumableEarlyStopping(
         monitor=cfg.monitor,

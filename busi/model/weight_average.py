@@ -3,13 +3,15 @@ and the classifier trainings share (a step never imports another step)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from busi.model.resumable import load_epoch_state, save_epoch_state
+
 # What the average keeps in a backup folder (beside Keras' BackupAndRestore files): the
-# shadow weights and the number of batches averaged, in one file written whole.
+# shadow weights and the number of batches averaged, in one file written whole (and the
+# previous epoch's beside it: busi.model.resumable).
 WEIGHT_AVERAGE_STATE = "busi_weight_average.npz"
 
 
@@ -27,8 +29,9 @@ def weight_average_callback(momentum: float, state_dir: Path | None = None):
     nothing. All weights are averaged, batch-norm statistics included.
 
     With ``state_dir`` (a training's backup folder) the average and its step count are saved
-    after every epoch and loaded when training starts, so a killed training that resumes
-    averages as an uninterrupted one would.
+    after every epoch (``busi.model.resumable``) and the one of the epoch a resumed training
+    starts at is loaded, so a killed training that resumes averages as an uninterrupted one
+    would, also when it was killed between this save and Keras' backup.
 
     Not Keras' ``use_ema``: with ``ema_overwrite_frequency=None`` it puts the average in the
     model only when ``fit`` ends, so validation and early stopping never see it (and
@@ -42,18 +45,23 @@ def weight_average_callback(momentum: float, state_dir: Path | None = None):
             self.shadow = [np.zeros(np.shape(w), dtype=np.float64) for w in weights]
             self.steps = 0
             self.raw = None
-            path = state_dir / WEIGHT_AVERAGE_STATE if state_dir is not None else None
-            if path is not None and path.is_file():
-                with np.load(path) as saved:
-                    state = json.loads(str(saved["state"]))
-                    shadow = [saved[f"shadow_{i}"] for i in range(len(saved.files) - 1)]
-                if state["momentum"] != momentum or len(shadow) != len(self.shadow):
-                    raise ValueError(
-                        f"{path} holds the average of another training (momentum "
-                        f"{state['momentum']}, {len(shadow)} weights): delete the backup "
-                        "folder to train afresh"
-                    )
-                self.shadow, self.steps = shadow, int(state["steps"])
+            self.resumed = state_dir is None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.resumed:
+                return
+            self.resumed = True  # the first epoch of this fit: Keras' backup resumed at it
+            found = load_epoch_state(state_dir, WEIGHT_AVERAGE_STATE, epoch)
+            if found is None:
+                return
+            state, shadow = found
+            if state["momentum"] != momentum or len(shadow) != len(self.shadow):
+                raise ValueError(
+                    f"{state_dir / WEIGHT_AVERAGE_STATE} holds the average of another "
+                    f"training (momentum {state['momentum']}, {len(shadow)} weights): "
+                    f"delete {state_dir} to train afresh"
+                )
+            self.shadow, self.steps = shadow, int(state["steps"])
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
@@ -77,13 +85,8 @@ def weight_average_callback(momentum: float, state_dir: Path | None = None):
             if self.raw is not None:
                 self.model.set_weights(self.raw)
                 self.raw = None
-            if state_dir is None:
-                return
-            state = {"momentum": momentum, "steps": self.steps}
-            arrays = {f"shadow_{i}": s for i, s in enumerate(self.shadow)}
-            state_dir.mkdir(parents=True, exist_ok=True)
-            partial = state_dir / f"{WEIGHT_AVERAGE_STATE}.partial.npz"
-            np.savez(partial, state=np.array(json.dumps(state)), **arrays)
-            partial.replace(state_dir / WEIGHT_AVERAGE_STATE)  # whole or not at all
+            if state_dir is not None:
+                state = {"momentum": momentum, "steps": self.steps}
+                save_epoch_state(state_dir, WEIGHT_AVERAGE_STATE, epoch + 1, state, self.shadow)
 
     return WeightAverage()

@@ -549,6 +549,7 @@ def test_a_resumed_training_keeps_the_best_epoch_found_before_it_was_killed(tmp_
         callback.set_model(model)
         callback.on_train_begin()
         for epoch, score in scores:
+            callback.on_epoch_begin(epoch)
             model.set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])  # "trained"
             callback.on_epoch_end(epoch, {"val_score": score})
 
@@ -568,6 +569,36 @@ def test_a_resumed_training_keeps_the_best_epoch_found_before_it_was_killed(tmp_
     else:
         # Keras' EarlyStopping alone forgets epochs 0-1 and keeps a worse epoch
         assert (again.best, kept) == (0.7, 3.0)
+
+
+def test_a_training_killed_between_its_state_and_keras_backup_resumes_from_the_backup(tmp_path):
+    """Early stopping saves its state at an epoch's end before Keras' backup is written: a
+    kill between the two resumes at the epoch before the one the state already holds. The
+    state of that epoch is taken, not the later one (whose wait would count the rerun epoch
+    twice); a state that matches no epoch of the backup is refused."""
+    from busi.model.unet_training import early_stopping
+
+    def epochs(callback, model, scores):
+        model.stop_training = False
+        callback.set_model(model)
+        callback.on_train_begin()
+        for epoch, score in scores:
+            callback.on_epoch_begin(epoch)
+            model.set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])
+            callback.on_epoch_end(epoch, {"val_score": score})
+        return callback
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    cfg = UnetConfig(patience=3)
+    state = tmp_path / "backup"
+    # epochs 0-2 ran (the best epoch 0), then the kill came before the backup of epoch 2
+    epochs(early_stopping(cfg, state), model, [(0, 0.9), (1, 0.5), (2, 0.6)])
+    again = epochs(early_stopping(cfg, state), model, [(2, 0.6)])  # Keras resumes at epoch 2
+    # as uninterrupted: best epoch 0, two epochs waited (1 and 2), not three
+    assert (again.best, again.best_epoch, again.wait) == (0.9, 0, 2)
+    # a state from epochs the backup never had (here: it says epoch 1 is next)
+    with pytest.raises(ValueError, match=r"after epoch\(s\) \[3, 3\], not after 1"):
+        epochs(early_stopping(cfg, state), model, [(1, 0.5)])
 
 
 def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_the_raw_weights():
@@ -669,6 +700,8 @@ def test_a_resumed_weight_average_goes_on_as_an_uninterrupted_one(tmp_path):
         callback.set_model(model)
         callback.on_train_begin()
         for b in batches:
+            if b % 2 == 0:
+                callback.on_epoch_begin(b // 2)
             model.set_weights(raw[b])
             callback.on_train_batch_end(b)
             if b in epochs_ending:
@@ -694,6 +727,14 @@ def test_a_resumed_weight_average_goes_on_as_an_uninterrupted_one(tmp_path):
     # a backup of another average is not silently mixed in
     with pytest.raises(ValueError, match="another training"):
         train(weight_average_callback(0.9, state), range(2, 4), (3,))
+
+    # killed after the average of epoch 1 was saved, before Keras' backup of it: Keras
+    # resumes at epoch 1 again, and the average of epoch 0 is taken, so batches 2-3 are
+    # averaged once, as in the uninterrupted training
+    assert (state / WEIGHT_AVERAGE_STATE).is_file()  # holds epochs 0-1 now
+    again = train(weight_average_callback(momentum, state), range(2, 4), (3,))
+    for got, want in zip(again, whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_a_unet_with_a_weight_average_keeps_and_scores_the_averaged_weights(tmp_path):
