@@ -657,19 +657,26 @@ def test_the_weight_average_is_what_validation_sees_and_training_goes_on_from_th
             np.testing.assert_array_equal(a, r)
 
 
+def _watch_before_the_average(raw: list, scored: list):
+    """A callback listed before the weight average: at on_test_begin it sees the raw
+    weights (into ``raw``), at on_epoch_end those validated and scored (the average, not yet
+    swapped back; into ``scored``)."""
+
+    class Watch(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            raw.append(self.model.get_weights())
+
+        def on_epoch_end(self, epoch, logs=None):
+            scored.append(self.model.get_weights())
+
+    return Watch
+
+
 def test_early_stopping_keeps_the_averaged_weights_of_the_best_epoch(tmp_path):
     from components.train_classifier import fit_classifier
 
     seen = {"raw": [], "validated": []}
-
-    class Watch(keras.callbacks.Callback):
-        # an extra callback comes before the average: at on_test_begin it sees the raw
-        # weights, at on_epoch_end those validated (the average, not yet swapped back)
-        def on_test_begin(self, logs=None):
-            seen["raw"].append(self.model.get_weights())
-
-        def on_epoch_end(self, epoch, logs=None):
-            seen["validated"].append(self.model.get_weights())
+    Watch = _watch_before_the_average(seen["raw"], seen["validated"])
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (24, 16, 16, 2)).astype(np.float32)
@@ -744,15 +751,7 @@ def test_a_unet_with_a_weight_average_keeps_and_scores_the_averaged_weights(tmp_
     from busi.model.unet_training import chain_scores, fit_unet
 
     seen = {"raw": [], "scored": []}
-
-    class Watch(keras.callbacks.Callback):
-        # an extra callback comes before the average: at on_test_begin it sees the raw
-        # weights, at on_epoch_end those scored (the average, not yet swapped back)
-        def on_test_begin(self, logs=None):
-            seen["raw"].append(self.model.get_weights())
-
-        def on_epoch_end(self, epoch, logs=None):
-            seen["scored"].append(self.model.get_weights())
+    Watch = _watch_before_the_average(seen["raw"], seen["scored"])
 
     ds, val_arrays = tiny_segmentation_data()
     cfg = UnetConfig(epochs=4, batch_size=2, learning_rate=0.01, patience=4, weight_average=0.8)
