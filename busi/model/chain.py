@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from busi.data.preprocess import prepare_image, resize_gray, resize_mask, resize_prob
+from busi.data.preprocess import CLASSES, prepare_image, resize_gray, resize_mask, resize_prob
 from busi.model.masks import LesionRule, clean_mask
 
 MASK_CHANNELS = ("binary", "probability")
@@ -40,9 +40,15 @@ class RoiConfig:
     # and the U-Net's whole probability map, each resized to crop_size (two more input
     # channels), so that a lesion the crop missed is still in front of it.
     context: str = "none"
+    # The classifier's veto on the lesion: the chain shows no lesion on an image to which
+    # the classifier gives a probability of "normal" of at least ``normal_veto`` (the mask
+    # is emptied; the class, box and crop stay). 1.0: never, the U-Net alone decides.
+    normal_veto: float = 1.0
 
     def __post_init__(self) -> None:
         LesionRule(self.threshold, self.min_area, self.keep)  # checks these three
+        if not 0 < self.normal_veto <= 1:
+            raise ValueError("normal_veto must lie in (0, 1]: 1 is no veto")
         if self.context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}")
         if self.mask_channel not in MASK_CHANNELS:
@@ -257,7 +263,20 @@ def predict_chain(images: list[np.ndarray], unet, classifier, roi: RoiConfig, tt
     )
     context = context_maps(images, probs, roi.crop_size) if roi.context == "image" else None
     proba = predict_proba(classifier, classifier_input(crops, mask_crops, context))
-    return ChainResult(masks=masks, boxes=boxes, crops=crops, proba=proba)
+    return ChainResult(
+        masks=veto_masks(masks, proba, roi.normal_veto), boxes=boxes, crops=crops, proba=proba
+    )
+
+
+def veto_masks(masks: list[np.ndarray], proba: np.ndarray, normal_veto: float) -> list:
+    """The masks, with that of each image whose probability of "normal" (CLASSES order) is
+    at least ``normal_veto`` emptied; ``normal_veto`` 1.0 vetoes nothing."""
+    if normal_veto >= 1.0:
+        return masks
+    p_normal = np.asarray(proba)[:, CLASSES.index("normal")]
+    return [
+        np.zeros_like(m) if p >= normal_veto else m for m, p in zip(masks, p_normal, strict=True)
+    ]
 
 
 # The crop_rois section of params.yaml: the chain as trained, evaluated and served.
@@ -289,6 +308,8 @@ class CropConfig:
     # seen those images) | out_of_fold (each image by the fold U-Net of train_unet_folds
     # that did not see it). Val, test and serving always use the U-Net.
     train_segmenter: str = "full"
+    # see RoiConfig; summaries written before this existed mean 1.0 (no veto)
+    normal_veto: float = 1.0
 
     def __post_init__(self) -> None:
         if self.train_masks not in ("predicted", "ground_truth", "both"):
@@ -315,4 +336,5 @@ class CropConfig:
             self.empty_crop,
             self.peak_window,
             self.context,
+            self.normal_veto,
         )

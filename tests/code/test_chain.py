@@ -356,3 +356,39 @@ def test_the_chain_feeds_the_context_to_a_classifier_trained_with_it():
     np.testing.assert_allclose(classifier.seen[1, ..., 2], 30 / 255, atol=1e-6)
     assert classifier.seen[0, ..., 3].max() > 0.5  # the U-Net's lesion, resized twice
     assert classifier.seen[0, 7, 7, 3] == 0
+
+
+def test_the_classifier_s_veto_empties_the_lesion_of_an_image_it_reads_as_normal():
+    from busi.model.chain import CropConfig, predict_chain, veto_masks
+
+    class Unet:
+        input_shape = (None, 16, 16, 1)
+
+        def predict(self, batch, batch_size=32, verbose=0):
+            prob = np.zeros_like(batch)
+            prob[:, 4:8, 4:8] = 0.9  # a lesion on every image
+            return prob
+
+    class Classifier:
+        def predict(self, x, verbose=0):
+            # P(normal) 0.1 for the first image, 0.6 for the second (CLASSES order)
+            return np.array([[0.6, 0.3, 0.1], [0.3, 0.1, 0.6]], np.float32)
+
+    images = [np.full((30, 40), 90, np.uint8), np.full((20, 20), 30, np.uint8)]
+    plain = predict_chain(images, Unet(), Classifier(), RoiConfig(crop_size=8), tta_flip=False)
+    assert all(m.any() for m in plain.masks)  # no veto by default
+    for veto, found in ((0.7, [True, True]), (0.6, [True, False]), (0.05, [False, False])):
+        roi = RoiConfig(crop_size=8, normal_veto=veto)
+        result = predict_chain(images, Unet(), Classifier(), roi, tta_flip=False)
+        assert [bool(m.any()) for m in result.masks] == found
+        # the class, the box and the crop are the chain's without the veto
+        np.testing.assert_array_equal(result.proba, plain.proba)
+        np.testing.assert_array_equal(result.boxes, plain.boxes)
+        np.testing.assert_array_equal(result.crops, plain.crops)
+        assert all(m.shape == img.shape for m, img in zip(result.masks, images, strict=True))
+    masks = [np.ones((2, 2), bool)]
+    assert veto_masks(masks, np.array([[0.0, 0.0, 1.0]]), 1.0) is masks  # 1.0: never
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="normal_veto"):
+            RoiConfig(normal_veto=bad)
+    assert CropConfig(normal_veto=0.5).roi.normal_veto == 0.5
