@@ -372,12 +372,11 @@ def main() -> int:
         parser.error("--chain, --gate and --latency go with --folds")
     sys.path.insert(0, str(REPO))
     import subprocess
-    from argparse import Namespace
 
     import yaml
 
     from bench.bench_data import machine_info
-    from bench.results_files import seed_paths, write_results
+    from bench.results_files import chain_paths, seed_paths, write_results
     from busi.model.chain import segment
     from busi.model.loading import load_chain_and_split
     from busi.model.masks import LesionRule
@@ -389,15 +388,9 @@ def main() -> int:
     for seed, ws in sorted(workspaces.items()):
         if not (ws / "models" / "unet.keras").is_file():
             raise SystemExit(f"{ws}: no models/unet.keras; run bench_chain_seeds.py first")
-        paths = Namespace(
-            unet=ws / "models/unet.keras",
-            classifier=ws / "models/classifier.keras",
-            rois=ws / "data/rois",
-            manifest=ws / "data/manifest.csv",
-            splits=ws / "data/splits.csv",
-            data_dir=ws / "data/busi",
+        unet, classifier, chain_crop, part, images, masks = load_chain_and_split(
+            chain_paths(ws), args.split
         )
-        unet, classifier, chain_crop, part, images, masks = load_chain_and_split(paths, args.split)
         these = part["class"].to_list()
         if labels is not None and these != labels:
             raise SystemExit(f"{ws}: its {args.split} split differs from the first workspace's")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,3 +42,26 @@ def isa_note(machine: dict) -> str:
     """``; <family/model and ISA flags>`` for a results header, where the machine record has
     them (records written before they were kept do not)."""
     return f"; {machine['cpu_isa']}" if machine.get("cpu_isa") else ""
+
+
+def chain_paths(ws: Path) -> SimpleNamespace:
+    """The path options of ``busi.model.loading.load_chain_and_split`` for a workspace
+    whose chain has run (the project, or a bench_chain_seeds.py seed workspace)."""
+    return SimpleNamespace(
+        unet=ws / "models/unet.keras",
+        classifier=ws / "models/classifier.keras",
+        rois=ws / "data/rois",
+        manifest=ws / "data/manifest.csv",
+        splits=ws / "data/splits.csv",
+        data_dir=ws / "data/busi",
+    )
+
+
+def measured_on(machine: dict, when: str) -> str:
+    """``<CPU> (<family/model and ISA>), <n> cores, commit <c>, <when>``: where a result
+    came from, from a ``bench_data.machine_info`` record."""
+    isa = f" ({machine['cpu_isa']})" if machine.get("cpu_isa") else ""
+    return (
+        f"{machine.get('cpu_model')}{isa}, {machine.get('nproc')} cores, commit "
+        f"{machine.get('project_commit')}, {when}"
+    )
