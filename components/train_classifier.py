@@ -75,6 +75,15 @@ class ClassifierConfig:
     # off the crop's centre, as other sites' images bring them. 0 turns it off; 0.25 lost on
     # val in every seed (bench/results/chain_seeds_val_clszoom.md).
     zoom: float = 0.0
+    # Other sites' grey levels: each training input's grey channels (the crop; the whole
+    # image with context) get, alike, a contrast change around each channel's mean by a
+    # factor drawn from [1 - contrast, 1 + contrast], then a gamma, x ** e with log e drawn
+    # from [-gamma, gamma] (augment_data's gamma for the U-Net). The probability channels
+    # stay as they are. 0 turns each off. The gain and shift every training input gets
+    # (0.85-1.15, +-0.08) are linear; these are what stress_test_models' contrast_0.6,
+    # gamma_0.6 and gamma_1.6 bring.
+    gamma: float = 0.0
+    contrast: float = 0.0
     # Label smoothing: each target moves this share of its weight evenly onto the three
     # classes (1 -> 1 - s + s/3, 0 -> s/3), so the loss stops pushing a training crop's
     # probability to 1 once it is called right. 0 turns it off; 0.1 lost on val
@@ -105,6 +114,16 @@ class ClassifierConfig:
             raise ValueError(
                 f"zoom {self.zoom} must be in [0, 1): the most of a training input's side a "
                 "random zoom may cut away (0 = off, e.g. 0.25)"
+            )
+        if not 0.0 <= self.gamma <= 2.0:
+            raise ValueError(
+                f"gamma {self.gamma} must be in [0, 2]: the largest log of the random gamma "
+                "exponent (0 = off, e.g. 0.5 for exponents 0.61-1.65)"
+            )
+        if not 0.0 <= self.contrast < 1.0:
+            raise ValueError(
+                f"contrast {self.contrast} must be in [0, 1): the largest change of a training "
+                "input's contrast around its mean (0 = off, e.g. 0.4 for factors 0.6-1.4)"
             )
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError(
@@ -261,6 +280,15 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
             # The grey channels (the crop; the whole image with context) get the same gain
             # and shift; the probability channels stay as they are.
             grey = tf.clip_by_value(roi[..., 0::2] * gain + shift, 0.0, 1.0)
+            if cfg.contrast:
+                factor = tf.random.stateless_uniform(
+                    (), seed + 5, 1.0 - cfg.contrast, 1.0 + cfg.contrast
+                )
+                mean = tf.reduce_mean(grey, axis=(0, 1), keepdims=True)
+                grey = tf.clip_by_value((grey - mean) * factor + mean, 0.0, 1.0)
+            if cfg.gamma:
+                exponent = tf.exp(tf.random.stateless_uniform((), seed + 6, -cfg.gamma, cfg.gamma))
+                grey = tf.pow(grey, exponent)
             planes = tf.stack([grey, roi[..., 1::2]], axis=-1)  # [S, S, k, 2]
             roi = tf.reshape(planes, tf.shape(roi))
             if cfg.zoom:

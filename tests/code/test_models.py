@@ -520,6 +520,59 @@ def test_the_classifier_zoom_cuts_one_square_of_every_channel_and_resizes_it_bac
         ClassifierConfig(zoom=1.0)
 
 
+def test_the_classifier_gamma_and_contrast_change_the_grey_channels_alike_and_nothing_else():
+    from components.train_classifier import classification_dataset
+
+    # Grey channels 0 and 2 hold the same ramp; probability channels 1 and 3 a constant. A
+    # monotone grey-level change keeps the ramp's order, moves both grey channels alike and
+    # leaves the probabilities as they are.
+    size = 16
+    # 0.25-0.65: the gain and shift every input gets never clip it
+    ramp = np.linspace(0.25, 0.65, size * size, dtype=np.float32).reshape(size, size)
+    x = np.empty((32, size, size, 4), np.float32)
+    x[..., 0], x[..., 2] = ramp, ramp
+    x[..., 1], x[..., 3] = 0.25, 0.75
+    labels = np.arange(32) % 3
+
+    def seen(**options):
+        cfg = ClassifierConfig(seed=3, batch_size=32, **options)
+        batch, _ = next(classification_dataset(x, labels, cfg, training=True).as_numpy_iterator())
+        return batch
+
+    plain = seen()
+    for options in ({"gamma": 0.5}, {"contrast": 0.4}):
+        batch = seen(**options)
+        np.testing.assert_array_equal(batch[..., 1::2], plain[..., 1::2])
+        np.testing.assert_allclose(batch[..., 0], batch[..., 2], atol=1e-6)
+        assert not np.allclose(batch[..., 0], plain[..., 0], atol=1e-3)
+        flat = batch[..., 0].reshape(len(x), -1)
+        # a flip may reverse each row; sorted, every input stays a rising ramp in [0, 1]
+        assert (np.diff(np.sort(flat, axis=1), axis=1) >= 0).all()
+        assert flat.min() >= 0.0
+        assert flat.max() <= 1.0
+    # gamma bends the ramp: the middle grey level moves off the line between the ends
+    middles = []
+    for options in ({}, {"gamma": 0.5}):
+        rows = np.sort(seen(**options)[..., 0].reshape(len(x), -1), axis=1)
+        line = (rows[:, 0] + rows[:, -1]) / 2
+        middles.append(np.abs(rows[:, rows.shape[1] // 2] - line))
+    assert middles[0].max() < 0.01  # gain and shift are linear
+    assert middles[1].max() > 0.03
+    # contrast changes the spread around the mean, by up to 40 %, not all inputs alike
+    spread = seen(contrast=0.4)[..., 0].std(axis=(1, 2)) / plain[..., 0].std(axis=(1, 2))
+    assert spread.min() >= 0.6 - 1e-3
+    assert spread.max() <= 1.4 + 1e-3
+    assert spread.std() > 0.05
+    # the val split is never changed
+    cfg = ClassifierConfig(gamma=0.5, contrast=0.4)
+    val, _ = next(classification_dataset(x, labels, cfg, training=False).as_numpy_iterator())
+    np.testing.assert_array_equal(val, x)
+    with pytest.raises(ValueError, match="gamma"):
+        ClassifierConfig(gamma=-0.1)
+    with pytest.raises(ValueError, match="contrast"):
+        ClassifierConfig(contrast=1.0)
+
+
 @pytest.mark.parametrize(("min_epochs", "stops"), [(0, True), (2, False)])
 def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_epochs, stops):
     from busi.model.unet_training import early_stopping
