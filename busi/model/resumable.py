@@ -62,3 +62,35 @@ def load_epoch_state(state_dir: Path, name: str, epochs: int) -> tuple[dict, lis
             f"the epoch the training resumes at: delete {state_dir} to train afresh"
         )
     return None
+
+
+class ResumableState:
+    """What a Keras callback with a saved per-epoch state shares (mix it in before the Keras
+    class): set ``state_dir`` (the backup folder, or None: nothing is saved or loaded) and
+    ``state_name``, define ``restore_state(state, arrays)``, and call ``save_state`` at each
+    epoch's end. At the first ``on_epoch_begin`` of a fit, the epoch Keras' backup resumed
+    at, the state saved after that many epochs is loaded and handed to ``restore_state``."""
+
+    state_dir: Path | None = None
+    state_name: str = ""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._resume_checked = self.state_dir is None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self._resume_checked:
+            return
+        self._resume_checked = True
+        found = load_epoch_state(self.state_dir, self.state_name, epoch)
+        if found is not None:
+            self.restore_state(*found)
+
+    def restore_state(self, state: dict, arrays: list) -> None:
+        raise NotImplementedError
+
+    def save_state(self, epoch: int, state: dict, arrays: list) -> None:
+        """Save the state after ``epoch`` (0-based, Keras' count), when there is a folder."""
+        if self.state_dir is not None:
+            save_epoch_state(self.state_dir, self.state_name, epoch + 1, state, arrays)

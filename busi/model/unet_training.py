@@ -381,41 +381,29 @@ def early_stopping(cfg: UnetConfig, state_dir: Path | None = None):
     after)."""
     import keras
 
-    from busi.model.resumable import load_epoch_state, save_epoch_state
+    from busi.model.resumable import ResumableState
 
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            self.resumed = state_dir is None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if self.resumed:
-                return
-            self.resumed = True  # the first epoch of this fit: Keras' backup resumed at it
-            found = load_epoch_state(state_dir, EARLY_STOPPING_STATE, epoch)
-            if found is None:
-                return
-            state, weights = found
+    class ResumableEarlyStopping(ResumableState, keras.callbacks.EarlyStopping):
+        def restore_state(self, state, weights):
             self.best, self.best_epoch = state["best"], state["best_epoch"]
             self.wait = state["wait"]
             self.best_weights = weights or None
 
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, logs)
-            if state_dir is None:
-                return
             best = None if self.best is None else float(self.best)
             state = {"best": best, "best_epoch": int(self.best_epoch), "wait": int(self.wait)}
-            weights = list(self.best_weights or [])
-            save_epoch_state(state_dir, EARLY_STOPPING_STATE, epoch + 1, state, weights)
+            self.save_state(epoch, state, list(self.best_weights or []))
 
-    return ResumableEarlyStopping(
+    callback = ResumableEarlyStopping(
         monitor=cfg.monitor,
         mode="max",
         patience=cfg.patience,
         restore_best_weights=True,
         start_from_epoch=cfg.min_epochs,
     )
+    callback.state_dir, callback.state_name = state_dir, EARLY_STOPPING_STATE
+    return callback
 
 
 def backup_and_restore(backup_dir: Path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.model.resumable import load_epoch_state, save_epoch_state
+from busi.model.resumable import ResumableState
 
 # What the average keeps in a backup folder (beside Keras' BackupAndRestore files): the
 # shadow weights and the number of batches averaged, in one file written whole (and the
@@ -39,22 +39,17 @@ def weight_average_callback(momentum: float, state_dir: Path | None = None):
     """
     import keras
 
-    class WeightAverage(keras.callbacks.Callback):
+    class WeightAverage(ResumableState, keras.callbacks.Callback):
+        state_name = WEIGHT_AVERAGE_STATE
+
         def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
             weights = self.model.get_weights()
             self.shadow = [np.zeros(np.shape(w), dtype=np.float64) for w in weights]
             self.steps = 0
             self.raw = None
-            self.resumed = state_dir is None
 
-        def on_epoch_begin(self, epoch, logs=None):
-            if self.resumed:
-                return
-            self.resumed = True  # the first epoch of this fit: Keras' backup resumed at it
-            found = load_epoch_state(state_dir, WEIGHT_AVERAGE_STATE, epoch)
-            if found is None:
-                return
-            state, shadow = found
+        def restore_state(self, state, shadow):
             if state["momentum"] != momentum or len(shadow) != len(self.shadow):
                 raise ValueError(
                     f"{state_dir / WEIGHT_AVERAGE_STATE} holds the average of another "
@@ -85,8 +80,8 @@ def weight_average_callback(momentum: float, state_dir: Path | None = None):
             if self.raw is not None:
                 self.model.set_weights(self.raw)
                 self.raw = None
-            if state_dir is not None:
-                state = {"momentum": momentum, "steps": self.steps}
-                save_epoch_state(state_dir, WEIGHT_AVERAGE_STATE, epoch + 1, state, self.shadow)
+            self.save_state(epoch, {"momentum": momentum, "steps": self.steps}, self.shadow)
 
-    return WeightAverage()
+    callback = WeightAverage()
+    callback.state_dir = state_dir
+    return callback
