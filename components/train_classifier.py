@@ -39,6 +39,10 @@ BACKBONES = ("small_cnn", "resnet50", "resnet101", "densenet121")
 # bench_chain_seeds' --seed-offset train_classifier=100 used for a reseed).
 MEMBER_SEED_STEP = 100
 INPUT_NORMS = ("none", "image")
+# The windows of context_crop: stress_test_models' crop (40-70 % of the image) and portrait
+# crop (height/width 1.2-1.6) lie inside them, as in augment_data's crop for the U-Net.
+CONTEXT_CROP_AREA = (0.4, 1.0)
+CONTEXT_CROP_ASPECT = (0.75, 1.6)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,13 @@ class ClassifierConfig:
     # gamma_0.6 and gamma_1.6 bring.
     gamma: float = 0.0
     contrast: float = 0.0
+    # With crop_rois' context: the share of training inputs whose context channels (the
+    # whole image and its probability map) show a tighter field of view, as another site's
+    # image brings it: a window of CONTEXT_CROP_AREA of the image, height/width in
+    # CONTEXT_CROP_ASPECT (portrait ones too), at a random place, resized back. The crop
+    # channels stay as they are (a tighter view of the same image holds the same lesion).
+    # 0 turns it off.
+    context_crop: float = 0.0
     # Label smoothing: each target moves this share of its weight evenly onto the three
     # classes (1 -> 1 - s + s/3, 0 -> s/3), so the loss stops pushing a training crop's
     # probability to 1 once it is called right. 0 turns it off; 0.1 lost on val
@@ -124,6 +135,11 @@ class ClassifierConfig:
             raise ValueError(
                 f"contrast {self.contrast} must be in [0, 1): the largest change of a training "
                 "input's contrast around its mean (0 = off, e.g. 0.4 for factors 0.6-1.4)"
+            )
+        if not 0.0 <= self.context_crop <= 1.0:
+            raise ValueError(
+                f"context_crop {self.context_crop} must be in [0, 1]: the share of training "
+                "inputs whose context shows a tighter field of view (0 = off, e.g. 0.5)"
             )
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError(
@@ -267,6 +283,12 @@ def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2):
 def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, training: bool):
     import tensorflow as tf
 
+    if training and cfg.context_crop and x.shape[-1] != 4:
+        raise BusiError(
+            f"train_classifier.context_crop {cfg.context_crop} changes the context channels, "
+            f"and these inputs have {x.shape[-1]} channels, no context: set crop_rois.context: "
+            "image or train_classifier.context_crop: 0"
+        )
     ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), np.eye(len(CLASSES))[y]))
     if training:
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -299,7 +321,23 @@ def classification_dataset(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, 
                     roi, tf.stack([side, side, tf.shape(roi)[-1]]), seed + 4
                 )
                 roi = tf.ensure_shape(tf.image.resize(cut, [size, size]), roi.shape)
+            if cfg.context_crop:
+                roi = tf.ensure_shape(tighter_context(roi, seed), roi.shape)
             return roi, label
+
+        def tighter_context(roi, seed):
+            size = tf.shape(roi)[0]
+            side = tf.cast(size, tf.float32)
+            area = tf.random.stateless_uniform((), seed + 7, *CONTEXT_CROP_AREA)
+            aspect = tf.exp(tf.random.stateless_uniform((), seed + 8, *np.log(CONTEXT_CROP_ASPECT)))
+            height = tf.clip_by_value(tf.round(tf.sqrt(area * aspect) * side), 1.0, side)
+            width = tf.clip_by_value(tf.round(tf.sqrt(area / aspect) * side), 1.0, side)
+            window = tf.stack([tf.cast(height, tf.int32), tf.cast(width, tf.int32), 2])
+            cut = tf.image.stateless_random_crop(roi[..., 2:], window, seed + 9)
+            tighter = tf.image.resize(cut, [size, size])
+            chosen = tf.random.stateless_uniform((), seed + 10) < cfg.context_crop
+            context = tf.where(chosen, tighter, roi[..., 2:])
+            return tf.concat([roi[..., :2], context], axis=-1)
 
         seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)

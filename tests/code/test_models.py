@@ -576,6 +576,58 @@ def test_the_classifier_gamma_and_contrast_change_the_grey_channels_alike_and_no
         ClassifierConfig(contrast=1.0)
 
 
+def test_the_classifier_context_crop_shows_a_tighter_view_of_the_context_alone():
+    from busi.errors import BusiError
+    from components.train_classifier import classification_dataset
+
+    # The context's probability channel (3, which the gain leaves alone) holds the sum of a
+    # ramp along x and one along y: a row spans the view's width, a column its height. A
+    # tighter view spans less of each, by different shares when its aspect changes; the crop
+    # channels stay as they are.
+    size = 32
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    x = np.empty((64, size, size, 4), np.float32)
+    x[..., 0], x[..., 1], x[..., 2] = 0.5, 0.25, 0.5
+    x[..., 3] = ramp[None, None, :] + ramp[None, :, None]
+    labels = np.arange(64) % 3
+
+    def spans(share):
+        cfg = ClassifierConfig(seed=2, context_crop=share, batch_size=64)
+        seen, _ = next(classification_dataset(x, labels, cfg, training=True).as_numpy_iterator())
+        assert seen.shape == x.shape
+        np.testing.assert_array_equal(seen[..., 1], x[..., 1])
+        # the crop's grey level: one value per input (its gain and shift), never resampled
+        assert np.ptp(seen[..., 0], axis=(1, 2)).max() < 1e-6
+        width = np.ptp(seen[:, 0, :, 3], axis=1)
+        height = np.ptp(seen[:, :, 0, 3], axis=1)
+        return width, height
+
+    width, height = spans(0.0)
+    np.testing.assert_allclose(width, 1.0, atol=1e-6)
+    np.testing.assert_allclose(height, 1.0, atol=1e-6)
+    width, height = spans(1.0)
+    # 40-100 % of the area: each side spans at least about 0.4 / 1.6 of the whole ...
+    assert width.min() > 0.4
+    assert height.min() > 0.4
+    assert (width * height).min() > 0.35
+    # ... every input is tighter than the whole, and the aspect changes, portrait ones too
+    assert (width * height).max() < 1.0
+    assert (height > width + 0.05).sum() >= 5
+    assert (width > height + 0.05).sum() >= 5
+    # half the inputs keep their whole context
+    width, height = spans(0.5)
+    whole = np.isclose(width * height, 1.0, atol=1e-6)
+    assert 16 <= whole.sum() <= 48
+    # the val split is never changed, and a classifier without context channels refuses it
+    cfg = ClassifierConfig(context_crop=1.0, batch_size=64)
+    val, _ = next(classification_dataset(x, labels, cfg, training=False).as_numpy_iterator())
+    np.testing.assert_array_equal(val, x)
+    with pytest.raises(BusiError, match="context_crop"):
+        classification_dataset(x[..., :2], labels, cfg, training=True)
+    with pytest.raises(ValueError, match="context_crop"):
+        ClassifierConfig(context_crop=1.5)
+
+
 @pytest.mark.parametrize(("min_epochs", "stops"), [(0, True), (2, False)])
 def test_min_epochs_keeps_early_epochs_from_stopping_training_or_being_kept(min_epochs, stops):
     from busi.model.unet_training import early_stopping
