@@ -45,6 +45,50 @@ CONTEXT_CROP_AREA = (0.4, 1.0)
 CONTEXT_CROP_ASPECT = (0.75, 1.6)
 
 
+# ClassifierConfig's settings that are a number from 0 (off): (name, upper bound, whether the
+# bound itself is allowed, what the number means), for the message that refuses a bad value.
+_RANGES = (
+    (
+        "label_smoothing",
+        1.0,
+        False,
+        "the share of each target spread over the classes (0 = off, e.g. 0.1)",
+    ),
+    (
+        "zoom",
+        1.0,
+        False,
+        "the most of a training input's side a random zoom may cut away (0 = off, e.g. 0.25)",
+    ),
+    (
+        "gamma",
+        2.0,
+        True,
+        "the largest log of the random gamma exponent (0 = off, e.g. 0.5 for exponents 0.61-1.65)",
+    ),
+    (
+        "contrast",
+        1.0,
+        False,
+        "the largest change of a training input's contrast around its mean "
+        "(0 = off, e.g. 0.4 for factors 0.6-1.4)",
+    ),
+    (
+        "context_crop",
+        1.0,
+        True,
+        "the share of training inputs whose context shows a tighter field of view "
+        "(0 = off, e.g. 0.5)",
+    ),
+    (
+        "weight_average",
+        1.0,
+        False,
+        "the momentum of the moving average of the weights (0 = off, e.g. 0.98)",
+    ),
+)
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     backbone: str = "small_cnn"
@@ -116,36 +160,11 @@ class ClassifierConfig:
                 f"members {self.members!r} must be a whole number >= 1: how many classifiers "
                 "the ensemble averages (1 = a single classifier, e.g. 3)"
             )
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(
-                f"label_smoothing {self.label_smoothing} must be in [0, 1): the share of each "
-                "target spread over the classes (0 = off, e.g. 0.1)"
-            )
-        if not 0.0 <= self.zoom < 1.0:
-            raise ValueError(
-                f"zoom {self.zoom} must be in [0, 1): the most of a training input's side a "
-                "random zoom may cut away (0 = off, e.g. 0.25)"
-            )
-        if not 0.0 <= self.gamma <= 2.0:
-            raise ValueError(
-                f"gamma {self.gamma} must be in [0, 2]: the largest log of the random gamma "
-                "exponent (0 = off, e.g. 0.5 for exponents 0.61-1.65)"
-            )
-        if not 0.0 <= self.contrast < 1.0:
-            raise ValueError(
-                f"contrast {self.contrast} must be in [0, 1): the largest change of a training "
-                "input's contrast around its mean (0 = off, e.g. 0.4 for factors 0.6-1.4)"
-            )
-        if not 0.0 <= self.context_crop <= 1.0:
-            raise ValueError(
-                f"context_crop {self.context_crop} must be in [0, 1]: the share of training "
-                "inputs whose context shows a tighter field of view (0 = off, e.g. 0.5)"
-            )
-        if not 0.0 <= self.weight_average < 1.0:
-            raise ValueError(
-                f"weight_average {self.weight_average} must be in [0, 1): the momentum of the "
-                "moving average of the weights (0 = off, e.g. 0.98)"
-            )
+        for name, high, closed, meaning in _RANGES:
+            value = getattr(self, name)
+            if not (0.0 <= value <= high if closed else 0.0 <= value < high):
+                bounds = f"[0, {high:g}]" if closed else f"[0, {high:g})"
+                raise ValueError(f"{name} {value} must be in {bounds}: {meaning}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm '{self.input_norm}' unknown; choose one of {INPUT_NORMS}")
         if self.backbone not in BACKBONES:

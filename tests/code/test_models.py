@@ -578,6 +578,30 @@ def test_the_classifier_gamma_and_contrast_change_the_grey_channels_alike_and_no
         ClassifierConfig(contrast=1.0)
 
 
+@pytest.mark.parametrize(
+    ("name", "high", "closed"),
+    [
+        ("label_smoothing", 1.0, False),
+        ("zoom", 1.0, False),
+        ("gamma", 2.0, True),
+        ("contrast", 1.0, False),
+        ("context_crop", 1.0, True),
+        ("weight_average", 1.0, False),
+    ],
+)
+def test_the_classifier_refuses_each_number_out_of_its_range_and_says_which(name, high, closed):
+    # 0 (off) and values inside are taken; below 0 or past the bound the message names the
+    # setting, its value and the range, so the user knows which line of params.yaml to mend
+    for good in (0.0, high / 2) + ((high,) if closed else ()):
+        assert getattr(ClassifierConfig(**{name: good}), name) == good
+    bounds = f"[0, {high:g}]" if closed else f"[0, {high:g})"
+    for bad in (-0.01, high + 0.01) + (() if closed else (high,)):
+        with pytest.raises(
+            ValueError, match=rf"^{name} {bad} must be in \{bounds[0]}0, {high:g}\{bounds[-1]}: "
+        ):
+            ClassifierConfig(**{name: bad})
+
+
 def test_the_classifier_context_crop_shows_a_tighter_view_of_the_context_alone():
     from busi.errors import BusiError
     from components.train_classifier import classification_dataset
