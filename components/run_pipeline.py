@@ -28,9 +28,11 @@ def run(
     settings: dict | None = None,
 ) -> dict:
     from busi.data.importer import ingest
+    from busi.orchestration.preflight import check_params
 
     project = project.resolve()
     ws = prepare_workspace(project, profile, workspace, settings)
+    check_params(ws / "params.yaml")
     source = resolve_source(project, profile, ws, source)
     remote = None if ws == project else str(ws.parent / f"{ws.name}.dvc-remote")
     result = ingest(Path(source), ws, remote)

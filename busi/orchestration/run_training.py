@@ -24,6 +24,7 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
     from busi.errors import BusiError
     from busi.local.processes import ensure_airflow_db, read_state
     from busi.local.services import airflow_env, running_services, settings_from_env
+    from busi.orchestration.preflight import check_params
     from busi.orchestration.workspace import prepare_workspace, resolve_source
 
     project = (project or project_dir()).resolve()
@@ -36,6 +37,7 @@ def run_training(profile: str, source: Path | None, project: Path | None = None)
         profile,
         Path(os.environ["BUSI_WORKSPACE"]) if os.environ.get("BUSI_WORKSPACE") else None,
     )
+    check_params(ws / "params.yaml")
     source = resolve_source(project, profile, ws, source)
     remote = None if profile == "default" else str(ws.parent / f"{ws.name}.dvc-remote")
     result = ingest(Path(source), ws, remote)
