@@ -43,6 +43,7 @@ from busi.orchestration import data_event
 from busi.orchestration.dag_settings import TRAINING_STEPS
 from busi.orchestration.execution import dvc_sync, step_commands
 from busi.orchestration.parent_run import finish_parent, parent_run, tracking_uri_for
+from busi.orchestration.preflight import check_params
 from busi.orchestration.run_state import restore_run_state, save_run_state
 from busi.orchestration.workspace import landing_zone, workspace_for
 
@@ -63,6 +64,9 @@ def run_step(
     on the version that triggered it whichever worker merged it (``data_event``)."""
     profile = profile or os.environ.get("BUSI_PROFILE", "default")
     ws = workspace_for(profile)
+    if step == TRAINING_STEPS[0]:
+        # before the DAG run trains anything (an Asset-triggered retrain too): every setting
+        check_params(ws / "params.yaml")
     uri = tracking_uri_for(ws)
     sync = dvc_sync()
     data_before = data_event.read_data_dvc(ws)

@@ -88,6 +88,7 @@ def test_a_task_takes_the_triggering_event_s_data_dvc_before_its_parent_run(tmp_
     seen, pulled = [], []
     monkeypatch.delenv("BUSI_DVC_REMOTE", raising=False)
     monkeypatch.setattr(tasks, "workspace_for", lambda profile: tmp_path)
+    monkeypatch.setattr(tasks, "check_params", lambda path: None)  # no params.yaml here
     monkeypatch.setattr(
         tasks,
         "parent_run",

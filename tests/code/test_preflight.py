@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,24 @@ def test_run_pipeline_refuses_bad_settings_before_importing_any_data(tmp_path):
     assert (ws / "params.yaml").is_file()
     assert not (ws / "data" / "busi").exists()
     assert not (ws / "data.dvc").exists()
+
+
+def test_the_dag_s_first_task_refuses_bad_settings_before_its_parent_run(tmp_path, monkeypatch):
+    """busi_training's first task (validate_data) checks params.yaml, so a DAG run, one that
+    new data triggered too, stops before anything trains; the later tasks do not check again."""
+    from busi.orchestration import tasks
+
+    params = _project_params()
+    params["train_classifier"]["contrast"] = 1.5
+    _write(tmp_path, params)
+    started = []
+    monkeypatch.setattr(tasks, "workspace_for", lambda profile: tmp_path)
+    monkeypatch.setattr(tasks, "dvc_sync", lambda: False)
+    monkeypatch.setattr(tasks, "parent_run", lambda *args: started.append(args) or "parent")
+    monkeypatch.setattr(tasks, "step_commands", lambda *a: ([], [sys.executable, "-c", ""], []))
+    with pytest.raises(BusiError, match=re.escape("train_classifier: contrast 1.5")):
+        tasks.run_step("validate_data", "manual__1", "busi_training", "quick", ())
+    assert started == []
+    out = tasks.run_step("split_data", "manual__1", "busi_training", "quick", ())
+    assert out["step"] == "split_data"
+    assert len(started) == 1
