@@ -38,14 +38,16 @@ def stage_problems(raw: dict) -> tuple[list[str], dict]:
         if section not in raw:
             problems.append(f"{section}: the section is missing; add it (see README)")
             continue
+        values = raw[section] or {}
+        if not isinstance(values, dict):
+            problems.append(f"{section}: holds {values!r}; write its settings as key: value lines")
+            continue
         cls = getattr(importlib.import_module(module), name)
         try:
-            loaded[section] = from_dict(cls, raw[section] or {}, where=section)
-        except (BusiError, ValueError, TypeError) as exc:
-            message = str(exc)
-            problems.append(
-                message if message.startswith(f"{section}:") else f"{section}: {message}"
-            )
+            # from_dict names the section in its message
+            loaded[section] = from_dict(cls, values, where=section)
+        except BusiError as exc:
+            problems.append(str(exc))
     return problems, loaded
 
 

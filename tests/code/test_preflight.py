@@ -47,10 +47,12 @@ def test_every_problem_is_listed_in_one_error(tmp_path):
     params["train_classifier"]["gamma"] = 3.0
     params["augment_data"]["no_such_key"] = 1
     del params["split_data"]
+    params["train_unet_folds"] = [2]
     with pytest.raises(BusiError) as caught:
         check_params(_write(tmp_path, params))
     message = str(caught.value)
-    assert "3 setting(s) to mend" in message
+    assert "4 setting(s) to mend" in message
+    assert "train_unet_folds: holds [2]; write its settings as key: value lines" in message
     assert "nothing was run" in message
     assert "train_classifier: gamma 3.0 must be in [0, 2]" in message
     assert "augment_data: unknown keys ['no_such_key']" in message
