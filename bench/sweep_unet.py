@@ -345,20 +345,14 @@ def cpu_cost(steps: int = 12) -> dict:
     """Seconds per training image of each (architecture, size) here, TensorFlow, batch 16,
     fed like train_unet (cached tf.data); measured after two warm-up steps."""
     import keras
-    import tensorflow as tf
 
+    from bench.bench_unet_encoders import train_seconds_per_image
     from busi.model.unet_training import ARCHITECTURES, build_unet, compile_unet
 
     out = {}
     for arch, size in (("compact", 96), ("compact", 128), ("residual", 96), ("wide", 96)):
         model = compile_unet(build_unet(size, ARCHITECTURES[arch]), 1e-3)
-        x = np.random.default_rng(0).random((16 * steps, size, size, 1), dtype=np.float32)
-        y = (x > 0.7).astype(np.float32)
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).cache().batch(16).prefetch(2)
-        model.fit(ds.take(2), epochs=1, verbose=0)
-        started = time.perf_counter()
-        model.fit(ds, epochs=1, verbose=0)
-        per_image = (time.perf_counter() - started) / len(x)
+        per_image = train_seconds_per_image(model, size, steps)
         out[f"{arch}_{size}"] = {
             "seconds_per_image": round(per_image, 5),
             "params": model.count_params(),

@@ -2,14 +2,16 @@
 
 Backbones: ``small_cnn`` (default, trains in minutes on 2 CPU cores), and ``resnet50``,
 ``resnet101`` (the original work's choice) and ``densenet121`` from keras.applications,
-with ``weights: none | imagenet``. ImageNet weights are downloaded by Keras on first use,
-which needs internet access; the default (``none``) works offline, and the run records
-which weights were used. The input is the crop plus a second channel, the predicted mask
-or the U-Net's probability over the crop (``crop_rois.mask_channel``; for the ImageNet
-backbones: crop, crop, channel as RGB); with ``crop_rois.context: image`` the whole image
-and its probability map follow (small_cnn only). No image is dropped for class imbalance:
-``class_weight: balanced`` weighs each class as much as the others, ``none`` (the project's
-default since chain_seeds_val_cwnone.md) weighs each crop 1.
+with ``weights: none | imagenet | <a weights file>``. ImageNet weights are downloaded
+by Keras on first use, which needs internet access; the default (``none``) works offline;
+a file copied from a machine with internet works offline too (``busi.model.imagenet``).
+The run records which weights were used (a file by its SHA-256). The input is the crop
+plus a second channel, the predicted mask or the U-Net's probability over the crop
+(``crop_rois.mask_channel``; for the ImageNet backbones: crop, crop, channel as RGB);
+with ``crop_rois.context: image`` the whole image and its probability map follow
+(small_cnn only). No image is dropped for class imbalance: ``class_weight: balanced``
+weighs each class as much as the others, ``none`` (the project's default since
+chain_seeds_val_cwnone.md) weighs each crop 1.
 
 With ``members`` > 1 it trains a small ensemble: that many classifiers from different seeds,
 saved as one model that averages their class probabilities.
@@ -30,6 +32,13 @@ import numpy as np
 from busi.config import load_section
 from busi.data.preprocess import CLASSES
 from busi.errors import BusiError
+from busi.model.imagenet import (
+    build_network,
+    imagenet_preprocess,
+    set_batchnorm_momentum,
+    weights_digest,
+    weights_problem,
+)
 from busi.model.weight_average import weight_average_callback
 
 logger = logging.getLogger(__name__)
@@ -92,7 +101,7 @@ _RANGES = (
 @dataclass(frozen=True)
 class ClassifierConfig:
     backbone: str = "small_cnn"
-    weights: str = "none"  # none | imagenet (needs internet on first use)
+    weights: str = "none"  # none | imagenet (needs internet on first use) | a weights file
     base_filters: int = 32  # small_cnn only
     dropout: float = 0.3
     epochs: int = 60
@@ -169,9 +178,10 @@ class ClassifierConfig:
             raise ValueError(f"input_norm '{self.input_norm}' unknown; choose one of {INPUT_NORMS}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone '{self.backbone}' unknown; choose one of {BACKBONES}")
-        if self.weights not in ("none", "imagenet"):
-            raise ValueError("weights must be 'none' or 'imagenet'")
-        if self.weights == "imagenet" and self.backbone == "small_cnn":
+        problem = weights_problem(self.weights)
+        if problem:
+            raise ValueError(f"weights {problem}")
+        if self.weights != "none" and self.backbone == "small_cnn":
             raise ValueError("small_cnn has no ImageNet weights; use weights: none")
         if self.class_weight not in ("balanced", "none"):
             raise ValueError("class_weight must be 'balanced' or 'none'")
@@ -185,33 +195,6 @@ def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int
         missing = [CLASSES[i] for i in np.flatnonzero(counts == 0)]
         raise BusiError(f"no training example of class {missing}: cannot weight classes")
     return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts)}
-
-
-def _set_bn_momentum(model, momentum: float) -> None:
-    import keras
-
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-
-
-# What keras.applications' preprocess_input does to RGB grey levels (0-255), as built-in
-# layers: a Lambda around that function would not load without the module that defined it.
-IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # resnet ("caffe" mode): BGR, mean removed
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # densenet ("torch" mode): 0-1, standardised
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-
-
-def imagenet_preprocess(rgb, backbone: str):
-    """The ImageNet preprocessing of ``backbone`` on a symbolic RGB tensor of 0-255."""
-    from keras import layers
-
-    if backbone.startswith("resnet"):
-        offset = [-m for m in IMAGENET_MEAN_BGR]
-        return layers.Rescaling(1.0, offset=offset, name="imagenet_preprocess")(rgb[..., ::-1])
-    scale = [1.0 / (255.0 * s) for s in IMAGENET_STD_RGB]
-    offset = [-m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, strict=True)]
-    return layers.Rescaling(scale, offset=offset, name="imagenet_preprocess")(rgb)
 
 
 def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2):
@@ -268,31 +251,13 @@ def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2):
                 [stack(roi[..., :2]), stack(roi[..., 2:], "context_")]
             )
     else:
-        apps = {
-            "resnet50": keras.applications.ResNet50,
-            "resnet101": keras.applications.ResNet101,
-            "densenet121": keras.applications.DenseNet121,
-        }
-        constructor = apps[cfg.backbone]
         crop, mask = roi[..., :1], roi[..., 1:]
         rgb = layers.Concatenate()([crop, crop, mask]) * 255.0
         rgb = imagenet_preprocess(rgb, cfg.backbone)
-        try:
-            backbone = constructor(
-                include_top=False,
-                pooling="avg",
-                weights="imagenet" if cfg.weights == "imagenet" else None,
-                input_shape=(input_size, input_size, 3),
-            )
-        except Exception as exc:
-            if cfg.weights != "imagenet":
-                raise
-            raise BusiError(
-                f"the ImageNet weights of {cfg.backbone} could not be loaded ({exc}). Keras "
-                "downloads them on first use into ~/.keras/models; without internet access "
-                "copy the file there by hand, or set train_classifier.weights: none"
-            ) from exc
-        _set_bn_momentum(backbone, cfg.batchnorm_momentum)
+        backbone = build_network(
+            cfg.backbone, cfg.weights, input_size, "train_classifier.weights", pooling="avg"
+        )
+        set_batchnorm_momentum(backbone, cfg.batchnorm_momentum)
         x = backbone(rgb)
     x = layers.Dropout(cfg.dropout)(x)
     outputs = layers.Dense(len(CLASSES), activation="softmax", name="class")(x)
@@ -511,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in (args.model, args.history, args.metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
-    with tracking.step_run("train_classifier", asdict(cfg)) as run:
+    params = asdict(cfg) | weights_digest(cfg.weights)
+    with tracking.step_run("train_classifier", params) as run:
         model = fit_classifier(
             x_train,
             y_train,

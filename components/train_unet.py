@@ -19,6 +19,7 @@ from busi.model.unet_training import (
     UnetConfig,
     chain_config,
     chain_scores,
+    encoder_weights_record,
     fit_unet,
     segmentation_dataset,
     split_arrays,
@@ -71,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.model, args.history, args.metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
     chain = {f"chain_{k}": v for k, v in asdict(roi).items() if k in CHAIN_KEYS}
-    params = asdict(cfg) | asdict(cfg.arch) | {"image_size": image_size} | chain
+    params = (
+        asdict(cfg)
+        | asdict(cfg.arch)
+        | {"image_size": image_size}
+        | chain
+        | encoder_weights_record(cfg)
+    )
     with tracking.step_run("train_unet", params) as run:
         from busi.data.tfrecords import read_tfrecord
 

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the step's figures (JSON) (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    from busi.model.unet_training import UnetConfig, chain_config
+    from busi.model.unet_training import UnetConfig, chain_config, encoder_weights_record
 
     cfg = load_section(args.params, "train_unet_folds", FoldsConfig)
     unet_cfg = load_section(args.params, "train_unet", UnetConfig)
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from busi import tracking
 
     params = asdict(cfg) | {f"unet_{k}": v for k, v in asdict(unet_cfg).items()}
+    params |= {f"unet_{k}": v for k, v in encoder_weights_record(unet_cfg).items()}
     # a step run even when off: every stage of a pipeline run has one (lineage)
     with tracking.step_run("train_unet_folds", params):
         summary: dict = {"folds": cfg.folds}

@@ -27,6 +27,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from busi.model.imagenet import weights_digest, weights_problem
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,6 +40,36 @@ class UnetArch:
     batchnorm: bool
     # Each block adds a 1x1-convolution shortcut of its input (a residual U-Net).
     residual: bool = False
+    # A keras.applications network as the encoder (ENCODERS), whose ImageNet weights
+    # train_unet.encoder_weights may load; the decoder is this project's (base_filters,
+    # batch norm, dropout at the bottleneck). depth counts the encoder's halvings.
+    encoder: str | None = None
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    # The layers whose outputs the decoder takes: at 1/2, 1/4, 1/8 and 1/16 of the input's
+    # side (the skips), and at 1/32 (the bottleneck).
+    skips: tuple[str, ...]
+    bottom: str
+
+
+# The usual U-Net taps of each network (as in Keras' and TensorFlow's segmentation examples).
+ENCODERS = {
+    "mobilenet_v2": EncoderSpec(
+        skips=(
+            "block_1_expand_relu",
+            "block_3_expand_relu",
+            "block_6_expand_relu",
+            "block_13_expand_relu",
+        ),
+        bottom="block_16_project",
+    ),
+    "resnet50": EncoderSpec(
+        skips=("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
+        bottom="conv5_block3_out",
+    ),
+}
 
 
 ARCHITECTURES = {
@@ -46,6 +78,12 @@ ARCHITECTURES = {
     "compact": UnetArch(base_filters=16, depth=4, dropout=0.1, batchnorm=True),
     "wide": UnetArch(base_filters=32, depth=4, dropout=0.1, batchnorm=True),
     "residual": UnetArch(base_filters=16, depth=4, dropout=0.1, batchnorm=True, residual=True),
+    # Pretrainable encoders (5.6 M and 41 M parameters with the decoder, at 96 px), with
+    # train_unet.encoder_weights: imagenet (or a weights file) where weights can be had.
+    "mobilenet_v2": UnetArch(
+        base_filters=16, depth=5, dropout=0.1, batchnorm=True, encoder="mobilenet_v2"
+    ),
+    "resnet50": UnetArch(base_filters=32, depth=5, dropout=0.1, batchnorm=True, encoder="resnet50"),
 }
 
 
@@ -103,6 +141,11 @@ class UnetConfig:
     # its U-Net marks, is largely luck. 0.995 weighs the last ~200 batches (3 epochs of
     # BUSI's train split at batch 16).
     weight_average: float = 0.0
+    # The encoder's weights, for an architecture with a keras.applications encoder
+    # (mobilenet_v2, resnet50): none (random, the offline default) | imagenet (downloaded by
+    # Keras on first use: needs internet once) | the path of the network's no-top weights
+    # file (e.g. Keras' download copied from a machine with internet). See busi.model.imagenet.
+    encoder_weights: str = "none"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight_average < 1.0:
@@ -134,18 +177,37 @@ class UnetConfig:
             raise ValueError(f"monitor '{self.monitor}' unknown; choose one of {MONITORS}")
         if self.false_lesion_weight < 0:
             raise ValueError("false_lesion_weight must be >= 0")
+        if self.encoder_weights != "none":
+            problem = weights_problem(self.encoder_weights)
+            if problem:
+                raise ValueError(f"encoder_weights {problem}")
+            if self.arch.encoder is None:
+                pretrainable = sorted(k for k, a in ARCHITECTURES.items() if a.encoder)
+                raise ValueError(
+                    f"encoder_weights '{self.encoder_weights}' needs an architecture with a "
+                    f"pretrainable encoder ({', '.join(pretrainable)}); the "
+                    f"{self.architecture} U-Net has none: set encoder_weights: none"
+                )
 
     @property
     def arch(self) -> UnetArch:
         return ARCHITECTURES[self.architecture]
 
 
-def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9, input_norm: str = "none"):
+def build_unet(
+    image_size: int,
+    arch: UnetArch,
+    bn_momentum: float = 0.9,
+    input_norm: str = "none",
+    encoder_weights: str = "none",
+):
     """A U-Net: image [S,S,1] in, lesion probability [S,S,1] out.
 
     ``input_norm="image"`` standardises each image over its pixels (LayerNormalization over
     height, width and channel, without learned scale or offset: a built-in layer, so saved
-    models load without custom objects). A blank image becomes all zeros."""
+    models load without custom objects). A blank image becomes all zeros. An architecture
+    with an ``encoder`` takes that keras.applications network, with ``encoder_weights``, as
+    its encoder (``encoder_unet``)."""
     import keras
     from keras import layers
 
@@ -177,6 +239,9 @@ def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9, input_
         )(x)
     elif input_norm != "none":
         raise ValueError(f"input_norm '{input_norm}' unknown; choose one of {INPUT_NORMS}")
+    if arch.encoder:
+        outputs = encoder_unet(x, image_size, arch, block, bn_momentum, encoder_weights, input_norm)
+        return keras.Model(inputs, outputs, name="unet")
     for level in range(arch.depth):
         deep = level >= arch.depth - 1
         x = block(x, arch.base_filters * 2**level, arch.dropout if deep else 0.0)
@@ -189,6 +254,36 @@ def build_unet(image_size: int, arch: UnetArch, bn_momentum: float = 0.9, input_
         x = block(x, arch.base_filters * 2**level)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
     return keras.Model(inputs, outputs, name="unet")
+
+
+def encoder_unet(x, image_size: int, arch: UnetArch, block, bn_momentum, weights, input_norm):
+    """The lesion probability of a U-Net whose encoder is ``arch.encoder`` (ENCODERS) on the
+    image ``x`` (grey levels in [0, 1], or standardised): the grey channel repeated as RGB of
+    0-255 and preprocessed as the network was on ImageNet; the decoder goes up from the
+    bottleneck (1/32) through the network's skips (1/16 ... 1/2) to the image's side, where
+    the image itself is the last skip."""
+    import keras
+    from keras import layers
+
+    from busi.model.imagenet import build_network, imagenet_preprocess, set_batchnorm_momentum
+
+    spec = ENCODERS[arch.encoder]
+    grey = x * 0.25 + 0.5 if input_norm == "image" else x  # standardised: mean 0.5, std 0.25
+    rgb = layers.Concatenate(name="grey_to_rgb")([grey, grey, grey]) * 255.0
+    rgb = imagenet_preprocess(rgb, arch.encoder)
+    network = build_network(arch.encoder, weights, image_size, "train_unet.encoder_weights")
+    set_batchnorm_momentum(network, bn_momentum)
+    taps = [network.get_layer(name).output for name in (*spec.skips, spec.bottom)]
+    encoder = keras.Model(network.input, taps, name=f"{arch.encoder}_encoder")
+    *skips, y = encoder(rgb)
+    if arch.dropout:
+        y = layers.Dropout(arch.dropout)(y)
+    for level, skip in reversed(list(enumerate([x, *skips]))):
+        filters = arch.base_filters * 2**level
+        y = layers.Conv2DTranspose(filters, 2, strides=2, padding="same")(y)
+        y = layers.Concatenate()([y, skip])
+        y = block(y, filters)
+    return layers.Conv2D(1, 1, activation="sigmoid", name="mask")(y)
 
 
 def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
@@ -456,7 +551,9 @@ def fit_unet(
     # past run reproducible and a model comparison fair.
     tf.config.experimental.enable_op_determinism()
     model = compile_unet(
-        build_unet(image_size, cfg.arch, cfg.batchnorm_momentum, cfg.input_norm),
+        build_unet(
+            image_size, cfg.arch, cfg.batchnorm_momentum, cfg.input_norm, cfg.encoder_weights
+        ),
         cfg.learning_rate,
     )
     resuming = _claim_backup(Path(backup_dir), fingerprint)
@@ -498,6 +595,13 @@ def chain_config(params_path: Path):
 
     section = (yaml.safe_load(Path(params_path).read_text()) or {}).get("crop_rois") or {}
     return LesionRule(**{k: section[k] for k in CHAIN_KEYS if k in section})
+
+
+def encoder_weights_record(cfg: UnetConfig) -> dict:
+    """What a run logs of ``cfg.encoder_weights`` beside the setting, for its lineage: a
+    weights file's SHA-256 (``encoder_weights_sha256``), which also makes a backup trained
+    from other weights unresumable; nothing for none or imagenet."""
+    return {f"encoder_{k}": v for k, v in weights_digest(cfg.encoder_weights).items()}
 
 
 def training_fingerprint(params: dict, train_records: Path) -> str:
