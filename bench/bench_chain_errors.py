@@ -1,7 +1,10 @@
 """Where the chain's errors come from, from evaluate_models' per-image table (issue 13): of
 the lesion images called normal, how many had no lesion found by the U-Net (the classifier
 then sees the whole image) and how many had one; of the normal images, how many got a false
-lesion and what the classifier made of them; per class and per lesion size. No model runs.
+lesion and what the classifier made of them; per class and per lesion size. With the
+``id`` and ``dup_group`` columns, across the seeds: the lesion images no seed found, by
+near-duplicate group (one patient's series of images), and the lesion Dice with each group
+weighing once beside the per-image mean. No model runs.
 
     python bench/bench_chain_errors.py                       # the project's run (seed 0)
     python bench/bench_chain_errors.py --per-image 0=plots/evaluation/per_image.csv \\
@@ -77,6 +80,69 @@ def if_hidden_when_called_normal(table: pd.DataFrame) -> dict[str, list[float]]:
     }
 
 
+def missed_by_group(tables: dict[str, pd.DataFrame]) -> dict:
+    """Across seeds' tables of one split (columns id, dup_group, class, pred_area_fraction,
+    dice): the lesion images the chain found in no seed and the near-duplicate groups they
+    belong to (with each group's number of lesion images), and per seed the lesion Dice as
+    the mean over images and as the mean over groups of each group's mean (each patient's
+    series weighing once)."""
+    indexed = {s: t.set_index("id") for s, t in tables.items()}
+    first = next(iter(indexed.values()))
+    ids = first.index[first["class"] != "normal"]
+    for seed, table in indexed.items():
+        if set(table.index[table["class"] != "normal"]) != set(ids):
+            raise SystemExit(f"seed {seed}'s table has other lesion images than the first's")
+    found = pd.DataFrame({s: t.loc[ids, "pred_area_fraction"] > 0 for s, t in indexed.items()})
+    groups = first.loc[ids, "dup_group"]
+    never = groups[~found.any(axis=1)]
+    counts = never.value_counts()
+    sizes = groups.value_counts()
+    out = {
+        "lesion_images": len(ids),
+        "lesion_groups": int(groups.nunique()),
+        "missed_in_every_seed": len(never),
+        "missed_in_some_seed": int((~found.all(axis=1)).sum()),
+        "groups_missed_in_every_seed": {
+            str(g): [int(n), int(sizes[g])] for g, n in sorted(counts.items(), key=lambda x: -x[1])
+        },
+    }
+    if all("dice" in t.columns for t in indexed.values()):
+        out["dice_per_image_mean"] = {
+            s: float(t.loc[ids, "dice"].mean()) for s, t in indexed.items()
+        }
+        out["dice_per_group_mean"] = {
+            s: float(t.loc[ids, "dice"].groupby(groups).mean().mean()) for s, t in indexed.items()
+        }
+    return out
+
+
+def render_groups(groups: dict) -> list[str]:
+    listed = "; ".join(
+        f"`{g}` {n} of {size}" for g, (n, size) in groups["groups_missed_in_every_seed"].items()
+    )
+    lines = [
+        "",
+        f"Lesion images found in no seed: {groups['missed_in_every_seed']} of "
+        f"{groups['lesion_images']} ({groups['lesion_groups']} near-duplicate groups); missed "
+        f"in at least one seed: {groups['missed_in_some_seed']}. Their groups (missed of the "
+        f"group's lesion images): {listed or 'none'}.",
+    ]
+    if "dice_per_group_mean" in groups:
+        seeds = list(groups["dice_per_image_mean"])
+        lines += [
+            "",
+            "| lesion Dice | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|" + "---:|" * len(seeds),
+            "| mean over images | "
+            + " | ".join(f"{groups['dice_per_image_mean'][s]:.3f}" for s in seeds)
+            + " |",
+            "| mean over groups (each group's mean) | "
+            + " | ".join(f"{groups['dice_per_group_mean'][s]:.3f}" for s in seeds)
+            + " |",
+        ]
+    return lines
+
+
 def parse_tables(items: list[str]) -> dict[int, Path]:
     from bench.results_files import seed_paths
 
@@ -116,6 +182,8 @@ def render(result: dict) -> str:
             mean = [sum(p[i] for p in pairs) / len(pairs) for i in (0, 1)]
             cells = [f"{a:.3f} -> {b:.3f}" for a, b in (*pairs, mean)]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    if result.get("missed_by_group"):
+        lines += render_groups(result["missed_by_group"])
     return "\n".join(lines)
 
 
@@ -156,6 +224,8 @@ def main() -> int:
         result["if_hidden_when_called_normal"] = {
             s: if_hidden_when_called_normal(t) for s, t in read.items()
         }
+    if all({"id", "dup_group"} <= set(t.columns) for t in read.values()):
+        result["missed_by_group"] = missed_by_group(read)
     rendered = render(result)
     name = f"chain_errors_{args.name}" if args.name else "chain_errors"
     title = "Where the chain's errors come from"

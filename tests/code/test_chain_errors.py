@@ -8,8 +8,10 @@ import pytest
 from bench.bench_chain_errors import (
     error_sources,
     if_hidden_when_called_normal,
+    missed_by_group,
     parse_tables,
     render,
+    render_groups,
 )
 
 
@@ -91,3 +93,46 @@ def test_a_missing_table_is_refused_with_what_to_run(tmp_path):
         parse_tables([f"0={tmp_path / 'none.csv'}"])
     with pytest.raises(SystemExit, match="write SEED=PATH"):
         parse_tables(["per_image.csv"])
+
+
+def _seed_table(found: list[bool], dice: list[float]) -> pd.DataFrame:
+    """Five lesion images in two near-duplicate groups (a: 3 images, b: 1, c: 1) and a
+    normal image; ``found`` and ``dice`` are the lesion images'."""
+    ids = ["a1", "a2", "a3", "b1", "c1", "n1"]
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "dup_group": ["a", "a", "a", "b", "c", "n"],
+            "class": ["benign"] * 4 + ["malignant", "normal"],
+            "pred_area_fraction": [0.05 if f else 0.0 for f in found] + [0.02],
+            "dice": [*dice, None],
+        }
+    )
+
+
+def test_lesions_missed_in_every_seed_are_counted_by_their_near_duplicate_group():
+    tables = {
+        "0": _seed_table([False, False, False, True, False], [0, 0, 0, 0.9, 0]),
+        "1": _seed_table([False, False, True, True, True], [0, 0, 0.6, 0.8, 0.7]),
+    }
+    out = missed_by_group(tables)
+    assert out["lesion_images"] == 5
+    assert out["lesion_groups"] == 3
+    # a1 and a2 missed in both seeds; a3 and c1 in one only
+    assert out["missed_in_every_seed"] == 2
+    assert out["missed_in_some_seed"] == 4
+    assert out["groups_missed_in_every_seed"] == {"a": [2, 3]}
+    # seed 1: images (0 + 0 + 0.6 + 0.8 + 0.7) / 5; groups a 0.2, b 0.8, c 0.7
+    assert out["dice_per_image_mean"]["1"] == pytest.approx(2.1 / 5)
+    assert out["dice_per_group_mean"]["1"] == pytest.approx((0.2 + 0.8 + 0.7) / 3)
+    text = "\n".join(render_groups(out))
+    assert "found in no seed: 2 of 5 (3 near-duplicate groups)" in text
+    assert "`a` 2 of 3" in text
+    assert "| mean over groups (each group's mean) | 0.300 | 0.567 |" in text
+
+
+def test_seeds_of_other_splits_are_not_compared():
+    other = _seed_table([True] * 5, [0.9] * 5)
+    other.loc[0, "id"] = "z1"
+    with pytest.raises(SystemExit, match="other lesion images"):
+        missed_by_group({"0": _seed_table([True] * 5, [0.9] * 5), "1": other})
