@@ -79,6 +79,16 @@ def cross_stage_problems(loaded: dict) -> list[str]:
             f"train_unet_folds.folds is {folds.folds}: set train_unet_folds.folds: 2 (or more) "
             "or crop_rois.train_segmenter: full"
         )
+    augment, unet = loaded.get("augment_data"), loaded.get("train_unet")
+    if augment is not None and unet is not None:
+        halvings = 2**unet.arch.depth
+        if augment.image_size % halvings:
+            problems.append(
+                f"augment_data.image_size {augment.image_size} is not a multiple of "
+                f"{halvings}, which the {unet.architecture} U-Net (train_unet.architecture) "
+                f"halves it by: set augment_data.image_size to a multiple of {halvings} "
+                f"(e.g. {max(halvings, augment.image_size // halvings * halvings)})"
+            )
     return problems
 
 

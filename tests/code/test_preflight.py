@@ -81,6 +81,20 @@ def test_out_of_fold_crops_need_the_fold_unets(tmp_path):
         check_params(_write(tmp_path, params))
 
 
+def test_an_encoder_unet_needs_an_image_size_it_can_halve_five_times(tmp_path):
+    params = _project_params()
+    params["augment_data"]["image_size"] = 112  # a multiple of 16: the compact U-Net's 4
+    check_params(_write(tmp_path, params))
+    params["train_unet"]["architecture"] = "mobilenet_v2"
+    with pytest.raises(BusiError) as caught:
+        check_params(_write(tmp_path, params))
+    assert "augment_data.image_size 112 is not a multiple of 32" in str(caught.value)
+    assert "the mobilenet_v2 U-Net" in str(caught.value)
+    assert "(e.g. 96)" in str(caught.value)
+    params["augment_data"]["image_size"] = 128
+    check_params(_write(tmp_path, params))
+
+
 def test_a_missing_or_broken_params_file_is_refused(tmp_path):
     with pytest.raises(BusiError, match="not found"):
         check_params(tmp_path / "absent.yaml")
