@@ -133,7 +133,7 @@ def test_encoder_weights_settings_are_checked_before_anything_trains(tmp_path):
     assert UnetConfig(architecture="resnet50", encoder_weights="imagenet").arch.depth == 5
 
 
-def test_an_encoder_unet_trains_and_keeps_its_best_epoch(tmp_path):
+def test_an_encoder_unet_trains_through_fit_unet_with_the_chain_s_val_figures(tmp_path):
     import tensorflow as tf
 
     from busi.model.masks import LesionRule
