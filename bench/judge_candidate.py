@@ -32,6 +32,16 @@ mean the remaining seeds would need for it to hold. Where the reference has the 
 seeds, each row also gives the reference's mean over those seeds alone, so that a partial
 run can be read paired. Prints a Markdown table; the exit status is 0 for adopt, 1 for not
 adopted, 2 for undecided.
+
+Several files for the candidate (or the reference) are pooled: runs of one candidate that
+differ only in a step's seed offset (``bench_chain_seeds.py --seed-offset
+train_classifier=100``), e.g. more classifier seeds on the same U-Nets. Each run counts once,
+keyed by its seed and offset (``0``, ``0+train_classifier=100``), and the means are over all
+of them; two pools with the same runs are paired run by run:
+
+    python bench/judge_candidate.py bench/results/chain_seeds_val_X.json \
+        bench/results/chain_seeds_val_X_c100.json bench/results/chain_seeds_val_X_c200.json \
+        --reference bench/results/chain_seeds_val_repro.json
 """
 
 from __future__ import annotations
@@ -250,8 +260,13 @@ def render(rows: list[dict], verdict: str, n_seeds: int, seeds_needed: int) -> s
     failed = [row["criterion"] for row in rows if not row["holds"]]
     partial = n_seeds < seeds_needed
     lines = [
-        f"**{verdict}** ({n_seeds} of the {seeds_needed} seeds the rule needs; "
-        f"{len(rows) - len(failed)} of {len(rows)} criteria hold"
+        f"**{verdict}** ("
+        + (
+            f"{n_seeds} of the {seeds_needed} seeds the rule needs; "
+            if n_seeds <= seeds_needed
+            else f"{n_seeds} runs; the rule needs {seeds_needed} seeds; "
+        )
+        + f"{len(rows) - len(failed)} of {len(rows)} criteria hold"
         + (f"; fails: {'; '.join(failed)})" if failed else ")"),
         "",
         "| criterion | candidate | limit | reference | reference, same seeds | holds |"
@@ -283,10 +298,99 @@ def load(path: Path) -> dict:
     return record
 
 
+def _run_key(seed: str, offsets: dict) -> str:
+    """A run's key in a pool: its seed, and the offsets its steps' seeds were moved by."""
+    return str(seed) + "".join(f"+{step}={n}" for step, n in sorted(offsets.items()))
+
+
+def _value(entry) -> float | None:
+    return entry["value"] if isinstance(entry, dict) else entry
+
+
+def _pooled(entries: list[dict], tags: list[str]) -> dict:
+    """One figure's entries from several files as one: each run under its seed and its
+    file's tag, and the mean, min and max over them all (a run without a value counts in
+    none)."""
+    seeds = {
+        f"{seed}{tag}": value
+        for entry, tag in zip(entries, tags, strict=True)
+        for seed, value in (entry.get("seeds") or {}).items()
+    }
+    values = [v for v in map(_value, seeds.values()) if v is not None]
+    spread = {
+        "mean": _mean(values),
+        "min": min(values, default=None),
+        "max": max(values, default=None),
+        "n": len(values),
+    }
+    return {**{k: v for k, v in entries[0].items() if k == "bar"}, **spread, "seeds": seeds}
+
+
+def _same(parts: list[set], names: list[str], what: str) -> set:
+    if any(part != parts[0] for part in parts):
+        raise SystemExit(f"{', '.join(names)}: not the same {what} in every file")
+    return parts[0]
+
+
+def pool(records: list[dict], names: list[str] | None = None) -> dict:
+    """One results record from several of one candidate's, which differ only in their seed
+    offsets: its summary has every run of every record, keyed by ``_run_key``. Refused: files
+    of another candidate, profile or split, the same offsets twice, or a figure, shift or
+    behaviour record that some of the files lack (the means would be over other runs)."""
+    if len(records) == 1:
+        return records[0]
+    names = names or [f"file {i + 1}" for i in range(len(records))]
+    first = records[0]
+    for key in ("profile", "split", "changes"):
+        for name, record in zip(names[1:], records[1:], strict=True):
+            if record.get(key) != first.get(key):
+                raise SystemExit(
+                    f"{name}: its {key} ({record.get(key)!r}) is not {names[0]}'s "
+                    f"({first.get(key)!r}): pool only runs of one candidate, made the same way"
+                )
+    offsets = [record.get("seed_offsets") or {} for record in records]
+    tags = [_run_key("", o) for o in offsets]
+    if len(set(tags)) < len(tags):
+        raise SystemExit(
+            f"{', '.join(names)}: two of them have the same seed offsets ({tags}): "
+            "the same runs twice would count twice"
+        )
+    summaries = [record["summary"] for record in records]
+    figures = {
+        name: _pooled([s["figures"][name] for s in summaries], tags)
+        for name in sorted(_same([set(s["figures"]) for s in summaries], names, "figures"))
+    }
+    stress = {}
+    for shift in sorted(_same([set(s.get("stress") or {}) for s in summaries], names, "shifts")):
+        keys = _same([set(s["stress"][shift]) for s in summaries], names, f"{shift} figures")
+        stress[shift] = {
+            key: _pooled([s["stress"][shift][key] for s in summaries], tags) for key in sorted(keys)
+        }
+    kept = [s.get("behaviour") is not None for s in summaries]
+    if any(kept) and not all(kept):
+        raise SystemExit(f"{', '.join(names)}: some record the behavioural checks, some not")
+    behaviour = None
+    if all(kept):
+        behaviour = {
+            f"{seed}{tag}": failed
+            for s, tag in zip(summaries, tags, strict=True)
+            for seed, failed in s["behaviour"].items()
+        }
+    n_runs = sum(s["n_seeds"] for s in summaries)
+    summary = {"figures": figures, "stress": stress, "behaviour": behaviour, "n_seeds": n_runs}
+    return {**first, "seed_offsets": offsets, "summary": summary}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("candidate", type=Path, help="the candidate's results JSON")
-    parser.add_argument("--reference", type=Path, required=True, help="the reference's")
+    parser.add_argument(
+        "candidate", type=Path, nargs="+",
+        help="the candidate's results JSON; several: one candidate's runs with other seed "
+        "offsets, pooled",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reference", type=Path, nargs="+", required=True, help="the reference's (likewise)"
+    )
     parser.add_argument("--require", nargs="*", default=[], help="checks every seed must pass")
     parser.add_argument("--not-found", type=float, default=0.02)
     parser.add_argument("--called-normal", type=float, default=0.02)
@@ -301,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds-needed", type=int, default=3)
     args = parser.parse_args(argv)
-    candidate, reference = load(args.candidate), load(args.reference)
+    candidate = pool([load(p) for p in args.candidate], [str(p) for p in args.candidate])
+    reference = pool([load(p) for p in args.reference], [str(p) for p in args.reference])
     for key in ("profile", "split"):
         if candidate.get(key) != reference.get(key):
             raise SystemExit(

@@ -320,3 +320,88 @@ def test_two_committed_results_files():
     assert rows["(c) macro_f1"]["holds"] is False
     assert rows["(a) blank_image passes in every seed"]["value"] == "fails in 2 of 3"
     assert len(rows) == 1 + 4 + 1 + 2 * len(ref["stress"])
+
+
+def _write_run(path: Path, result_summary: dict, offsets: dict, changes=None) -> Path:
+    """A results file of one candidate's runs with its classifier reseeded by ``offsets``."""
+    record = {
+        "profile": "default",
+        "split": "val",
+        "changes": changes or {"train_classifier": {"gamma": 0.5}},
+        "seed_offsets": offsets,
+        "summary": result_summary,
+    }
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_reseeded_runs_are_pooled_each_run_once(tmp_path, capsys):
+    """A candidate 0.02 short on macro-F1 (limit 0.74) in its three runs and 0.02 above it in
+    six reseeded ones: the pool of nine holds (c) at their mean, (0.72 * 3 + 0.76 * 6) / 9 =
+    0.747, each run counted once."""
+    ref = _write(tmp_path / "ref.json", summary())
+    base = _write_run(tmp_path / "c0.json", summary(macro_f1=0.72), {})
+    reseeds = [
+        _write_run(tmp_path / f"c{n}.json", summary(macro_f1=0.76), {"train_classifier": n})
+        for n in (100, 200)
+    ]
+    assert jc.main([str(base), "--reference", str(ref)]) == 1
+    capsys.readouterr()
+    pooled = jc.pool([jc.load(p) for p in (base, *reseeds)])["summary"]
+    assert pooled["n_seeds"] == 9
+    runs = sorted(pooled["figures"]["macro_f1"]["seeds"])
+    assert runs[:3] == ["0", "0+train_classifier=100", "0+train_classifier=200"]
+    assert len(runs) == 9
+    assert pooled["figures"]["macro_f1"]["mean"] == pytest.approx((0.72 * 3 + 0.76 * 6) / 9)
+    assert pooled["figures"]["macro_f1"]["min"] == pytest.approx(0.72)
+    stress = pooled["stress"]["contrast_0.6"]["lesion_called_normal"]
+    assert len(stress["seeds"]) == 9
+    assert len(pooled["behaviour"]) == 9
+    assert jc.main([str(base), *map(str, reseeds), "--reference", str(ref)]) == 0
+    assert capsys.readouterr().out.startswith("**adopt** (9 runs; the rule needs 3 seeds;")
+
+
+def test_a_pooled_reference_pairs_run_by_run(tmp_path):
+    """The parent reseeded the same way as the candidate: the reference's mean over the
+    candidate's runs is the paired one; a reference without the reseeds has none."""
+    parent = [
+        _write_run(tmp_path / f"p{n}.json", summary(macro_f1=m), o, changes={"a": {"b": 1}})
+        for n, m, o in ((0, 0.70, {}), (100, 0.80, {"train_classifier": 100}))
+    ]
+    cand = [
+        _write_run(tmp_path / f"k{n}.json", summary(macro_f1=0.75), o)
+        for n, o in ((0, {}), (100, {"train_classifier": 100}))
+    ]
+    pooled_cand = jc.pool([jc.load(p) for p in cand])["summary"]
+    pooled_ref = jc.pool([jc.load(p) for p in parent])["summary"]
+    rows = {r["criterion"]: r for r in jc.judge(pooled_cand, pooled_ref, [], MARGINS)}
+    assert rows["(c) macro_f1"]["reference_same_seeds"] == pytest.approx(0.75)
+    alone = jc.load(parent[0])["summary"]
+    rows = {r["criterion"]: r for r in jc.judge(pooled_cand, alone, [], MARGINS)}
+    assert rows["(c) macro_f1"]["reference_same_seeds"] is None
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ({"offsets": {}}, "the same seed offsets"),
+        ({"changes": {"train_classifier": {"gamma": 0.9}}}, "its changes"),
+        ({"drop": "macro_f1"}, "not the same figures"),
+        ({"behaviour": False}, "some record the behavioural checks"),
+    ],
+)
+def test_pooling_refuses_files_that_are_not_reseeds_of_one_candidate(tmp_path, second, message):
+    first = _write_run(tmp_path / "a.json", summary(), {})
+    other = summary()
+    if "drop" in second:
+        del other["figures"][second["drop"]]
+    if second.get("behaviour") is False:
+        other["behaviour"] = None
+    b = _write_run(
+        tmp_path / "b.json",
+        other,
+        second.get("offsets", {"train_classifier": 100}),
+        changes=second.get("changes"),
+    )
+    with pytest.raises(SystemExit, match=message):
+        jc.main([str(first), str(b), "--reference", str(first)])
