@@ -6,9 +6,13 @@ registration) are resampled together, by near-duplicate group, ``bootstrap_sampl
 
 - the first model becomes champion;
 - the guard (``guard``, malignant recall: a missed cancer costs most) must not fall by
-  more than ``max_guard_drop`` with probability at least ``probability``; where both
-  versions carry figures of an external evaluation (tags ``external.<set>.<guard>``, from
-  evaluate_external), the guard must hold there too;
+  more than ``max_guard_drop`` with probability at least ``probability``;
+- where both versions carry figures of an external evaluation (tags
+  ``external.<set>.<figure>``, from evaluate_external), the challenger may be worse there
+  than the champion by at most ``external_guard``'s margin for each figure named (a rate of
+  missed lesions or of lesion images called normal is worse when it rises, the others when
+  they fall); point figures, since there are no images to pair; ``external_guard: {}``
+  turns this guard off;
 - and the gain on ``primary`` (macro-F1) must be positive with probability at least
   ``probability`` (default 0.9);
 - anything else keeps the champion: a retrained model that differs only by its seed is
@@ -32,7 +36,7 @@ tag and is compared as before.
 
 A version registered before the per-image predictions were kept cannot be paired: then the
 point figures are compared as before (``min_gain`` on ``primary``, or on ``secondary``
-while not worse on ``primary``), and the reason says so.
+while not worse on ``primary``; the external guard as above), and the reason says so.
 
 Every decision is recorded as tags on the challenger's version (``promotion.*``, the
 interval of each difference included) and as a run in the experiment ``busi-promotions``
@@ -63,6 +67,24 @@ from busi.model.uncertainty import BootstrapConfig, paired_differences, probabil
 logger = logging.getLogger(__name__)
 
 
+# The figures evaluate_external tags a version with that the external guard may compare:
+# higher is better (+1) or worse (-1).
+EXTERNAL_FIGURES = {
+    "lesion_dice_mean": 1,
+    "lesion_dice_median": 1,
+    "lesion_not_found": -1,
+    "lesion_called_normal": -1,
+    "malignant_recall": 1,
+    "malignant_auc": 1,
+    "benign_malignant_auc": 1,
+    "normal_false_lesion_rate": -1,
+}
+
+
+def _is_margin(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass(frozen=True)
 class PromotionRule:
     primary: str = "macro_f1"
@@ -78,6 +100,8 @@ class PromotionRule:
     # The standard deviation of primary between trainings that differ only in their seed
     # (0: the test images' noise only).
     primary_seed_sd: float = 0.0
+    # External sets: {figure: the most the challenger may be worse than the champion}.
+    external_guard: dict = field(default_factory=lambda: {"malignant_recall": 0.0})
 
     def __post_init__(self) -> None:
         if self.min_gain < 0 or self.max_guard_drop < 0:
@@ -86,6 +110,20 @@ class PromotionRule:
             raise ValueError(f"primary_seed_sd must be >= 0, got {self.primary_seed_sd}")
         if not 0.5 <= self.probability < 1:
             raise ValueError(f"probability must be in [0.5, 1), got {self.probability}")
+        if not isinstance(self.external_guard, dict):
+            raise ValueError(
+                "external_guard must map a figure to its margin, e.g. {lesion_dice_mean: 0.02}, "
+                f"or be {{}} to turn the external guard off; got {self.external_guard!r}"
+            )
+        unknown = sorted(set(self.external_guard) - set(EXTERNAL_FIGURES))
+        if unknown:
+            raise ValueError(
+                f"external_guard: unknown figures {unknown}; evaluate_external gives "
+                f"{sorted(EXTERNAL_FIGURES)}"
+            )
+        bad = {k: v for k, v in self.external_guard.items() if not _is_margin(v)}
+        if bad:
+            raise ValueError(f"external_guard: margins must be numbers >= 0, got {bad}")
 
     def bootstrap(self) -> BootstrapConfig:
         return BootstrapConfig(samples=self.bootstrap_samples, seed=self.seed)
@@ -112,10 +150,44 @@ def with_retraining_noise(draws: np.ndarray, seed_sd: float, seed: int) -> np.nd
     return draws + rng.normal(0.0, np.sqrt(2.0) * seed_sd, draws.size)
 
 
+def external_pairs(new: dict, old: dict, rule: PromotionRule) -> dict:
+    """{dataset: {figure: (challenger's, champion's)}} for every set both versions were
+    scored on (``VersionInfo.external()`` of each) and every figure of ``external_guard``
+    both have."""
+    return {
+        dataset: {
+            figure: (new[dataset][figure], old[dataset][figure])
+            for figure in sorted(rule.external_guard)
+            if figure in new[dataset] and figure in old[dataset]
+        }
+        for dataset in sorted(set(new) & set(old))
+    }
+
+
+def external_check(external: dict | None, rule: PromotionRule) -> tuple[str | None, dict]:
+    """The external guard on ``external_pairs``' output: the reason it fails (None when it
+    holds) and each figure's change, challenger minus champion, for the record."""
+    record, failures = {}, []
+    for dataset, figures in sorted((external or {}).items()):
+        for figure, (new, old) in sorted(figures.items()):
+            if figure not in rule.external_guard:
+                continue  # not guarded (external_pairs leaves such figures out)
+            record[f"external.{dataset}.{figure}"] = {"value": new - old}
+            worse_by = (old - new) * EXTERNAL_FIGURES[figure]
+            margin = rule.external_guard[figure]
+            if worse_by > margin + 1e-12:
+                failures.append(
+                    f"{figure} {old:.3f} -> {new:.3f} on {dataset} (allowed {margin:.3f} worse)"
+                )
+    if not failures:
+        return None, record
+    return "guard on the external set: " + "; ".join(failures), record
+
+
 def decide_paired(challenger, champion, rule: PromotionRule, external=None) -> Decision:
     """The paired rule on two per-image tables (uncertainty.PER_IMAGE_COLUMNS) of the same
-    test images. ``external``: {dataset: (challenger's guard, champion's guard)} from an
-    external evaluation, compared as point figures (no images to pair there)."""
+    test images. ``external``: ``external_pairs``' {dataset: {figure: (challenger's,
+    champion's)}}, compared as point figures (no images to pair there)."""
     try:
         diffs = paired_differences(
             challenger, champion, [rule.primary, rule.guard], rule.bootstrap()
@@ -131,8 +203,8 @@ def decide_paired(challenger, champion, rule: PromotionRule, external=None) -> D
         | {"p": p_gain, "seed_sd": rule.primary_seed_sd},
         rule.guard: {k: guard[k] for k in ("value", "low", "high")} | {"p": p_guard},
     }
-    for dataset, (new, old) in sorted((external or {}).items()):
-        record[f"external.{dataset}.{rule.guard}"] = {"value": new - old}
+    external_failed, external_record = external_check(external, rule)
+    record |= external_record
     if gain["value"] is None or guard["value"] is None:
         return Decision(
             False, "rejected", f"{rule.primary} or {rule.guard} is undefined here", record
@@ -149,15 +221,8 @@ def decide_paired(challenger, champion, rule: PromotionRule, external=None) -> D
             f"< {level}; {_words(rule.guard, guard)} {paired}",
             record,
         )
-    for dataset, (new, old) in sorted((external or {}).items()):
-        if new - old < -rule.max_guard_drop - 1e-12:
-            return Decision(
-                False,
-                "rejected",
-                f"guard on the external set {dataset}: {rule.guard} {old:.3f} -> {new:.3f} "
-                f"(allowed drop {rule.max_guard_drop:.3f})",
-                record,
-            )
+    if external_failed:
+        return Decision(False, "rejected", external_failed, record)
     words = f"{_words(rule.primary, gain)}, {_words(rule.guard, guard)} {paired}"
     if p_gain >= rule.probability:
         return Decision(
@@ -189,12 +254,19 @@ def behaviour_gate(tags: dict[str, str], rule: PromotionRule) -> Decision | None
 
 
 def decide(
-    challenger: dict[str, float], champion: dict[str, float] | None, rule: PromotionRule
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    rule: PromotionRule,
+    external: dict | None = None,
 ) -> Decision:
     """Whether figures ``challenger`` should replace ``champion`` (None: there is none), by
-    the point figures alone: the fallback for versions without per-image predictions."""
+    the point figures alone: the fallback for versions without per-image predictions.
+    ``external`` as for ``decide_paired``."""
     if champion is None:
         return Decision(True, "first_model", "there is no champion yet")
+    external_failed, record = external_check(external, rule)
+    if external_failed:
+        return Decision(False, "rejected", external_failed, record)
     for name in {rule.primary, rule.secondary, rule.guard}:
         for who, figures in (("challenger", challenger), ("champion", champion)):
             if name not in figures:
@@ -300,20 +372,15 @@ def compare(c, challenger: registry.VersionInfo, champion, rule: PromotionRule) 
         for info, t in zip((challenger, champion), tables.values(), strict=True)
         if t is None
     ]
+    external = external_pairs(challenger.external(), champion.external(), rule)
     if lacking:
-        point = decide(challenger.metrics(), champion.metrics(), rule)
+        point = decide(challenger.metrics(), champion.metrics(), rule, external)
         why = (
             f"fallback to point figures: {' and '.join(lacking)} registered without per-image "
             "predictions (before they were kept), so no paired comparison is possible; "
         )
         logger.warning("%s", why + point.reason)
-        return Decision(point.promote, point.outcome, why + point.reason)
-    new_ext, old_ext = challenger.external(), champion.external()
-    external = {
-        dataset: (new_ext[dataset][rule.guard], old_ext[dataset][rule.guard])
-        for dataset in sorted(set(new_ext) & set(old_ext))
-        if rule.guard in new_ext[dataset] and rule.guard in old_ext[dataset]
-    }
+        return Decision(point.promote, point.outcome, why + point.reason, point.differences)
     return decide_paired(tables["challenger"], tables["champion"], rule, external)
 
 

@@ -13,7 +13,16 @@ import pytest
 from busi import registry
 from busi.data.synthetic import synthetic_predictions
 from busi.errors import BusiError
-from components.promote_model import PromotionRule, decide, decide_paired, promote, promote_by_hand
+from components.promote_model import (
+    EXTERNAL_FIGURES,
+    PromotionRule,
+    decide,
+    decide_paired,
+    external_check,
+    external_pairs,
+    promote,
+    promote_by_hand,
+)
 
 RULE = PromotionRule(min_gain=0.01, max_guard_drop=0.0)
 BASE = {"macro_f1": 0.70, "lesion_dice": 0.69, "malignant_recall": 0.78}
@@ -160,10 +169,73 @@ def test_the_guard_blocks_a_drop_in_malignant_recall(champion_table):
 
 def test_an_external_set_joins_the_guard(champion_table):
     better = _set_prediction(champion_table, _rows(champion_table, False), True)
-    assert decide_paired(better, champion_table, PAIRED, {"site-b": (0.80, 0.80)}).promote
-    d = decide_paired(better, champion_table, PAIRED, {"site-b": (0.70, 0.80)})
+    same = {"site-b": {"malignant_recall": (0.80, 0.80)}}
+    assert decide_paired(better, champion_table, PAIRED, same).promote
+    d = decide_paired(
+        better, champion_table, PAIRED, {"site-b": {"malignant_recall": (0.70, 0.80)}}
+    )
     assert not d.promote
-    assert "external set site-b" in d.reason
+    assert d.reason.startswith("guard on the external set: malignant_recall 0.800 -> 0.700")
+    assert "on site-b" in d.reason
+    assert d.differences["external.site-b.malignant_recall"]["value"] == pytest.approx(-0.10)
+
+
+GUARD = {"lesion_dice_mean": 0.02, "lesion_called_normal": 0.02, "malignant_recall": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("figure", "new", "old", "holds"),
+    [
+        ("lesion_dice_mean", 0.59, 0.60, True),  # worse, within its margin
+        ("lesion_dice_mean", 0.57, 0.60, False),  # worse by more
+        ("lesion_called_normal", 0.31, 0.30, True),  # a rate that rises is worse: within
+        ("lesion_called_normal", 0.33, 0.30, False),  # ... and past its margin
+        ("lesion_called_normal", 0.10, 0.30, True),  # fewer called normal is better
+        ("malignant_recall", 0.79, 0.80, False),  # no drop allowed
+    ],
+)
+def test_the_external_guard_knows_which_way_each_figure_is_worse(figure, new, old, holds):
+    rule = PromotionRule(external_guard=GUARD)
+    failed, record = external_check({"bus_bra": {figure: (new, old)}}, rule)
+    assert (failed is None) is holds, failed
+    assert record[f"external.bus_bra.{figure}"]["value"] == pytest.approx(new - old)
+
+
+def test_external_pairs_takes_the_sets_and_figures_both_versions_have():
+    rule = PromotionRule(external_guard=GUARD)
+    new = {"a": {"lesion_dice_mean": 0.6, "malignant_recall": 0.7, "malignant_auc": 0.8},
+           "b": {"lesion_dice_mean": 0.5}}  # fmt: skip
+    old = {"a": {"lesion_dice_mean": 0.7, "lesion_called_normal": 0.2}, "c": {}}
+    # set b and c are scored for one version only; malignant_auc is not in the guard
+    assert external_pairs(new, old, rule) == {"a": {"lesion_dice_mean": (0.6, 0.7)}}
+    assert external_pairs(new, old, PromotionRule(external_guard={})) == {"a": {}}
+
+
+def test_the_external_guard_is_checked_when_it_is_made():
+    with pytest.raises(ValueError, match="unknown figures \\['dice'\\]"):
+        PromotionRule(external_guard={"dice": 0.02})
+    with pytest.raises(ValueError, match="numbers >= 0"):
+        PromotionRule(external_guard={"lesion_dice_mean": -0.1})
+    with pytest.raises(ValueError, match="or be \\{\\} to turn"):
+        PromotionRule(external_guard=["lesion_dice_mean"])
+    from busi.config import load_section
+    from tests.conftest import REPO_ROOT
+
+    rule = load_section(REPO_ROOT / "params.yaml", "promote_model", PromotionRule)
+    assert rule.external_guard, "params.yaml's promotion guards external sets"
+    assert set(rule.external_guard) <= set(EXTERNAL_FIGURES)
+
+
+def test_the_point_rule_applies_the_external_guard_too():
+    worse_outside = {"x": {"lesion_called_normal": (0.40, 0.30)}}
+    rule = PromotionRule(external_guard=GUARD)
+    better = {**BASE, "macro_f1": 0.80}
+    assert decide(better, BASE, rule).promote
+    d = decide(better, BASE, rule, worse_outside)
+    assert not d.promote
+    assert "lesion_called_normal 0.300 -> 0.400 on x" in d.reason
+    # turned off, the external figures do not count
+    assert decide(better, BASE, PromotionRule(external_guard={}), worse_outside).promote
 
 
 def test_tables_without_common_images_are_not_compared(champion_table):
@@ -359,3 +431,40 @@ def test_a_challenger_failing_the_behavioural_checks_is_not_promoted(store):
     assert not d.promote
     assert "behavioural checks failed: blank_image" in d.reason
     assert champion(store) is None
+
+
+def _tag_external(uri: str, version: int, figures: dict) -> None:
+    """What evaluate_external leaves on a version: ``external.<set>.<figure>`` tags."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for key, value in figures.items():
+        c.set_model_version_tag(
+            registry.PIPELINE_MODEL, str(version), f"external.{key}", str(value)
+        )
+
+
+def test_the_external_guard_through_the_registry_paired_and_point(store, champion_table):
+    """Far better on the test split, but more lesion images called normal on an external
+    set both versions were scored on: kept out, by the paired rule and by the point rule."""
+    rule = PromotionRule(probability=0.9, bootstrap_samples=500, external_guard=GUARD)
+    v1 = fake_register(store, BASE, table=champion_table)
+    _tag_external(store, v1, {"site_b.lesion_called_normal": 0.30, "site_b.n_images": 50})
+    promote(rule)
+    better = _set_prediction(champion_table, _rows(champion_table, False), True)
+    v2 = fake_register(store, {**BASE, "macro_f1": 0.9}, table=better)
+    _tag_external(store, v2, {"site_b.lesion_called_normal": 0.40})
+    d = promote(rule)
+    assert d.outcome == "rejected", d.reason
+    assert "lesion_called_normal 0.300 -> 0.400 on site_b" in d.reason
+    assert champion(store) == v1
+    v3 = fake_register(store, {**BASE, "macro_f1": 0.95})  # no per-image table: point rule
+    _tag_external(store, v3, {"site_b.lesion_called_normal": 0.45})
+    d = promote(rule)
+    assert d.reason.startswith("fallback to point figures"), d.reason
+    assert "lesion_called_normal 0.300 -> 0.450" in d.reason
+    assert champion(store) == v1
+    v4 = fake_register(store, {**BASE, "macro_f1": 0.9}, table=better)
+    _tag_external(store, v4, {"site_b.lesion_called_normal": 0.31})  # within the margin
+    assert promote(rule).outcome == "promoted"
+    assert champion(store) == v4
