@@ -67,3 +67,45 @@ def test_a_model_that_sees_lesions_everywhere_fails_the_checks(unet, tissue):
     assert not behaviour.check_tissue(fake, tissue, RoiConfig(), False, CFG).passed
     assert not behaviour.check_flip(fake, tissue[:3], RoiConfig(), CFG).passed
     assert not behaviour.check_drawn_lesion(fake, tissue[:3], RoiConfig(), False, CFG).passed
+
+
+CHECKS = {"blank_image", "lesion_free_tissue", "flip_invariance", "drawn_lesion"}
+
+
+def test_evaluate_models_records_every_check_and_which_failed(smoke_run):
+    """evaluation.json's ``behaviour``, which register_model tags and promote_model gates on:
+    the four checks, each with its figure against its threshold, and the failed ones named."""
+    result = smoke_run["evaluation"]["behaviour"]
+    assert set(result["checks"]) == CHECKS
+    for name, check in result["checks"].items():
+        assert check["name"] == name
+        assert isinstance(check["passed"], bool)
+        assert check["detail"]
+    failed = sorted(name for name, check in result["checks"].items() if not check["passed"])
+    assert sorted(result["failed"]) == failed
+    assert result["passed"] is (not failed)
+
+
+def test_run_checks_names_the_failures_and_registration_tags_them(unet, tissue):
+    """A U-Net that marks a blob in every image fails all four; register_model's tag says
+    which, and an evaluation from before the checks gets no tag."""
+    from components.register_model import behaviour_tag
+
+    class Everywhere:
+        input_shape = unet.input_shape
+
+        def predict(self, batch, batch_size=32, verbose=0):
+            out = np.zeros(batch.shape, dtype=np.float32)
+            out[:, 5:25, 5:20] = 1.0
+            return out
+
+    result = behaviour.run_checks(
+        Everywhere(), None, tissue[:3], tissue[:3], RoiConfig(), False, CFG
+    )
+    assert result["passed"] is False
+    assert set(result["failed"]) == CHECKS
+    assert behaviour_tag({"behaviour": result}).startswith("failed: blank_image, ")
+    good = behaviour.run_checks(unet, None, tissue[:3], tissue[:3], RoiConfig(), True, CFG)
+    assert good["failed"] == [], good["checks"]
+    assert behaviour_tag({"behaviour": good}) == "passed"
+    assert behaviour_tag({}) == ""
