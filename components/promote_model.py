@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -153,12 +154,14 @@ def with_retraining_noise(draws: np.ndarray, seed_sd: float, seed: int) -> np.nd
 def external_pairs(new: dict, old: dict, rule: PromotionRule) -> dict:
     """{dataset: {figure: (challenger's, champion's)}} for every set both versions were
     scored on (``VersionInfo.external()`` of each) and every figure of ``external_guard``
-    both have."""
+    both have as a number (an undefined figure, e.g. an AUC on a set of one class, is NaN:
+    left out)."""
     return {
         dataset: {
             figure: (new[dataset][figure], old[dataset][figure])
             for figure in sorted(rule.external_guard)
-            if figure in new[dataset] and figure in old[dataset]
+            if math.isfinite(new[dataset].get(figure, math.nan))
+            and math.isfinite(old[dataset].get(figure, math.nan))
         }
         for dataset in sorted(set(new) & set(old))
     }

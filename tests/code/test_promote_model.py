@@ -205,8 +205,11 @@ def test_external_pairs_takes_the_sets_and_figures_both_versions_have():
     rule = PromotionRule(external_guard=GUARD)
     new = {"a": {"lesion_dice_mean": 0.6, "malignant_recall": 0.7, "malignant_auc": 0.8},
            "b": {"lesion_dice_mean": 0.5}}  # fmt: skip
-    old = {"a": {"lesion_dice_mean": 0.7, "lesion_called_normal": 0.2}, "c": {}}
-    # set b and c are scored for one version only; malignant_auc is not in the guard
+    nan = float("nan")
+    old = {"a": {"lesion_dice_mean": 0.7, "lesion_called_normal": 0.2, "malignant_recall": nan},
+           "c": {}}  # fmt: skip
+    # set b and c are scored for one version only; malignant_auc is not in the guard, and the
+    # champion's malignant_recall is undefined (NaN)
     assert external_pairs(new, old, rule) == {"a": {"lesion_dice_mean": (0.6, 0.7)}}
     assert external_pairs(new, old, PromotionRule(external_guard={})) == {"a": {}}
 
