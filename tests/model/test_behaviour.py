@@ -29,6 +29,19 @@ def tissue() -> list[np.ndarray]:
     return [synth_pair(rng, "normal", 96, 112)[0] for _ in range(10)]
 
 
+class Everywhere:
+    """A stand-in U-Net that marks the same off-centre blob in every image (so a flip moves
+    it): it fails every check."""
+
+    def __init__(self, input_shape):
+        self.input_shape = input_shape
+
+    def predict(self, batch, batch_size=32, verbose=0):
+        out = np.zeros(batch.shape, dtype=np.float32)
+        out[:, 5:25, 5:20] = 1.0
+        return out
+
+
 def test_predictions_are_flip_invariant_within_tolerance(unet):
     rng = np.random.default_rng(7)
     images = [synth_pair(rng, label, 90, 120)[0] for label in ("benign", "malignant", "normal")]
@@ -53,16 +66,7 @@ def test_a_drawn_lesion_is_found(unet, tissue):
 
 def test_a_model_that_sees_lesions_everywhere_fails_the_checks(unet, tissue):
     """The checks can fail: a stand-in U-Net that marks a blob in every image."""
-
-    class Everywhere:
-        input_shape = unet.input_shape
-
-        def predict(self, batch, batch_size=32, verbose=0):
-            out = np.zeros(batch.shape, dtype=np.float32)
-            out[:, 5:25, 5:20] = 1.0  # off-centre, so a flip moves it
-            return out
-
-    fake = Everywhere()
+    fake = Everywhere(unet.input_shape)
     assert not behaviour.check_blank(fake, RoiConfig(), False, CFG).passed
     assert not behaviour.check_tissue(fake, tissue, RoiConfig(), False, CFG).passed
     assert not behaviour.check_flip(fake, tissue[:3], RoiConfig(), CFG).passed
@@ -91,16 +95,8 @@ def test_run_checks_names_the_failures_and_registration_tags_them(unet, tissue):
     which, and an evaluation from before the checks gets no tag."""
     from components.register_model import behaviour_tag
 
-    class Everywhere:
-        input_shape = unet.input_shape
-
-        def predict(self, batch, batch_size=32, verbose=0):
-            out = np.zeros(batch.shape, dtype=np.float32)
-            out[:, 5:25, 5:20] = 1.0
-            return out
-
     result = behaviour.run_checks(
-        Everywhere(), None, tissue[:3], tissue[:3], RoiConfig(), False, CFG
+        Everywhere(unet.input_shape), None, tissue[:3], tissue[:3], RoiConfig(), False, CFG
     )
     assert result["passed"] is False
     assert set(result["failed"]) == CHECKS
