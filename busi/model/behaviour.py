@@ -78,13 +78,25 @@ def _probs(unet, images: list[np.ndarray], tta: bool) -> list[np.ndarray]:
     return segment(unet, images, unet.input_shape[1], tta_flip=tta)
 
 
-def check_blank(unet, roi: RoiConfig, tta: bool, cfg: BehaviourConfig) -> CheckResult:
-    """Uniform images at each of ``blank_levels`` get no lesion."""
+def _masks(unet, images: list[np.ndarray], roi: RoiConfig, tta: bool, classifier=None) -> list:
+    """The lesion masks shown for ``images``: the U-Net's cleaned masks, or with
+    ``classifier`` the chain's (``predict_chain``: those the classifier vetoes, at
+    ``roi.normal_veto``, emptied). With no veto (1.0) both are the same masks."""
+    if classifier is None:
+        return [clean_mask(p, roi) for p in _probs(unet, images, tta)]
+    return predict_chain(images, unet, classifier, roi, tta).masks
+
+
+def check_blank(
+    unet, roi: RoiConfig, tta: bool, cfg: BehaviourConfig, classifier=None
+) -> CheckResult:
+    """Uniform images at each of ``blank_levels`` get no lesion (with ``classifier``: none
+    shown by the chain)."""
     blanks = [np.full((100, 130), level, dtype=np.uint8) for level in cfg.blank_levels]
     found = [
         int(lvl)
-        for lvl, p in zip(cfg.blank_levels, _probs(unet, blanks, tta), strict=True)
-        if clean_mask(p, roi).any()
+        for lvl, m in zip(cfg.blank_levels, _masks(unet, blanks, roi, tta, classifier), strict=True)
+        if m.any()
     ]
     return CheckResult(
         "blank_image",
@@ -96,11 +108,17 @@ def check_blank(unet, roi: RoiConfig, tta: bool, cfg: BehaviourConfig) -> CheckR
 
 
 def check_tissue(
-    unet, tissue: list[np.ndarray], roi: RoiConfig, tta: bool, cfg: BehaviourConfig
+    unet,
+    tissue: list[np.ndarray],
+    roi: RoiConfig,
+    tta: bool,
+    cfg: BehaviourConfig,
+    classifier=None,
 ) -> CheckResult:
-    """Lesion-free tissue images: the share that gets a lesion is at most the threshold."""
+    """Lesion-free tissue images: the share that gets a lesion (with ``classifier``: that
+    the chain shows) is at most the threshold."""
     tissue = spread(tissue, cfg.max_images)
-    found = sum(clean_mask(p, roi).any() for p in _probs(unet, tissue, tta))
+    found = sum(m.any() for m in _masks(unet, tissue, roi, tta, classifier))
     share = found / len(tissue) if tissue else float("nan")
     return CheckResult(
         "lesion_free_tissue",
@@ -164,13 +182,19 @@ def draw_lesion(tissue: np.ndarray, darkness: float) -> tuple[np.ndarray, np.nda
 
 
 def check_drawn_lesion(
-    unet, tissue: list[np.ndarray], roi: RoiConfig, tta: bool, cfg: BehaviourConfig
+    unet,
+    tissue: list[np.ndarray],
+    roi: RoiConfig,
+    tta: bool,
+    cfg: BehaviourConfig,
+    classifier=None,
 ) -> CheckResult:
-    """A dark ellipse drawn on each lesion-free image is found where it was drawn."""
+    """A dark ellipse drawn on each lesion-free image is found where it was drawn (with
+    ``classifier``: in the mask the chain shows, so a vetoed lesion is not found)."""
     drawn = [draw_lesion(t, cfg.drawn_darkness) for t in spread(tissue, cfg.max_images)]
+    masks = _masks(unet, [d[0] for d in drawn], roi, tta, classifier)
     found, dices = 0, []
-    for (image, ellipse), prob in zip(drawn, _probs(unet, [d[0] for d in drawn], tta), strict=True):
-        mask = clean_mask(prob, roi)
+    for (image, ellipse), mask in zip(drawn, masks, strict=True):
         tp, fp, fn, _tn = confusion_counts(ellipse, mask)
         d = dice(tp, fp, fn)
         dices.append(d)
@@ -202,12 +226,15 @@ def run_checks(
     cfg: BehaviourConfig,
 ) -> dict:
     """All checks: ``tissue`` are lesion-free images (normal ones), ``images`` any images for
-    the flip check. Returns {passed, failed: [names], checks: {name: result}, config}."""
+    the flip check. With ``classifier`` the blank, tissue and drawn-lesion checks judge the
+    masks the chain shows (after ``roi.normal_veto``), as served; the flip check judges the
+    U-Net's own masks and the chain's class. Returns {passed, failed: [names], checks: {name:
+    result}, config}."""
     results = [
-        check_blank(unet, roi, tta, cfg),
-        check_tissue(unet, tissue, roi, tta, cfg),
+        check_blank(unet, roi, tta, cfg, classifier),
+        check_tissue(unet, tissue, roi, tta, cfg, classifier),
         check_flip(unet, images, roi, cfg, classifier, tta),
-        check_drawn_lesion(unet, tissue, roi, tta, cfg),
+        check_drawn_lesion(unet, tissue, roi, tta, cfg, classifier),
     ]
     failed = [r.name for r in results if not r.passed]
     return {

@@ -42,6 +42,18 @@ class Everywhere:
         return out
 
 
+class SaysNormal:
+    """A stand-in classifier that gives every input the same probability of "normal"
+    (CLASSES order: benign, malignant, normal)."""
+
+    def __init__(self, p_normal: float):
+        self.p_normal = p_normal
+
+    def predict(self, x, verbose=0):
+        rest = (1.0 - self.p_normal) / 2
+        return np.tile([rest, rest, self.p_normal], (len(x), 1)).astype(np.float32)
+
+
 def test_predictions_are_flip_invariant_within_tolerance(unet):
     rng = np.random.default_rng(7)
     images = [synth_pair(rng, label, 90, 120)[0] for label in ("benign", "malignant", "normal")]
@@ -105,3 +117,48 @@ def test_run_checks_names_the_failures_and_registration_tags_them(unet, tissue):
     assert good["failed"] == [], good["checks"]
     assert behaviour_tag({"behaviour": good}) == "passed"
     assert behaviour_tag({}) == ""
+
+
+def test_with_the_classifier_the_checks_judge_what_the_chain_shows(tissue):
+    """The blank, tissue and drawn-lesion checks see the masks the chain serves: a lesion the
+    classifier vetoes (P(normal) >= normal_veto) is not shown, so a U-Net that marks a blob
+    everywhere passes the blank and tissue checks behind a classifier that calls everything
+    normal, and its drawn lesions are not found."""
+    fake = Everywhere((None, 64, 64, 1))
+    veto = RoiConfig(normal_veto=0.5)
+    normal = SaysNormal(0.9)
+    assert behaviour.check_blank(fake, veto, False, CFG, normal).passed
+    assert behaviour.check_tissue(fake, tissue[:3], veto, False, CFG, normal).passed
+    drawn = behaviour.check_drawn_lesion(fake, tissue[:3], veto, False, CFG, normal)
+    assert drawn.value == 0.0, drawn.detail
+    # below the veto the chain shows the U-Net's blob, and the checks fail as without it
+    unsure = SaysNormal(0.4)
+    assert not behaviour.check_blank(fake, veto, False, CFG, unsure).passed
+    assert not behaviour.check_tissue(fake, tissue[:3], veto, False, CFG, unsure).passed
+
+
+def test_with_no_veto_the_chain_level_checks_equal_the_u_nets(unet, tissue):
+    """At normal_veto 1.0 (no veto) the chain shows the U-Net's cleaned masks: each check
+    gives the same figure and detail with the classifier as without it."""
+    roi = RoiConfig()
+    normal = SaysNormal(0.9)
+    pairs = [
+        (
+            behaviour.check_blank(unet, roi, True, CFG),
+            behaviour.check_blank(unet, roi, True, CFG, normal),
+        ),
+        (
+            behaviour.check_tissue(unet, tissue, roi, True, CFG),
+            behaviour.check_tissue(unet, tissue, roi, True, CFG, normal),
+        ),
+        (
+            behaviour.check_drawn_lesion(unet, tissue[:3], roi, True, CFG),
+            behaviour.check_drawn_lesion(unet, tissue[:3], roi, True, CFG, normal),
+        ),
+    ]
+    for alone, chained in pairs:
+        assert chained == alone
+    everywhere = Everywhere(unet.input_shape)
+    assert behaviour.check_blank(everywhere, roi, False, CFG, normal) == behaviour.check_blank(
+        everywhere, roi, False, CFG
+    )
