@@ -21,6 +21,12 @@ the rule the sitenorm, flatneg and sitenorm_flatneg candidates were written unde
   reference's mean change under it) (the unshifted level is (b)'s). The shifts are the
   reference's: one the candidate lacks fails, one only the candidate has is not judged.
 
+With ``--unchanged FIGURE ...`` the rule has a premise (P): a candidate that cannot move
+those figures (a veto that empties masks cannot change a class) must leave each equal to the
+reference's same run within ``--unchanged-tolerance``; where one differs the comparison is
+not the one the rule describes (e.g. a step did not reproduce), and the verdict is
+"undecided" whatever the criteria say.
+
 The verdict is "adopt" only when every criterion holds and the candidate has at least
 ``--seeds-needed`` seeds (default 3): one seed moves these figures as much as the settings do
 (``chain_seeds_val_repro.md``). With fewer seeds it is "undecided", unless a criterion has
@@ -241,6 +247,40 @@ def _majority_checks(candidate: dict | None, reference: dict | None, seeds_neede
     return _row(criterion, ", ".join(worse) or "none", "none", not worse, settled=settled)
 
 
+def unchanged_rows(candidate: dict, reference: dict, figures: list[str], tolerance: float) -> list:
+    """(P) rows for a candidate whose premise is that it leaves ``figures`` as they are (e.g.
+    a veto that empties masks cannot change a class): each figure must equal the reference's
+    same run (seed and offsets) within ``tolerance`` in every run of the candidate. The value
+    is the largest difference; a run the reference lacks, or a figure either lacks, fails."""
+    rows = []
+    for figure in figures:
+        ours = (candidate["figures"].get(figure) or {}).get("seeds") or {}
+        theirs = (reference["figures"].get(figure) or {}).get("seeds") or {}
+        diffs, unpaired = {}, []
+        for run, entry in sorted(ours.items()):
+            a, b = _value(entry), _value(theirs.get(run))
+            if a is None or b is None:
+                unpaired.append(run)
+            else:
+                diffs[run] = abs(a - b)
+        off = sorted(run for run, d in diffs.items() if d > tolerance + 1e-12)
+        holds = bool(ours) and not unpaired and not off
+        limit = (
+            f"<= {tolerance:.3f} in every run"
+            + (f"; differs in {', '.join(off)}" if off else "")
+            + (f"; unpaired: {', '.join(unpaired)}" if unpaired else "")
+        )
+        rows.append(
+            _row(
+                f"(P) {figure} as the reference's, run by run",
+                max(diffs.values()) if diffs else None,
+                limit,
+                holds,
+            )
+        )
+    return rows
+
+
 def decide(rows: list[dict], n_seeds: int, seeds_needed: int) -> str:
     """adopt / not adopted on ``seeds_needed`` seeds; with fewer, not adopted only when a
     criterion has failed for good, else undecided."""
@@ -404,6 +444,16 @@ def main(argv: list[str] | None = None) -> int:
         help="judge called normal under a shift by its change from the unshifted figure",
     )
     parser.add_argument("--seeds-needed", type=int, default=3)
+    parser.add_argument(
+        "--unchanged",
+        nargs="*",
+        default=[],
+        metavar="FIGURE",
+        help="a premise: these figures equal the reference's run by run (within "
+        "--unchanged-tolerance); if one does not, the verdict is undecided (e.g. macro_f1 "
+        "accuracy malignant_auc lesion_called_normal for a change that cannot move a class)",
+    )
+    parser.add_argument("--unchanged-tolerance", type=float, default=0.002)
     args = parser.parse_args(argv)
     candidate = pool([load(p) for p in args.candidate], [str(p) for p in args.candidate])
     reference = pool([load(p) for p in args.reference], [str(p) for p in args.reference])
@@ -431,7 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     n_seeds = candidate["summary"]["n_seeds"]
     verdict = decide(rows, n_seeds, args.seeds_needed)
-    print(render(rows, verdict, n_seeds, args.seeds_needed))
+    premise = unchanged_rows(
+        candidate["summary"], reference["summary"], args.unchanged, args.unchanged_tolerance
+    )
+    if not all(row["holds"] for row in premise):
+        verdict = "undecided"  # the comparison is not the one the rule describes
+    print(render(premise + rows, verdict, n_seeds, args.seeds_needed))
     return {"adopt": 0, "not adopted": 1}.get(verdict, 2)
 
 

@@ -405,3 +405,36 @@ def test_pooling_refuses_files_that_are_not_reseeds_of_one_candidate(tmp_path, s
     )
     with pytest.raises(SystemExit, match=message):
         jc.main([str(first), str(b), "--reference", str(first)])
+
+
+def test_a_premise_that_figures_are_unchanged_is_checked_run_by_run(tmp_path, capsys):
+    """--unchanged: a candidate that cannot move macro-F1 must equal the reference's run by
+    run; one run off by more than the tolerance makes the verdict undecided, however the
+    criteria stand, and the row names the run. The same mean with the runs swapped is no
+    pairing."""
+    ref = _write(tmp_path / "ref.json", summary())
+    same = _write(tmp_path / "same.json", summary())
+    assert jc.main([str(same), "--reference", str(ref), "--unchanged", "macro_f1"]) == 0
+    out = capsys.readouterr().out
+    assert "| (P) macro_f1 as the reference's, run by run | 0.000 |" in out
+    moved = summary()
+    moved["figures"]["macro_f1"]["seeds"]["1"] = {"value": 0.76}
+    moved_path = _write(tmp_path / "moved.json", moved)
+    assert jc.main([str(moved_path), "--reference", str(ref)]) == 0  # no premise: adopted
+    capsys.readouterr()
+    args = [str(moved_path), "--reference", str(ref), "--unchanged", "macro_f1", "accuracy"]
+    assert jc.main(args) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("**undecided**")
+    assert "differs in 1" in out
+    assert "| (P) accuracy as the reference's, run by run |  |" in out  # neither has it
+    assert jc.main([*args[:-1], "--unchanged-tolerance", "0.02"]) == 0
+    capsys.readouterr()
+    swapped = summary()
+    swapped["figures"]["macro_f1"]["seeds"]["0"] = {"value": 0.74}
+    swapped["figures"]["macro_f1"]["seeds"]["2"] = {"value": 0.76}
+    swapped_path = _write(tmp_path / "swapped.json", swapped)
+    assert jc.main([str(swapped_path), "--reference", str(ref), "--unchanged", "macro_f1"]) == 2
+    rows = jc.unchanged_rows(swapped, summary(), ["macro_f1"], 0.002)
+    assert rows[0]["value"] == pytest.approx(0.01)
+    assert rows[0]["holds"] is False
