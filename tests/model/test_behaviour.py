@@ -119,22 +119,24 @@ def test_run_checks_names_the_failures_and_registration_tags_them(unet, tissue):
     assert behaviour_tag({}) == ""
 
 
-def test_with_the_classifier_the_checks_judge_what_the_chain_shows(tissue):
+def test_with_the_classifier_the_checks_judge_what_the_chain_shows(unet, tissue):
     """The blank, tissue and drawn-lesion checks see the masks the chain serves: a lesion the
     classifier vetoes (P(normal) >= normal_veto) is not shown, so a U-Net that marks a blob
     everywhere passes the blank and tissue checks behind a classifier that calls everything
-    normal, and its drawn lesions are not found."""
+    normal, and the smoke U-Net's drawn lesions, found without the veto, are not found."""
     fake = Everywhere((None, 64, 64, 1))
     veto = RoiConfig(normal_veto=0.5)
     normal = SaysNormal(0.9)
     assert behaviour.check_blank(fake, veto, False, CFG, normal).passed
     assert behaviour.check_tissue(fake, tissue[:3], veto, False, CFG, normal).passed
-    drawn = behaviour.check_drawn_lesion(fake, tissue[:3], veto, False, CFG, normal)
+    drawn = behaviour.check_drawn_lesion(unet, tissue[:3], veto, True, CFG, normal)
     assert drawn.value == 0.0, drawn.detail
-    # below the veto the chain shows the U-Net's blob, and the checks fail as without it
+    # below the veto the chain shows the U-Net's masks, and the checks come out as without it
     unsure = SaysNormal(0.4)
     assert not behaviour.check_blank(fake, veto, False, CFG, unsure).passed
     assert not behaviour.check_tissue(fake, tissue[:3], veto, False, CFG, unsure).passed
+    shown = behaviour.check_drawn_lesion(unet, tissue[:3], veto, True, CFG, unsure)
+    assert shown.passed, shown.detail
 
 
 def test_with_no_veto_the_chain_level_checks_equal_the_u_nets(unet, tissue):
