@@ -9,14 +9,19 @@ on test).
 Per veto level: lesion images with no lesion shown, normal images with a lesion shown, lesion
 Dice (mean over lesion images, a vetoed or missed lesion scoring 0), as robustness_figures
 defines them; and, unchanged by the veto, lesion images called normal. Also each class's
-P(normal) where the U-Net found a lesion (what the veto reads). Descriptive: it chooses
-nothing. Writes bench/results/normal_veto_<name>.{json,md} (the .md's generated part; ``--render``
+P(normal) where the U-Net found a lesion (what the veto reads). And per level below 1.0,
+what the classes would be if the chain also called an image normal only at the same level
+(``normal_call``: normal when P(normal) >= the level, else the likelier of benign and
+malignant; at 1.0 the argmax, as today): lesion images called normal, normal images called a
+lesion, accuracy and macro-F1. Descriptive: it chooses nothing. Writes
+bench/results/normal_veto_<name>.{json,md} (the .md's generated part; ``--render``
 writes it again from the .json).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,14 +40,51 @@ def vetoed_masks(masks: list, p_normal: np.ndarray, veto: float) -> list:
     return [m if p < veto else np.zeros_like(m) for m, p in zip(masks, p_normal, strict=True)]
 
 
-def sweep(true_masks, labels, masks, p_normal) -> list[dict]:
+def normal_call(proba: np.ndarray, classes: list[str], level: float) -> np.ndarray:
+    """Class indices when an image is called normal only at P(normal) >= ``level``, and
+    otherwise the likelier lesion class; ``level`` 1.0: the argmax (the chain today)."""
+    proba = np.asarray(proba, dtype=float)
+    if level >= 1.0:
+        return proba.argmax(axis=1)
+    k = classes.index("normal")
+    lesion_only = proba.copy()
+    lesion_only[:, k] = -1.0
+    return np.where(proba[:, k] >= level, k, lesion_only.argmax(axis=1))
+
+
+def call_figures(proba: np.ndarray, labels: list[str], classes: list[str], level: float) -> dict:
+    """Lesion images called normal, normal images called a lesion, accuracy and macro-F1 of
+    :func:`normal_call` at ``level``."""
+    from sklearn.metrics import f1_score
+
+    y = np.array([classes.index(label) for label in labels])
+    pred = normal_call(proba, classes, level)
+    k = classes.index("normal")
+    lesion = y != k
+    return {
+        "lesion_called_normal": float((pred[lesion] == k).mean()) if lesion.any() else None,
+        "normal_called_lesion": float((pred[~lesion] != k).mean()) if (~lesion).any() else None,
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(
+            f1_score(y, pred, labels=list(range(len(classes))), average="macro", zero_division=0)
+        ),
+    }
+
+
+def sweep(true_masks, labels, masks, p_normal, proba=None, classes=None) -> list[dict]:
+    """Per veto level: the lesion figures of the vetoed masks and, given the class
+    probabilities, :func:`call_figures` at the same level."""
     sys.path.insert(0, str(REPO))
     from bench.bench_unet_screen import segmentation_figures
 
-    return [
-        {"veto": v, **segmentation_figures(true_masks, labels, vetoed_masks(masks, p_normal, v))}
-        for v in VETOES
-    ]
+    rows = []
+    for v in VETOES:
+        kept = vetoed_masks(masks, p_normal, v)
+        row = {"veto": v, **segmentation_figures(true_masks, labels, kept)}
+        if proba is not None:
+            row["call"] = call_figures(proba, labels, classes, v)
+        rows.append(row)
+    return rows
 
 
 def p_normal_where_found(masks, p_normal, labels) -> dict:
@@ -71,6 +113,14 @@ def render(record: dict) -> str:
         f"images; {measured_on(record['machine'], record['date'])}. Descriptive (it chooses "
         "nothing).",
         "",
+    ]
+    if record.get("workspace_normal_veto", 1.0) < 1.0:
+        lines += [
+            f"The workspace's chain vetoes at {record['workspace_normal_veto']}; the masks "
+            "swept here are the U-Net's before any veto.",
+            "",
+        ]
+    lines += [
         f"Lesion images called normal (argmax; no veto changes it): {record['called_normal']:.3f}.",
         "",
         "P(normal) where the U-Net found a lesion (quantiles 10/50/90 %):",
@@ -79,16 +129,31 @@ def render(record: dict) -> str:
     for cls, item in record["p_normal_found"].items():
         qs = " / ".join("-" if v is None else f"{v:.3f}" for v in item["quantiles"].values())
         lines.append(f"- {cls} ({item['n_found']} found): {qs}")
-    lines += [
-        "",
-        "| veto at P(normal) >= | not found | false lesion | lesion Dice |",
-        "|---:|---:|---:|---:|",
-    ]
+    calls = all("call" in r for r in record["grid"])
+    head = "| veto at P(normal) >= | not found | false lesion | lesion Dice |"
+    rule = "|---:|---:|---:|---:|"
+    if calls:
+        head += " called normal, normal_call at it | normal called a lesion | accuracy | macro-F1 |"
+        rule += "---:|---:|---:|---:|"
+    lines += ["", head, rule]
     for r in record["grid"]:
-        lines.append(
+        line = (
             f"| {r['veto']} | {r['lesion_not_found']:.3f} | "
             f"{r['normal_false_lesion_rate']:.3f} | {r['lesion_dice_mean']:.3f} |"
         )
+        if calls:
+            c = r["call"]
+            line += (
+                f" {c['lesion_called_normal']:.3f} | {c['normal_called_lesion']:.3f} | "
+                f"{c['accuracy']:.3f} | {c['macro_f1']:.3f} |"
+            )
+        lines.append(line)
+    if calls:
+        lines += [
+            "",
+            "At 1.0 the classes are the argmax (the chain today); below it, an image is called "
+            "normal only at P(normal) >= the level.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     ws = args.workspace
     chain = load_chain_and_split(chain_paths(ws), args.split)
     unet, classifier, crop, part, images, true_masks = chain
-    result = predict_chain(images, unet, classifier, crop.roi, crop.tta_flip)
+    # The U-Net's masks before any veto: a workspace trained with crop_rois.normal_veto below
+    # 1.0 would otherwise hand over masks already vetoed at its level (the veto changes no
+    # crop or class, only the masks shown).
+    roi = dataclasses.replace(crop.roi, normal_veto=1.0)
+    result = predict_chain(images, unet, classifier, roi, crop.tta_flip)
     labels = part["class"].to_list()
     p_normal = np.asarray(result.proba)[:, CLASSES.index("normal")]
     called = np.argmax(result.proba, axis=1) == CLASSES.index("normal")
@@ -128,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "name": args.name,
         "workspace": str(ws),
+        "workspace_normal_veto": crop.roi.normal_veto,
         "split": args.split,
         "n_images": len(images),
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "called_normal": float(called[lesion].mean()),
         "p_normal_found": p_normal_where_found(result.masks, p_normal, labels),
-        "grid": sweep(true_masks, labels, result.masks, p_normal),
+        "grid": sweep(
+            true_masks, labels, result.masks, p_normal, np.asarray(result.proba), list(CLASSES)
+        ),
     }
     write_results(name, title, record, render(record), SCRIPT)
     print(render(record))
