@@ -191,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     roi = dataclasses.replace(crop.roi, normal_veto=1.0)
     result = predict_chain(images, unet, classifier, roi, crop.tta_flip)
     labels = part["class"].to_list()
-    p_normal = np.asarray(result.proba)[:, CLASSES.index("normal")]
-    called = np.argmax(result.proba, axis=1) == CLASSES.index("normal")
-    lesion = np.array([label != "normal" for label in labels])
+    proba = np.asarray(result.proba)
+    p_normal = proba[:, CLASSES.index("normal")]
     record = {
         "name": args.name,
         "workspace": str(ws),
@@ -202,11 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         "n_images": len(images),
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "called_normal": float(called[lesion].mean()),
+        "called_normal": call_figures(proba, labels, list(CLASSES), 1.0)["lesion_called_normal"],
         "p_normal_found": p_normal_where_found(result.masks, p_normal, labels),
-        "grid": sweep(
-            true_masks, labels, result.masks, p_normal, np.asarray(result.proba), list(CLASSES)
-        ),
+        "grid": sweep(true_masks, labels, result.masks, p_normal, proba, list(CLASSES)),
     }
     write_results(name, title, record, render(record), SCRIPT)
     print(render(record))
