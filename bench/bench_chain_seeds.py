@@ -315,6 +315,33 @@ def carried_seeds(path: Path, profile: str, split: str, changes: dict, offsets: 
     return seeds_from_results(record)
 
 
+def check_results_file(
+    path: Path, profile: str, split: str, changes: dict, offsets: dict, kept: set[int]
+) -> None:
+    """Refuse a run whose results file would overwrite another candidate's record (profile,
+    split, settings changed, seed offsets), or drop seeds that file holds, before anything
+    trains: a classifier reseed under the candidate's own ``--name`` would otherwise replace
+    the candidate's runs with the reseed's."""
+    if not path.is_file():
+        return
+    record = json.loads(path.read_text())
+    theirs = (record.get("profile"), record.get("split", "test"), record.get("changes") or {},
+              record.get("seed_offsets") or {})  # fmt: skip
+    ours = (profile, split, changes, offsets)
+    if theirs != ours:
+        raise SystemExit(
+            f"{path} holds another candidate's runs (profile, split, changes, offsets "
+            f"{theirs}); this run is {ours}. Give this run a --name of its own (e.g. "
+            "NAME_c100 for --seed-offset train_classifier=100), or move that file away."
+        )
+    dropped = sorted(set(int(seed) for seed in record.get("seeds", [])) - kept)
+    if dropped:
+        raise SystemExit(
+            f"{path} holds seeds {dropped} that this run would drop: pass --carry {path} to "
+            "keep them (or --seeds them again), or move that file away."
+        )
+
+
 def parse_reuse(items: list[str]) -> dict[int, Path]:
     """``SEED=FOLDER`` pairs: a seed whose run already exists (same code, data and params)."""
     from bench.results_files import seed_paths
@@ -383,6 +410,7 @@ def main() -> int:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     changes = parse_changes(args.set, params, args.split)
     offsets = parse_offsets(args.seed_offset)
+    from bench import results_files
     from bench.bench_models import machine
     from bench.results_files import write_results
 
@@ -391,6 +419,11 @@ def main() -> int:
     if args.carry:
         carried = carried_seeds(args.carry, args.profile, args.split, recorded, offsets)
         carried = {seed: f for seed, f in carried.items() if seed not in reused}
+    name = results_name(args.profile, args.split, args.name)
+    kept = set(args.seeds) | set(reused) | set(carried)
+    check_results_file(
+        results_files.RESULTS / f"{name}.json", args.profile, args.split, recorded, offsets, kept
+    )
     base = REPO / "scratch" / "chain-seeds" / args.profile
     start = time.perf_counter()
     trained = [seed for seed in args.seeds if seed not in reused and seed not in carried]
@@ -418,7 +451,6 @@ def main() -> int:
         "summary": summarize(per_seed),
     }
     rendered = render(result)
-    name = results_name(args.profile, args.split, args.name)
     title = f"The chain over seeds, profile {args.profile}, {args.split} split"
     title += f", candidate {args.name}" if args.name else ""
     write_results(name, title, result, rendered, script="bench/bench_chain_seeds.py")

@@ -10,6 +10,7 @@ import yaml
 
 from bench.bench_chain_seeds import (
     carried_seeds,
+    check_results_file,
     parse_changes,
     parse_reuse,
     read_seed,
@@ -278,6 +279,7 @@ def _record(per_seed: dict, changes: dict | None = None) -> dict:
         "split": "val",
         "changes": {"train_unet": {"flat_negatives": 0.05}} if changes is None else changes,
         "seed_offsets": {},
+        "seeds": sorted(per_seed),
         "summary": summarize(per_seed),
     }
     return json.loads(json.dumps(record))
@@ -347,3 +349,43 @@ def test_a_run_of_reused_and_carried_seeds_trains_nothing_and_names_where_each_c
     assert written["minutes_per_seed"] is None
     assert written["reused"] == {"0": str(folder), "1": f"{earlier} (an earlier run)"}
     assert written["summary"]["figures"]["lesion_dice"]["mean"] == pytest.approx(0.75)
+
+
+def test_a_results_file_of_another_candidate_or_with_seeds_this_run_drops_is_refused(tmp_path):
+    path = tmp_path / "chain_seeds_val_x.json"
+    check_results_file(path, "default", "val", {}, {}, {0})  # no file yet: nothing to lose
+    path.write_text(json.dumps(_record({0: _evaluation(0.7, 0.9, 0.1)}, changes={})))
+    check_results_file(path, "default", "val", {}, {}, {0, 1})  # carried on: kept
+    reseed = {"train_classifier": 100}
+    with pytest.raises(SystemExit, match=r"another candidate's runs.*--name of its own"):
+        check_results_file(path, "default", "val", {}, reseed, {0, 1})
+    with pytest.raises(SystemExit, match=r"seeds \[0\] that this run would drop.*--carry"):
+        check_results_file(path, "default", "val", {}, {}, {1})
+
+
+def test_a_classifier_reseed_under_the_candidates_own_name_stops_before_training(
+    tmp_path, monkeypatch
+):
+    """The mistake that cost session 21 two records: --seed-offset with the name (and so the
+    results file) of the candidate's offset-0 runs, carrying the reseed's own file."""
+    import sys
+
+    import bench.bench_chain_seeds as chain_seeds
+    import bench.results_files as results_files
+
+    results = tmp_path / "results"
+    results.mkdir()
+    own = results / "chain_seeds_val_x.json"
+    own.write_text(json.dumps(_record({0: _evaluation(0.7, 0.9, 0.1)}, changes={})))
+    reseeds = tmp_path / "chain_seeds_val_x_c100.json"
+    record = _record({0: _evaluation(0.8, 0.9, 0.1)}, changes={})
+    reseeds.write_text(json.dumps({**record, "seed_offsets": {"train_classifier": 100}}))
+    before = own.read_text()
+    monkeypatch.setattr(results_files, "RESULTS", results)
+    monkeypatch.setattr(chain_seeds, "run_seed", lambda *a, **k: pytest.fail("trained"))
+    argv = ["bench_chain_seeds.py", "--split", "val", "--name", "x", "--seeds", "1"]
+    argv += ["--carry", str(reseeds), "--seed-offset", "train_classifier=100"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="another candidate's runs"):
+        chain_seeds.main()
+    assert own.read_text() == before
