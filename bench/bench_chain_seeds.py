@@ -299,14 +299,20 @@ def seeds_from_results(record: dict) -> dict[int, dict]:
     return out
 
 
+def candidate_of(record: dict) -> tuple:
+    """What makes a results record one candidate's: (profile, split, settings changed, seed
+    offsets); records of two candidates are never merged or overwritten by each other."""
+    return (record.get("profile"), record.get("split", "test"), record.get("changes") or {},
+            record.get("seed_offsets") or {})  # fmt: skip
+
+
 def carried_seeds(path: Path, profile: str, split: str, changes: dict, offsets: dict) -> dict:
     """{seed: figures} from ``--carry``'s results file, refused unless it is the same
     candidate (profile, split, settings changed, seed offsets)."""
     if not path.is_file():
         raise SystemExit(f"--carry {path}: no such results file")
     record = json.loads(path.read_text())
-    theirs = (record.get("profile"), record.get("split", "test"), record.get("changes") or {},
-              record.get("seed_offsets") or {})  # fmt: skip
+    theirs = candidate_of(record)
     if theirs != (profile, split, changes, offsets):
         raise SystemExit(
             f"--carry {path}: another candidate (profile, split, changes, offsets "
@@ -325,8 +331,7 @@ def check_results_file(
     if not path.is_file():
         return
     record = json.loads(path.read_text())
-    theirs = (record.get("profile"), record.get("split", "test"), record.get("changes") or {},
-              record.get("seed_offsets") or {})  # fmt: skip
+    theirs = candidate_of(record)
     ours = (profile, split, changes, offsets)
     if theirs != ours:
         raise SystemExit(
