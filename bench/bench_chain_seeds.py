@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -354,14 +355,37 @@ def parse_reuse(items: list[str]) -> dict[int, Path]:
     return seed_paths(items, "--reuse", "SEED=FOLDER, e.g. 0=metrics")
 
 
+def keep_per_image(workspace: Path, dest: Path) -> Path | None:
+    """Copy a run's per-image table (evaluate_models' ``plots/evaluation/per_image.csv``:
+    image ids, classes, probabilities and mask figures, no pixels) to ``dest``: the next run
+    in the same workspace (a classifier reseed) overwrites it, and bench_chain_errors.py
+    reads it. None when the run wrote no table."""
+    table = workspace / "plots" / "evaluation" / "per_image.csv"
+    if not table.is_file():
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(table, dest)
+    return dest
+
+
 def run_seed(
-    profile: str, seed: int, base: Path, changes: dict | None = None, offsets: dict | None = None
+    profile: str,
+    seed: int,
+    base: Path,
+    changes: dict | None = None,
+    offsets: dict | None = None,
+    name: str | None = None,
 ) -> dict:
+    """Train and score one seed's chain in its workspace; with ``name`` (the results file's)
+    its per-image table is kept as ``bench/results/per_image/<name>_seed<N>.csv``."""
+    from bench import results_files
     from components.run_pipeline import run
 
     workspace = base / f"seed-{seed}" / "workspace"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
     run(profile, None, REPO, workspace, seed_settings(seed, changes, offsets))
+    if name:
+        keep_per_image(workspace, results_files.RESULTS / "per_image" / f"{name}_seed{seed}.csv")
     return read_seed(workspace / "metrics")
 
 
@@ -432,7 +456,9 @@ def main() -> int:
     base = REPO / "scratch" / "chain-seeds" / args.profile
     start = time.perf_counter()
     trained = [seed for seed in args.seeds if seed not in reused and seed not in carried]
-    per_seed = {seed: run_seed(args.profile, seed, base, changes, offsets) for seed in trained}
+    per_seed = {
+        seed: run_seed(args.profile, seed, base, changes, offsets, name) for seed in trained
+    }
     for seed, folder in reused.items():
         per_seed[seed] = read_seed(folder)
         if per_seed[seed].get("split", "test") != args.split:

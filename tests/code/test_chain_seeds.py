@@ -11,6 +11,7 @@ import yaml
 from bench.bench_chain_seeds import (
     carried_seeds,
     check_results_file,
+    keep_per_image,
     parse_changes,
     parse_reuse,
     read_seed,
@@ -389,3 +390,17 @@ def test_a_classifier_reseed_under_the_candidates_own_name_stops_before_training
     with pytest.raises(SystemExit, match="another candidate's runs"):
         chain_seeds.main()
     assert own.read_text() == before
+
+
+def test_a_runs_per_image_table_is_kept_beside_the_results_before_a_reseed_overwrites_it(
+    tmp_path,
+):
+    workspace = tmp_path / "seed-2" / "workspace"
+    dest = tmp_path / "results" / "per_image" / "chain_seeds_val_x_c100_seed2.csv"
+    assert keep_per_image(workspace, dest) is None  # no table written: nothing kept
+    table = workspace / "plots" / "evaluation" / "per_image.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("id,class,predicted\nbenign/benign (61),benign,normal\n")
+    assert keep_per_image(workspace, dest) == dest
+    table.write_text("id,class,predicted\nbenign/benign (61),benign,benign\n")  # the reseed
+    assert "benign,normal" in dest.read_text()
