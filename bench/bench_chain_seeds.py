@@ -372,20 +372,19 @@ def run_seed(
     profile: str,
     seed: int,
     base: Path,
+    name: str,
     changes: dict | None = None,
     offsets: dict | None = None,
-    name: str | None = None,
 ) -> dict:
-    """Train and score one seed's chain in its workspace; with ``name`` (the results file's)
-    its per-image table is kept as ``bench/results/per_image/<name>_seed<N>.csv``."""
+    """Train and score one seed's chain in its workspace; its per-image table is kept as
+    ``bench/results/per_image/<name>_seed<N>.csv`` (``name``: the results file's)."""
     from bench import results_files
     from components.run_pipeline import run
 
     workspace = base / f"seed-{seed}" / "workspace"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
     run(profile, None, REPO, workspace, seed_settings(seed, changes, offsets))
-    if name:
-        keep_per_image(workspace, results_files.RESULTS / "per_image" / f"{name}_seed{seed}.csv")
+    keep_per_image(workspace, results_files.RESULTS / "per_image" / f"{name}_seed{seed}.csv")
     return read_seed(workspace / "metrics")
 
 
@@ -441,7 +440,6 @@ def main() -> int:
     offsets = parse_offsets(args.seed_offset)
     from bench import results_files
     from bench.bench_models import machine
-    from bench.results_files import write_results
 
     recorded = {k: v for k, v in changes.items() if k not in SPLIT_STEPS or len(v) > 1}
     carried = {}
@@ -457,7 +455,7 @@ def main() -> int:
     start = time.perf_counter()
     trained = [seed for seed in args.seeds if seed not in reused and seed not in carried]
     per_seed = {
-        seed: run_seed(args.profile, seed, base, changes, offsets, name) for seed in trained
+        seed: run_seed(args.profile, seed, base, name, changes, offsets) for seed in trained
     }
     for seed, folder in reused.items():
         per_seed[seed] = read_seed(folder)
@@ -484,7 +482,7 @@ def main() -> int:
     rendered = render(result)
     title = f"The chain over seeds, profile {args.profile}, {args.split} split"
     title += f", candidate {args.name}" if args.name else ""
-    write_results(name, title, result, rendered, script="bench/bench_chain_seeds.py")
+    results_files.write_results(name, title, result, rendered, script="bench/bench_chain_seeds.py")
     print(rendered)
     return 0
 
