@@ -76,10 +76,12 @@ def test_differences_list_the_images_called_differently_largest_first():
     diff = differences(per_image([_a(), _a()]), per_image([_b(), _a()]))
     # b1: called normal in 2 of 2 runs of A, 1 of 2 of B; b3: 0 of 2 against 1 of 2
     assert set(diff.index) == {"b1", "b2", "b3", "n1"}
-    assert diff.loc["b3", "wrong_a"] == 0 and diff.loc["b3", "wrong_b"] == 0.5
+    assert diff.loc["b3", "wrong_a"] == 0
+    assert diff.loc["b3", "wrong_b"] == 0.5
     # for a normal image the error is being called a lesion
     assert diff.loc["n1", "error"] == "called a lesion"
-    assert diff.loc["n1", "wrong_a"] == 1 and diff.loc["n1", "wrong_b"] == 0.5
+    assert diff.loc["n1", "wrong_a"] == 1
+    assert diff.loc["n1", "wrong_b"] == 0.5
     same = differences(per_image([_a()]), per_image([_a()]))
     assert same.empty
 
@@ -123,7 +125,8 @@ def test_main_writes_the_results_and_keeps_the_hand_written_part(tmp_path, monke
     assert record["chains"]["b"]["mean"]["lesion_called_normal (images)"] == pytest.approx(0.25)
     assert {row["id"] for row in record["differences"]} == {"b1", "b2", "b3", "n1"}
     md = (tmp_path / "compare_chains_x.md").read_text()
-    assert "The reading." in md and "| b3 | b3 | called normal | 0.00 | 1.00 |" in md
+    assert "The reading." in md
+    assert "| b3 | b3 | called normal | 0.00 | 1.00 |" in md
     assert render(record) in md
 
 
