@@ -122,8 +122,9 @@ def differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
 def compare(runs_a: list[pd.DataFrame], runs_b: list[pd.DataFrame]) -> dict:
     """The comparison's record: each chain's per-run rates and their means, and the images
     called differently."""
-    if set(runs_a[0].index) != set(runs_b[0].index):
-        raise SystemExit("the two chains' tables hold other images: compare one split")
+    a, b = runs_a[0], runs_b[0]
+    if set(a.index) != set(b.index) or not b["class"].equals(a.loc[b.index, "class"]):
+        raise SystemExit("the two chains' tables hold other images (or labels): compare one split")
     out: dict = {"chains": {}}
     for key, runs in (("a", runs_a), ("b", runs_b)):
         per_run = [rates(t) for t in runs]

@@ -90,6 +90,10 @@ def test_compare_refuses_other_images():
     other = _a().rename(index={"b1": "b9"})
     with pytest.raises(SystemExit, match="other images"):
         compare([_a()], [other])
+    relabelled = _a()
+    relabelled.loc["b3", "class"] = "malignant"
+    with pytest.raises(SystemExit, match="other images"):
+        compare([_a()], [relabelled])
 
 
 def test_read_runs_says_what_is_wrong(tmp_path):
