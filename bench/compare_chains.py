@@ -9,10 +9,11 @@ of lesions not found and called normal both per image and per near-duplicate gro
 group's share, averaged over groups: one patient's series of images weighs once). Then the
 images the two chains call differently, largest difference first.
 
-    cd bench/results/per_image
-    python ../../compare_chains.py --name t04_vs_defaults_xeon_useed2 \\
-        --a defaults_xeon chain_seeds_val_defaults_xeon{,_c100,_c200}_seed2.csv \\
-        --b t04 chain_seeds_val_snf_fov_ema_veto_t04_xeon{,_c100,_c200}_seed2.csv
+    P=bench/results/per_image
+    python bench/compare_chains.py --name t04_vs_defaults_xeon_useed2 \\
+        --a defaults_xeon $P/chain_seeds_val_defaults_xeon{,_c100,_c200}_seed2.csv \\
+        --b snf_fov_ema_veto_t04_xeon \\
+        $P/chain_seeds_val_snf_fov_ema_veto_t04_xeon{,_c100,_c200}_seed2.csv
 
 A lesion counts as "found" where the table's cleaned mask is not empty: with a normal veto
 (crop_rois.normal_veto < 1) that is after the veto, so a vetoed lesion is not found.
@@ -152,7 +153,7 @@ def render(result: dict) -> str:
         cells = []
         for side in ("a", "b"):
             values = [r[key] for r in chains[side]["runs"]]
-            fmt = "{:.0f}" if key.endswith(("malignant", "benign")) else "{:.3f}"
+            fmt = "{}" if isinstance(values[0], int) else "{:.3f}"  # counts, rates
             mean = chains[side]["mean"][key]
             cells.append(", ".join(fmt.format(v) for v in values) + f"; **{mean:.3f}**")
         lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
