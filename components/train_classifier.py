@@ -13,10 +13,14 @@ with ``crop_rois.context: image`` the whole image and its probability map follow
 weighs each class as much as the others, ``none`` (the project's default since
 chain_seeds_val_cwnone.md) weighs each crop 1.
 
+With ``unet_encoder: true`` the trained U-Net's encoder (``--unet``), weights and all, reads
+the crop (and the whole image) beside the small CNN: the classifier starts from what the
+U-Net learnt of lesions rather than from random weights alone.
+
 With ``members`` > 1 it trains a small ensemble: that many classifiers from different seeds,
 saved as one model that averages their class probabilities.
 
-Core: ``build_classifier``, ``class_weights``, ``weight_average_callback``,
+Core: ``build_classifier``, ``unet_encoder``, ``class_weights``, ``weight_average_callback``,
 ``ensemble_classifier`` and ``fit_classifier``. Shell: ``main``.
 """
 
@@ -162,6 +166,14 @@ class ClassifierConfig:
     # classifier training (5.5-11.5 min on the slow machine type, measured in
     # bench/results/classifier_ensemble_pool6.md, where 3 members did not beat one on val).
     members: int = 1
+    # Start from what the U-Net has learnt: the trained U-Net's encoder (its layers from the
+    # image to the bottleneck, with their weights, fine-tuned here) reads the crop's grey
+    # channel, and with crop_rois' context the whole image (one encoder, shared), beside the
+    # small CNN's stacks; its pooled features join theirs before the last layer. The U-Net
+    # was trained on every train image's lesion outline, the classifier sees ~550 crops:
+    # its encoder starts from features of lesion and tissue rather than from random weights.
+    # small_cnn only; train-classifier then reads the U-Net (--unet). false: off.
+    unet_encoder: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1:
@@ -185,6 +197,16 @@ class ClassifierConfig:
             raise ValueError("small_cnn has no ImageNet weights; use weights: none")
         if self.class_weight not in ("balanced", "none"):
             raise ValueError("class_weight must be 'balanced' or 'none'")
+        if not isinstance(self.unet_encoder, bool):
+            raise ValueError(
+                f"unet_encoder {self.unet_encoder!r} must be true or false: whether the trained "
+                "U-Net's encoder reads the crop beside the small CNN"
+            )
+        if self.unet_encoder and self.backbone != "small_cnn":
+            raise ValueError(
+                f"unet_encoder: true adds the U-Net's encoder to the small_cnn backbone, not "
+                f"to {self.backbone}: set backbone: small_cnn or unet_encoder: false"
+            )
 
 
 def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int, float]:
@@ -197,13 +219,41 @@ def class_weights(labels: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int
     return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts)}
 
 
-def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2):
+def unet_encoder(unet):
+    """A copy of ``unet``'s encoder, its weights included (``busi.model.unet.unet_bottleneck``),
+    [S,S,1] -> [s,s,F]. The copy's layers are new ones: fine-tuning it leaves ``unet`` as it
+    was."""
+    import keras
+
+    from busi.model.unet import unet_bottleneck
+
+    encoder = unet_bottleneck(unet)
+    if encoder is None:
+        raise BusiError(
+            f"the model '{unet.name}' has no up-convolution, so no U-Net encoder to start the "
+            "classifier from: pass the U-Net that train-unet saved (--unet) or set "
+            "train_classifier.unet_encoder: false"
+        )
+    copy = keras.models.clone_model(encoder)
+    copy.set_weights(encoder.get_weights())
+    return keras.Model(copy.input, copy.output, name="unet_encoder")
+
+
+def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2, unet=None):
     """Crop + mask [S,S,2] in, class probabilities [3] out. With ``channels=4`` (crop_rois'
     ``context: image``) the whole image and its probability map follow as channels 3 and 4;
     the small CNN then reads the crop and the context with two convolution stacks of their
-    own and classifies from both."""
+    own and classifies from both. With ``cfg.unet_encoder`` the encoder of ``unet`` (the
+    trained U-Net) reads the crop's grey channel (and the whole image's), as the U-Net reads
+    an image, and its pooled features join the stacks'."""
     import keras
     from keras import layers
+
+    if cfg.unet_encoder and unet is None:
+        raise BusiError(
+            "train_classifier.unet_encoder: true starts the classifier from the trained U-Net's "
+            "encoder, but no U-Net was given: pass --unet models/unet.keras (train-unet's model)"
+        )
 
     if channels not in (2, 4):
         raise ValueError(f"the classifier takes 2 or 4 input channels, not {channels}")
@@ -250,6 +300,20 @@ def build_classifier(cfg: ClassifierConfig, input_size: int, channels: int = 2):
             x = layers.Concatenate(name="crop_and_context")(
                 [stack(roi[..., :2]), stack(roi[..., 2:], "context_")]
             )
+        if cfg.unet_encoder:
+            encoder = unet_encoder(unet)
+            side = int(encoder.input_shape[1])
+            features = [x]
+            # The grey channels as the U-Net reads an image (in [0, 1]; its own normalisation,
+            # if any, is inside the encoder), at the U-Net's side.
+            for index, name in ((0, "crop"), (2, "context"))[: channels // 2]:
+                grey = inputs[..., index : index + 1]
+                if side != input_size:
+                    grey = layers.Resizing(side, side, name=f"{name}_to_unet_side")(grey)
+                features.append(
+                    layers.GlobalAveragePooling2D(name=f"{name}_unet_pool")(encoder(grey))
+                )
+            x = layers.Concatenate(name="with_unet_encoder")(features)
     else:
         crop, mask = roi[..., :1], roi[..., 1:]
         rgb = layers.Concatenate()([crop, crop, mask]) * 255.0
@@ -364,16 +428,18 @@ def fit_classifier(
     history_csv: Path,
     extra_callbacks=(),
     member_callbacks=None,
+    unet=None,
 ):
     """The trained classifier: one model, or with ``members`` > 1 the ensemble of that many
     (``ensemble_classifier``), each member trained on its own with early stopping on val.
     ``extra_callbacks`` go to every member's ``fit``; ``member_callbacks(k)``, if given,
     returns more for member k alone. The history CSV holds every member's epochs (with a
-    ``member`` column when there are several)."""
+    ``member`` column when there are several). ``unet``: the trained U-Net, whose encoder
+    each member starts from with ``cfg.unet_encoder``."""
     if cfg.members == 1:
         more = list(member_callbacks(0)) if member_callbacks else []
         return _fit_member(
-            x_train, y_train, x_val, y_val, cfg, history_csv, [*extra_callbacks, *more]
+            x_train, y_train, x_val, y_val, cfg, history_csv, [*extra_callbacks, *more], unet
         )
     import tempfile
 
@@ -385,14 +451,21 @@ def fit_classifier(
             more = list(member_callbacks(k)) if member_callbacks else []
             callbacks = [*extra_callbacks, *more]
             models.append(
-                _fit_member(x_train, y_train, x_val, y_val, member, histories[-1], callbacks)
+                _fit_member(x_train, y_train, x_val, y_val, member, histories[-1], callbacks, unet)
             )
         merge_histories(histories, history_csv)
     return ensemble_classifier(models)
 
 
 def _fit_member(
-    x_train, y_train, x_val, y_val, cfg: ClassifierConfig, history_csv: Path, extra_callbacks=()
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    cfg: ClassifierConfig,
+    history_csv: Path,
+    extra_callbacks=(),
+    unet=None,
 ):
     import keras
     import tensorflow as tf
@@ -401,7 +474,7 @@ def _fit_member(
     # Same data, params and code give the same model (on the same machine), which makes a
     # past run reproducible and a model comparison fair.
     tf.config.experimental.enable_op_determinism()
-    model = build_classifier(cfg, int(x_train.shape[1]), int(x_train.shape[-1]))
+    model = build_classifier(cfg, int(x_train.shape[1]), int(x_train.shape[-1]), unet)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         # at label_smoothing 0 this trains the same weights as the plain
@@ -449,7 +522,7 @@ def load_rois(path: Path):
 def main(argv: list[str] | None = None) -> int:
     from busi.cli import parser_for
 
-    parser = parser_for("train-classifier", "--rois", "--params")
+    parser = parser_for("train-classifier", "--rois", "--unet", "--params")
     parser.add_argument(
         "--model",
         type=Path,
@@ -472,6 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_section(args.params, "train_classifier", ClassifierConfig)
     x_train, y_train = load_rois(args.rois / "train.npz")
     x_val, y_val = load_rois(args.rois / "val.npz")
+    unet = None
+    if cfg.unet_encoder:
+        from busi.model.unet import load_unet
+
+        if not args.unet.is_file():
+            raise BusiError(
+                f"{args.unet} not found: train_classifier.unet_encoder: true starts from the "
+                "trained U-Net's encoder; run `busi train-unet` first or pass --unet"
+            )
+        unet = load_unet(args.unet)
     from busi import tracking
 
     for path in (args.model, args.history, args.metrics):
@@ -490,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                 if run
                 else None
             ),
+            unet=unet,
         )
         model.save(args.model)
         from busi.model.chain import predict_proba

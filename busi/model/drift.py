@@ -208,18 +208,17 @@ def load_image_and_mask(image: Path, masks: list[Path]) -> tuple[np.ndarray, np.
 
 
 def encoder(unet_path: Path):
-    """A function images -> embeddings: the U-Net's bottleneck averaged over space, or None
-    when there is no trained U-Net."""
+    """A function images -> embeddings: the U-Net's bottleneck averaged over space (for an
+    average of U-Nets, its first member's), or None when there is no trained U-Net."""
     if not unet_path.is_file():
         return None
-    import keras
-
     from busi.data.preprocess import prepare_image
-    from busi.model.unet import load_unet
+    from busi.model.unet import load_unet, unet_bottleneck
 
     unet = load_unet(unet_path)
-    up = next(layer for layer in unet.layers if isinstance(layer, keras.layers.Conv2DTranspose))
-    bottleneck = keras.Model(unet.inputs, up.input)
+    bottleneck = unet_bottleneck(unet)
+    if bottleneck is None:
+        return None
     size = unet.input_shape[1]
 
     def embed(images: list[np.ndarray]) -> np.ndarray:

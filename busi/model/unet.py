@@ -14,6 +14,35 @@ def load_unet(path: Path):
     return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
 
 
+def unet_bottleneck(unet):
+    """The encoder of a saved segmenter: the model from its image input to its bottleneck
+    (the input of its first up-convolution), [S,S,1] -> [s,s,F], sharing ``unet``'s layers.
+    For an average of U-Nets (``average_unets``), its first member's; None when no model in
+    it has an up-convolution."""
+    import keras
+
+    core = _plain_unet(unet)
+    if core is None:
+        return None
+    up = next(layer for layer in core.layers if isinstance(layer, keras.layers.Conv2DTranspose))
+    return keras.Model(core.input, up.input, name=f"{core.name}_bottleneck")
+
+
+def _plain_unet(model):
+    """``model`` itself if it has an up-convolution of its own, else the first nested model
+    that has (depth first), else None."""
+    import keras
+
+    if any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in model.layers):
+        return model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found = _plain_unet(layer)
+            if found is not None:
+                return found
+    return None
+
+
 def custom_objects() -> dict:
     """The layers of this module a saved segmenter may hold (for ``load_model``)."""
     return {"LesionGate": lesion_gate_layer()}
