@@ -209,7 +209,8 @@ def load_image_and_mask(image: Path, masks: list[Path]) -> tuple[np.ndarray, np.
 
 def encoder(unet_path: Path):
     """A function images -> embeddings: the U-Net's bottleneck averaged over space (for an
-    average of U-Nets, its first member's), or None when there is no trained U-Net."""
+    average of U-Nets, its first member's), or None when there is no trained U-Net (or the
+    model holds no up-convolution to find its bottleneck by)."""
     if not unet_path.is_file():
         return None
     from busi.data.preprocess import prepare_image
