@@ -27,12 +27,13 @@ def _trained_looking_unet(size: int = 32, input_norm: str = "none", seed: int = 
 
 
 def _first_conv(model):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Conv2D) and not isinstance(
-            layer, keras.layers.Conv2DTranspose
-        ):
-            return layer
-    raise AssertionError("no convolution")
+    """The first plain convolution of ``model``'s own layers (the encoder's are not nested)."""
+    return next(
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D)
+        and not isinstance(layer, keras.layers.Conv2DTranspose)
+    )
 
 
 def test_the_encoder_is_the_unets_layers_to_its_bottleneck_with_their_weights():
@@ -178,3 +179,7 @@ def test_train_classifier_reads_the_unet_only_when_asked_and_says_when_it_is_mis
     # the saved U-Net, reloaded as the steps load it, gives the same encoder
     reloaded = load_unet(tmp_path / "unet.keras")
     assert unet_bottleneck(reloaded).count_params() == unet_bottleneck(unet).count_params()
+    for again, first in zip(
+        unet_bottleneck(reloaded).get_weights(), unet_bottleneck(unet).get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(again, first)
