@@ -310,8 +310,15 @@ class CropConfig:
     train_segmenter: str = "full"
     # see RoiConfig; summaries written before this existed mean 1.0 (no veto)
     normal_veto: float = 1.0
+    # The share of the train split's lesion images given one more example made as the chain
+    # makes one when the U-Net finds nothing (see components/crop_rois.py's ``missed_copy``):
+    # the U-Net's map faded to a peak under threshold / 2, no mask, the crop from that
+    # faint peak, and the image's own class. 0: none.
+    missed_lesions: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.missed_lesions <= 1:
+            raise ValueError("missed_lesions must lie in [0, 1]: the share of train lesion images")
         if self.train_masks not in ("predicted", "ground_truth", "both"):
             raise ValueError("train_masks must be predicted, ground_truth or both")
         if self.train_segmenter not in ("full", "out_of_fold"):
