@@ -219,6 +219,32 @@ def corpus(tmp_path: Path) -> tuple[Path, list]:
     return root, written
 
 
+def dark_lesion_splits(folder: Path) -> list[dict]:
+    """A BUSI-layout folder of one benign and one normal 32 x 32 image per split, the benign
+    one with a dark 8 x 8 lesion (grey 30 on 100) and its mask; returns the split rows
+    (id, path, class, split, mask_files) that crop_rois reads."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for split in ("train", "val", "test"):
+        for cls in ("benign", "normal"):
+            name = f"{cls}/{cls} ({split}).png"
+            (folder / cls).mkdir(exist_ok=True)
+            pixels = np.full((32, 32), 100, np.uint8)
+            masks = ""
+            if cls == "benign":
+                pixels[8:16, 8:16] = 30  # a dark lesion
+                mask = np.zeros((32, 32), np.uint8)
+                mask[8:16, 8:16] = 255
+                Image.fromarray(mask).save(folder / cls / f"{cls} ({split})_mask.png")
+                masks = f"{cls} ({split})_mask.png"
+            Image.fromarray(pixels).save(folder / name)
+            rows.append({"id": name[:-4], "path": name, "class": cls, "split": split,
+                         "mask_files": masks})  # fmt: skip
+    return rows
+
+
 def run_dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run(

@@ -256,27 +256,12 @@ def test_crop_rois_records_the_threshold_it_chose_on_val(tmp_path):
     from types import SimpleNamespace
 
     import pandas as pd
-    from PIL import Image
 
     from busi.model.chain import CropConfig
     from components.crop_rois import _crop_all
+    from tests.conftest import dark_lesion_splits
 
-    rows = []
-    for split in ("train", "val", "test"):
-        for cls in ("benign", "normal"):
-            name = f"{cls}/{cls} ({split}).png"
-            (tmp_path / cls).mkdir(exist_ok=True)
-            pixels = np.full((32, 32), 100, np.uint8)
-            masks = ""
-            if cls == "benign":
-                pixels[8:16, 8:16] = 30  # a dark lesion
-                mask = np.zeros((32, 32), np.uint8)
-                mask[8:16, 8:16] = 255
-                Image.fromarray(mask).save(tmp_path / cls / f"{cls} ({split})_mask.png")
-                masks = f"{cls} ({split})_mask.png"
-            Image.fromarray(pixels).save(tmp_path / name)
-            rows.append({"id": name[:-4], "path": name, "class": cls, "split": split,
-                         "mask_files": masks})  # fmt: skip
+    rows = dark_lesion_splits(tmp_path)
 
     class FaintUnet:  # sees a dark lesion, but only at 0.35
         input_shape = (None, 32, 32, 1)

@@ -127,26 +127,11 @@ def test_crop_rois_writes_the_copies_and_counts_them_apart(tmp_path):
     from types import SimpleNamespace
 
     import pandas as pd
-    from PIL import Image
 
     from components.crop_rois import _crop_all
+    from tests.conftest import dark_lesion_splits
 
-    rows = []
-    for split in ("train", "val", "test"):
-        for cls in ("benign", "normal"):
-            name = f"{cls}/{cls} ({split}).png"
-            (tmp_path / cls).mkdir(exist_ok=True)
-            pixels = np.full((32, 32), 100, np.uint8)
-            masks = ""
-            if cls == "benign":
-                pixels[8:16, 8:16] = 30  # a dark lesion
-                mask = np.zeros((32, 32), np.uint8)
-                mask[8:16, 8:16] = 255
-                Image.fromarray(mask).save(tmp_path / cls / f"{cls} ({split})_mask.png")
-                masks = f"{cls} ({split})_mask.png"
-            Image.fromarray(pixels).save(tmp_path / name)
-            rows.append({"id": name[:-4], "path": name, "class": cls, "split": split,
-                         "mask_files": masks})  # fmt: skip
+    rows = dark_lesion_splits(tmp_path)
 
     class DarkUnet:  # finds the dark lesion
         input_shape = (None, 32, 32, 1)
