@@ -24,11 +24,12 @@ those of new images (the U-Net misses under 1 % of the lesions it trained on); v
 are segmented by the U-Net, as serving does.
 
 With ``missed_lesions`` (a share, 0 by default) that share of the train lesion images gets
-one more example made as the chain makes it when the U-Net finds nothing: the fold U-Nets
-miss 2-5 % of the train lesion images (and those only just: a peak probability of about
-0.45 under a threshold of 0.5), the U-Net 8-19 % of the val ones (a peak of about 0.1), so
-the classifier meets almost no lesion image without a lesion found and reads "nothing
-found" as normal. The copy (``missed_copy``) fades the U-Net's map to a peak drawn under
+one more example made as the chain makes it when the U-Net finds nothing. Behind t04's
+U-Nets (bench/results, threshold 0.4) the fold U-Nets miss 2-5 % of the train lesion images,
+the U-Net 8-19 % of the val ones; behind the defaults' (threshold 0.5) the train misses are
+near-misses (a peak probability of about 0.45), the val ones blank (about 0.1). So the
+classifier meets few lesion images without a lesion found, none that blank, and reads
+"nothing found" as normal. The copy (``missed_copy``) fades the U-Net's map to a peak drawn under
 half the threshold, finds no lesion, takes the peak crop (``empty_crop``) and keeps the
 image's class; which images get one, and how faint, follows from each id alone.
 
@@ -131,8 +132,7 @@ def rois_for_split(images, true_masks, labels, ids, predict, cfg: CropConfig, sp
     """Crops for one split. ``predict(images) -> probability maps`` is the segmenter."""
     probs = predict(images)
     pred_masks = [clean_mask(p, cfg.roi) for p in probs]
-    n = len(images)
-    every = list(range(n))
+    every = list(range(len(images)))
     sources = []  # (mask source, the images' indices, their masks, their probability maps)
     if split != "train" or cfg.train_masks in ("predicted", "both"):
         sources.append(("predicted", every, pred_masks, probs))
