@@ -170,10 +170,13 @@ def bench_rest(images: list[bytes], port: int = 5099) -> dict:
 
 
 def render(r: dict) -> str:
+    from bench.results_files import isa_note
+
     m = r["machine"]
     p, n, k, a = r["pyfunc"], r["naive"], r["pyfunc_keras"], r["agreement"]
     lines = [
-        f"Run: {r['time']} on {m['cores']} cores ({m['cpu']}), no GPU; commit {m['commit']}; "
+        f"Run: {r['time']} on {m['cores']} cores ({m['cpu']}{isa_note(m)}), no GPU; "
+        f"commit {m['commit']}; "
         f"load average before {m['load_before']}. Champion: {r['champion']}; "
         f"{p['batch_size']} test images (BUSI test split, ~500x500).",
         "",
@@ -216,6 +219,11 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--skip-rest", action="store_true")
     parser.add_argument("--source", type=Path, default=REPO / "data" / "busi")
+    parser.add_argument(
+        "--name",
+        help="write serving_<name>.{json,md} instead of serving (another host's figures "
+        "beside the committed ones)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
     from mlflow import MlflowClient
@@ -233,7 +241,10 @@ def main() -> int:
     result["agreement"] = agreement(result["pyfunc"], result["pyfunc_keras"].pop("frame"))
     if not args.skip_rest:
         result["rest"] = bench_rest(images)
-    write_results("serving", "Serving benchmark", result, render(result))
+    name = f"serving_{args.name}" if args.name else "serving"
+    write_results(
+        name, "Serving benchmark", result, render(result), script="bench/bench_serving.py"
+    )
     print(render(result))
     return 0
 
