@@ -39,6 +39,12 @@ seeds, each row also gives the reference's mean over those seeds alone, so that 
 run can be read paired. Prints a Markdown table; the exit status is 0 for adopt, 1 for not
 adopted, 2 for undecided.
 
+Below the verdict, not part of it, a second table says how far (b)-(d) stand from the noise
+of the U-Net draws: each figure's difference of means, its margin, and the standard error of
+the difference with the whole-chain seed as the unit (runs that share a U-Net count once).
+Where a margin is under two standard errors, the criterion cannot tell a candidate equal to
+the reference from one worse by the margin: its verdict is the draw's.
+
 Several files for the candidate (or the reference) are pooled: runs of one candidate that
 differ only in a step's seed offset (``bench_chain_seeds.py --seed-offset
 train_classifier=100``), e.g. more classifier seeds on the same U-Nets. Each run counts once,
@@ -281,6 +287,96 @@ def unchanged_rows(candidate: dict, reference: dict, figures: list[str], toleran
     return rows
 
 
+# (b)-(d)'s figures, their margin's option name, and "lower is better" for each
+NOISE_FIGURES = (
+    ("lesion_not_found", "not_found"),
+    ("lesion_called_normal", "called_normal"),
+    ("macro_f1", "macro_f1"),
+    ("normal_false_lesion_rate", "false_lesion"),
+)
+
+
+def unet_seed_means(entry: dict) -> dict[str, float]:
+    """A figure's per-run values averaged per whole-chain seed (the part of a run key before
+    its offsets: ``0+train_classifier=100`` -> ``0``): runs that share a U-Net are not
+    independent draws of it, so a U-Net seed counts once."""
+    groups: dict[str, list[float]] = {}
+    for run, item in (entry.get("seeds") or {}).items():
+        value = _value(item)
+        if value is not None:
+            groups.setdefault(str(run).split("+")[0], []).append(value)
+    return {seed: sum(v) / len(v) for seed, v in groups.items()}
+
+
+def _variance(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def noise_rows(candidate: dict, reference: dict, margins: dict, paired: bool = False) -> list[dict]:
+    """How far (b)-(d)'s verdicts stand from the noise of the U-Net draws: per figure, the
+    candidate's mean less the reference's, the criterion's margin, and the standard error of
+    that difference with the whole-chain (U-Net) seed as the unit, each side's variance over
+    its U-Net seeds' means: sqrt(var_c / k_c + var_r / k_r). That is for a candidate with U-Nets
+    of its own; one on the reference's own U-Nets (``paired``: a crop or classifier candidate
+    in the same seed workspaces) takes the per-U-Net-seed differences over the U-Net seeds both
+    have: sd(differences) / sqrt(k), which leaves out the U-Net draw they share. None where
+    there are under 2 U-Net seeds (a side, or the shared ones when paired).
+    ``margin_under_2se``: a difference as large as the margin is within what the U-Net draws
+    alone give, so the criterion cannot tell a candidate equal to the reference from one
+    worse by the margin."""
+    rows = []
+    for figure, margin_key in NOISE_FIGURES:
+        ours = unet_seed_means(candidate["figures"].get(figure) or {})
+        theirs = unet_seed_means(reference["figures"].get(figure) or {})
+        if not ours or not theirs:
+            continue
+        difference = sum(ours.values()) / len(ours) - sum(theirs.values()) / len(theirs)
+        se = None
+        shared = sorted(set(ours) & set(theirs))
+        if paired:
+            diffs = [ours[seed] - theirs[seed] for seed in shared]
+            if len(diffs) >= 2:
+                difference = sum(diffs) / len(diffs)
+                se = (_variance(diffs) / len(diffs)) ** 0.5
+        elif len(ours) >= 2 and len(theirs) >= 2:
+            se = (
+                _variance(list(ours.values())) / len(ours)
+                + _variance(list(theirs.values())) / len(theirs)
+            ) ** 0.5
+        margin = margins[margin_key]
+        rows.append(
+            {
+                "figure": figure,
+                "difference": difference,
+                "margin": margin,
+                "se": se,
+                "unet_seeds": (len(ours), len(theirs)),
+                "paired": paired,
+                "margin_under_2se": None if se is None else margin < 2 * se,
+            }
+        )
+    return rows
+
+
+def render_noise(rows: list[dict]) -> str:
+    how = "paired by U-Net seed" if rows and rows[0].get("paired") else "unpaired"
+    lines = [
+        f"Noise of the U-Net draws ({how}, a U-Net seed counts once; not part of the verdict):",
+        "",
+        "| figure | candidate - reference | margin | SE of the difference | U-Net seeds "
+        "(candidate, reference) | margin under 2 SE |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        under = {None: "n/a", True: "yes", False: "no"}[r["margin_under_2se"]]
+        lines.append(
+            f"| {r['figure']} | {r['difference']:+.3f} | {r['margin']:.3f} | {_fmt(r['se'])} | "
+            f"{r['unet_seeds'][0]}, {r['unet_seeds'][1]} | {under} |"
+        )
+    return "\n".join(lines)
+
+
 def decide(rows: list[dict], n_seeds: int, seeds_needed: int) -> str:
     """adopt / not adopted on ``seeds_needed`` seeds; with fewer, not adopted only when a
     criterion has failed for good, else undecided."""
@@ -454,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy malignant_auc lesion_called_normal for a change that cannot move a class)",
     )
     parser.add_argument("--unchanged-tolerance", type=float, default=0.002)
+    parser.add_argument(
+        "--paired-unets",
+        action="store_true",
+        help="the candidate ran on the reference's own U-Nets (a crop or classifier "
+        "candidate in the same seed workspaces): the noise table pairs them by U-Net seed",
+    )
     args = parser.parse_args(argv)
     candidate = pool([load(p) for p in args.candidate], [str(p) for p in args.candidate])
     reference = pool([load(p) for p in args.reference], [str(p) for p in args.reference])
@@ -487,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     if not all(row["holds"] for row in premise):
         verdict = "undecided"  # the comparison is not the one the rule describes
     print(render(premise + rows, verdict, n_seeds, args.seeds_needed))
+    print()
+    noise = noise_rows(candidate["summary"], reference["summary"], margins, args.paired_unets)
+    print(render_noise(noise))
     return {"adopt": 0, "not adopted": 1}.get(verdict, 2)
 
 

@@ -438,3 +438,63 @@ def test_a_premise_that_figures_are_unchanged_is_checked_run_by_run(tmp_path, ca
     rows = jc.unchanged_rows(swapped, summary(), ["macro_f1"], 0.002)
     assert rows[0]["value"] == pytest.approx(0.01)
     assert rows[0]["holds"] is False
+
+
+def _runs(values: dict[str, float]) -> dict:
+    """A figure entry from {run key: value}, run keys as pool() writes them."""
+    return {"seeds": {run: {"value": v} for run, v in values.items()}}
+
+
+def test_runs_that_share_a_u_net_count_once_in_the_noise_of_a_difference():
+    # U-Net seed 0: runs 0.10 and 0.20 (a classifier reseed) -> 0.15; seed 1: 0.05; seed 2: 0.25
+    candidate = {
+        "figures": {
+            "lesion_called_normal": _runs(
+                {"0": 0.10, "0+train_classifier=100": 0.20, "1": 0.05, "2": 0.25}
+            )
+        }
+    }
+    reference = {"figures": {"lesion_called_normal": _runs({"0": 0.10, "1": 0.12, "2": 0.08})}}
+    assert jc.unet_seed_means(candidate["figures"]["lesion_called_normal"]) == pytest.approx(
+        {"0": 0.15, "1": 0.05, "2": 0.25}
+    )
+    (row,) = jc.noise_rows(candidate, reference, MARGINS)
+    assert row["figure"] == "lesion_called_normal"
+    assert row["difference"] == pytest.approx(0.15 - 0.10)
+    # variances over U-Net seed means: 0.01 (0.15, 0.05, 0.25) and 0.0004 (0.10, 0.12, 0.08)
+    assert row["se"] == pytest.approx((0.01 / 3 + 0.0004 / 3) ** 0.5)
+    assert row["unet_seeds"] == (3, 3)
+    assert row["margin_under_2se"] is True  # 0.02 < 2 x 0.059
+
+
+def test_a_tight_spread_or_a_single_u_net_seed_is_said_as_it_is():
+    tight = {"figures": {"macro_f1": _runs({"0": 0.750, "1": 0.752, "2": 0.748})}}
+    (row,) = jc.noise_rows(tight, tight, MARGINS)
+    assert row["difference"] == pytest.approx(0.0)
+    assert row["margin_under_2se"] is False  # 0.01 against 2 x 0.0016
+    one = {"figures": {"macro_f1": _runs({"0": 0.75, "0+train_classifier=100": 0.70})}}
+    (row,) = jc.noise_rows(one, tight, MARGINS)
+    assert row["se"] is None
+    assert row["margin_under_2se"] is None
+    assert "| macro_f1 | -0.025 | 0.010 |  | 1, 3 | n/a |" in jc.render_noise([row])
+
+
+def test_a_candidate_on_the_reference_s_own_u_nets_is_paired_by_u_net_seed():
+    # the U-Net draw moves both alike (0.05-0.25); the candidate is 0.01-0.03 above in each
+    reference = {"figures": {"lesion_called_normal": _runs({"0": 0.05, "1": 0.15, "2": 0.25})}}
+    candidate = {
+        "figures": {
+            "lesion_called_normal": _runs(
+                {"0": 0.06, "0+train_classifier=100": 0.06, "1": 0.17, "2": 0.28}
+            )
+        }
+    }
+    (unpaired,) = jc.noise_rows(candidate, reference, MARGINS)
+    (paired,) = jc.noise_rows(candidate, reference, MARGINS, paired=True)
+    assert paired["difference"] == pytest.approx(0.02)
+    # differences 0.01, 0.02, 0.03: sd 0.01, SE 0.01 / sqrt(3)
+    assert paired["se"] == pytest.approx(0.01 / 3**0.5)
+    assert paired["margin_under_2se"] is False
+    assert unpaired["se"] > 0.05
+    assert unpaired["margin_under_2se"] is True
+    assert jc.render_noise([paired]).startswith("Noise of the U-Net draws (paired by U-Net seed")
