@@ -287,7 +287,7 @@ def unchanged_rows(candidate: dict, reference: dict, figures: list[str], toleran
     return rows
 
 
-# (b)-(d)'s figures, their margin's option name, and "lower is better" for each
+# (b)-(d)'s figures and the name of each one's margin in ``margins``
 NOISE_FIGURES = (
     ("lesion_not_found", "not_found"),
     ("lesion_called_normal", "called_normal"),
