@@ -12,6 +12,7 @@ Writes bench/results/candidates.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -97,8 +98,6 @@ def row(name: str, records: list[dict], pool) -> dict:
 def collect(results: Path, pool) -> tuple[list[dict], list[str]]:
     """Rows for every candidate of ``results/chain_seeds_val_*.json``, and a line for each
     candidate whose files could not be pooled or read (said, not dropped silently)."""
-    import json
-
     groups: dict[str, list[tuple[Path, dict]]] = {}
     problems = []
     for path in sorted(results.glob("chain_seeds_val_*.json")):
