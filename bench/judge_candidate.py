@@ -68,6 +68,14 @@ STRESS_CALLED_NORMAL = "lesion_called_normal"
 # The range a figure's per-seed value can take: what bounds the remaining seeds of a partial run.
 RATE = (0.0, 1.0)
 DROP = (-1.0, 1.0)
+# (b)-(d): criterion tag, figure, how the candidate's mean compares with its limit, the name
+# of the margin in ``margins`` (macro-F1's limit is the reference's less its margin)
+FIGURE_CRITERIA = (
+    ("(b)", "lesion_not_found", "<=", "not_found"),
+    ("(b)", "lesion_called_normal", "<=", "called_normal"),
+    ("(c)", "macro_f1", ">=", "macro_f1"),
+    ("(d)", "normal_false_lesion_rate", "<=", "false_lesion"),
+)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -159,12 +167,8 @@ def judge(
                 settled=complete or bool(failed_in) or not recorded,
             )
         )
-    for tag, figure, op, margin in (
-        ("(b)", "lesion_not_found", "<=", margins["not_found"]),
-        ("(b)", "lesion_called_normal", "<=", margins["called_normal"]),
-        ("(c)", "macro_f1", ">=", -margins["macro_f1"]),
-        ("(d)", "normal_false_lesion_rate", "<=", margins["false_lesion"]),
-    ):
+    for tag, figure, op, margin_key in FIGURE_CRITERIA:
+        margin = margins[margin_key] if op == "<=" else -margins[margin_key]
         ref = reference["figures"].get(figure, {}).get("mean")
         if ref is None:
             raise SystemExit(f"the reference has no mean {figure}: it cannot judge ({tag})")
@@ -287,15 +291,6 @@ def unchanged_rows(candidate: dict, reference: dict, figures: list[str], toleran
     return rows
 
 
-# (b)-(d)'s figures and the name of each one's margin in ``margins``
-NOISE_FIGURES = (
-    ("lesion_not_found", "not_found"),
-    ("lesion_called_normal", "called_normal"),
-    ("macro_f1", "macro_f1"),
-    ("normal_false_lesion_rate", "false_lesion"),
-)
-
-
 def unet_seed_means(entry: dict) -> dict[str, float]:
     """A figure's per-run values averaged per whole-chain seed (the part of a run key before
     its offsets: ``0+train_classifier=100`` -> ``0``): runs that share a U-Net are not
@@ -326,7 +321,7 @@ def noise_rows(candidate: dict, reference: dict, margins: dict, paired: bool = F
     alone give, so the criterion cannot tell a candidate equal to the reference from one
     worse by the margin."""
     rows = []
-    for figure, margin_key in NOISE_FIGURES:
+    for _, figure, _, margin_key in FIGURE_CRITERIA:
         ours = unet_seed_means(candidate["figures"].get(figure) or {})
         theirs = unet_seed_means(reference["figures"].get(figure) or {})
         if not ours or not theirs:

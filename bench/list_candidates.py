@@ -59,9 +59,11 @@ def settings_text(changes: dict | None) -> str:
     return " ".join(items) or "(its commit's defaults)"
 
 
-def row(name: str, records: list[dict], pool) -> dict:
+def row(name: str, records: list[dict]) -> dict:
     """One candidate's row from its records (one per classifier offset), pooled by
-    ``pool`` (judge_candidate's: refuses records of different settings)."""
+    judge_candidate's ``pool`` (which refuses records of different settings)."""
+    from bench.judge_candidate import pool
+
     pooled = pool(records, [f"{name} file {i + 1}" for i in range(len(records))])
     summary = pooled["summary"]
     figures = {key: summary["figures"].get(key, {}).get("mean") for key, _, _ in FIGURES}
@@ -95,7 +97,7 @@ def row(name: str, records: list[dict], pool) -> dict:
     }
 
 
-def collect(results: Path, pool) -> tuple[list[dict], list[str]]:
+def collect(results: Path) -> tuple[list[dict], list[str]]:
     """Rows for every candidate of ``results/chain_seeds_val_*.json``, and a line for each
     candidate whose files could not be pooled or read (said, not dropped silently)."""
     groups: dict[str, list[tuple[Path, dict]]] = {}
@@ -114,7 +116,7 @@ def collect(results: Path, pool) -> tuple[list[dict], list[str]]:
     for name, members in sorted(groups.items()):
         records = [record for _, record in members]
         try:
-            rows.append(row(name, records, pool))
+            rows.append(row(name, records))
         except SystemExit as refused:
             problems.append(f"{name}: its files were not pooled ({refused})")
     rows.sort(key=lambda r: (r["host"], r["date"], r["candidate"]))
@@ -174,13 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from bench.judge_candidate import pool
     from bench.results_files import write_results
 
     if not args.results.is_dir():
         raise SystemExit(f"{args.results}: no such folder of results files")
     date = time.strftime("%Y-%m-%d")
-    rows, problems = collect(args.results, pool)
+    rows, problems = collect(args.results)
     if not rows:
         raise SystemExit(
             f"{args.results}: no chain_seeds_val_*.json results; score a candidate with "

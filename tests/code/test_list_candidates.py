@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from bench.judge_candidate import pool
 from bench.list_candidates import candidate_of, collect, host_type, render
 
 XEON = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_isa": "family 6 model 207 stepping 2; avx"}
@@ -68,7 +67,7 @@ def test_a_candidate_s_classifier_reseeds_are_pooled_into_one_row_with_every_run
         "cand_xeon_c100",
         _record(XEON, [0.3, 0.4], drops, change, offsets={"train_classifier": 100}),
     )
-    rows, problems = collect(tmp_path, pool)
+    rows, problems = collect(tmp_path)
     assert problems == []
     assert len(rows) == 1
     row = rows[0]
@@ -94,7 +93,7 @@ def test_hosts_are_separate_tables_and_files_that_cannot_be_pooled_are_named(tmp
         _record(XEON, [0.1], {}, {"crop_rois": {"margin": 0.2}}, {"train_classifier": 100}),
     )
     (tmp_path / "chain_seeds_val_broken.json").write_text("{not json")
-    rows, problems = collect(tmp_path, pool)
+    rows, problems = collect(tmp_path)
     assert [r["candidate"] for r in rows] == ["base", "other_xeon"]
     assert rows[0]["host"] == "AMD EPYC (family not recorded)"
     assert rows[0]["settings"] == "(its commit's defaults)"
