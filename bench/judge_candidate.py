@@ -21,6 +21,15 @@ the rule the sitenorm, flatneg and sitenorm_flatneg candidates were written unde
   reference's mean change under it) (the unshifted level is (b)'s). The shifts are the
   reference's: one the candidate lacks fails, one only the candidate has is not judged.
 
+With ``--confidence C`` (the rule of ``bench/results/rule_unet_candidates_noise.md``) the
+unit is the U-Net seed (each seed's figure the mean of its runs, counted once): (b)-(d) hold
+when the one-sided C bound of the difference on the worse side is within the margin
+(non-inferiority: a candidate worse by the margin passes at most 1 - C of the time), (g) asks
+the candidate to be better than the reference beyond noise on at least one figure (the worst
+stress Dice drop or one of (b)-(d)'s), and (k) asks for ``--unet-seeds-needed`` U-Net seeds a
+side (default 6): with fewer the verdict is "undecided" unless a failure no seed can mend
+(a required check failed in a run) has happened.
+
 With ``--unchanged FIGURE ...`` the rule has a premise (P): a candidate that cannot move
 those figures (a veto that empties masks cannot change a class) must leave each equal to the
 reference's same run within ``--unchanged-tolerance``; where one differs the comparison is
@@ -62,6 +71,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from scipy.stats import t as student_t
 
 STRESS_DROP = "lesion_dice_mean_drop"
 STRESS_CALLED_NORMAL = "lesion_called_normal"
@@ -144,13 +155,16 @@ def judge(
     margins: dict,
     seeds_needed: int = 3,
     called_normal_change: bool = False,
+    confidence: float | None = None,
+    paired: bool = False,
 ) -> list[dict]:
     """One row per criterion (a)-(f) from two bench_chain_seeds.py summaries (the ``summary``
     of a results file): what, the candidate's mean, the limit, the reference's mean (over all
     its seeds, and over the candidate's seeds where it has them), whether it holds, whether
     the candidate's remaining seeds (up to ``seeds_needed``) could change that, and for a
     figure the mean they would need. A figure the candidate lacks fails its criterion; one
-    the reference lacks is an error."""
+    the reference lacks is an error. With ``confidence``, (b)-(d) are ``bound_rows``
+    (U-Net seeds as the unit, ``paired`` or not) and (g), ``better_row``, is added."""
     seeds = sorted(candidate["figures"]["lesion_dice"]["seeds"])
     complete = len(seeds) >= seeds_needed
     behaviour = candidate.get("behaviour")  # results written before it was kept have none
@@ -167,7 +181,7 @@ def judge(
                 settled=complete or bool(failed_in) or not recorded,
             )
         )
-    for tag, figure, op, margin_key in FIGURE_CRITERIA:
+    for tag, figure, op, margin_key in () if confidence else FIGURE_CRITERIA:
         margin = margins[margin_key] if op == "<=" else -margins[margin_key]
         ref = reference["figures"].get(figure, {}).get("mean")
         if ref is None:
@@ -185,6 +199,8 @@ def judge(
                 seeds_needed,
             )
         )
+    if confidence:
+        rows.extend(bound_rows(candidate, reference, margins, confidence, paired))
     rows.append(_majority_checks(behaviour, reference.get("behaviour"), seeds_needed))
     # unshifted called normal, for --called-normal-change ((b) has checked the reference's)
     base = candidate["figures"].get(STRESS_CALLED_NORMAL, {}).get("mean")
@@ -206,7 +222,7 @@ def judge(
         )
         value = got.get(STRESS_CALLED_NORMAL, {}).get("mean")
         ref = ref_keys[STRESS_CALLED_NORMAL]["mean"]
-        paired = _paired(ref_keys[STRESS_CALLED_NORMAL], seeds)
+        paired_mean = _paired(ref_keys[STRESS_CALLED_NORMAL], seeds)
         if not called_normal_change:
             criterion = f"(f) called normal under {shift}"
             limit, bounds = ref + margins["stress_called_normal"], RATE
@@ -214,14 +230,18 @@ def judge(
             criterion = f"(f) called normal under {shift}, change from unshifted"
             value = None if value is None or base is None else value - base
             paired_base = _paired(ref_unshifted, seeds)
-            paired = None if paired is None or paired_base is None else paired - paired_base
+            paired_mean = (
+                None if paired_mean is None or paired_base is None else paired_mean - paired_base
+            )
             ref -= ref_unshifted["mean"]
             limit, bounds = max(margins["stress_called_normal"], ref), DROP
         rows.append(
             _figure_row(
-                criterion, value, limit, "<=", ref, paired, len(seeds), seeds_needed, bounds
+                criterion, value, limit, "<=", ref, paired_mean, len(seeds), seeds_needed, bounds
             )
         )
+    if confidence:
+        rows.append(better_row(candidate, reference, confidence, paired))
     return rows
 
 
@@ -308,15 +328,36 @@ def _variance(values: list[float]) -> float:
     return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
+def difference(ours: dict[str, float], theirs: dict[str, float], paired: bool = False) -> tuple:
+    """Candidate less reference from two {U-Net seed: figure} maps: (difference, its standard
+    error, its degrees of freedom). Unpaired (a candidate with U-Nets of its own): the
+    difference of the means, SE sqrt(var_c / k_c + var_r / k_r), Welch-Satterthwaite's degrees
+    of freedom. Paired (a candidate on the reference's own U-Nets): the mean of the
+    per-U-Net-seed differences over the seeds both have, SE sd / sqrt(k), k - 1 degrees of
+    freedom, leaving out the U-Net draw they share. SE and degrees of freedom are None where
+    there are under 2 U-Net seeds (a side, or shared)."""
+    d = sum(ours.values()) / len(ours) - sum(theirs.values()) / len(theirs)
+    if paired:
+        diffs = [ours[seed] - theirs[seed] for seed in sorted(set(ours) & set(theirs))]
+        if len(diffs) < 2:
+            return d, None, None
+        return sum(diffs) / len(diffs), (_variance(diffs) / len(diffs)) ** 0.5, len(diffs) - 1
+    if len(ours) < 2 or len(theirs) < 2:
+        return d, None, None
+    parts = [_variance(list(side.values())) / len(side) for side in (ours, theirs)]
+    se = sum(parts) ** 0.5
+    if se == 0:
+        return d, 0.0, float("inf")
+    sides = (ours, theirs)
+    dof = se**4 / sum(part**2 / (len(side) - 1) for part, side in zip(parts, sides, strict=True))
+    return d, se, dof
+
+
 def noise_rows(candidate: dict, reference: dict, margins: dict, paired: bool = False) -> list[dict]:
     """How far (b)-(d)'s verdicts stand from the noise of the U-Net draws: per figure, the
     candidate's mean less the reference's, the criterion's margin, and the standard error of
-    that difference with the whole-chain (U-Net) seed as the unit, each side's variance over
-    its U-Net seeds' means: sqrt(var_c / k_c + var_r / k_r). That is for a candidate with U-Nets
-    of its own; one on the reference's own U-Nets (``paired``: a crop or classifier candidate
-    in the same seed workspaces) takes the per-U-Net-seed differences over the U-Net seeds both
-    have: sd(differences) / sqrt(k), which leaves out the U-Net draw they share. None where
-    there are under 2 U-Net seeds (a side, or the shared ones when paired).
+    that difference with the whole-chain (U-Net) seed as the unit (``difference``: unpaired
+    for a candidate with U-Nets of its own, ``paired`` for one on the reference's own U-Nets).
     ``margin_under_2se``: a difference as large as the margin is within what the U-Net draws
     alone give, so the criterion cannot tell a candidate equal to the reference from one
     worse by the margin."""
@@ -326,24 +367,12 @@ def noise_rows(candidate: dict, reference: dict, margins: dict, paired: bool = F
         theirs = unet_seed_means(reference["figures"].get(figure) or {})
         if not ours or not theirs:
             continue
-        difference = sum(ours.values()) / len(ours) - sum(theirs.values()) / len(theirs)
-        se = None
-        shared = sorted(set(ours) & set(theirs))
-        if paired:
-            diffs = [ours[seed] - theirs[seed] for seed in shared]
-            if len(diffs) >= 2:
-                difference = sum(diffs) / len(diffs)
-                se = (_variance(diffs) / len(diffs)) ** 0.5
-        elif len(ours) >= 2 and len(theirs) >= 2:
-            se = (
-                _variance(list(ours.values())) / len(ours)
-                + _variance(list(theirs.values())) / len(theirs)
-            ) ** 0.5
+        d, se, _ = difference(ours, theirs, paired)
         margin = margins[margin_key]
         rows.append(
             {
                 "figure": figure,
-                "difference": difference,
+                "difference": d,
                 "margin": margin,
                 "se": se,
                 "unet_seeds": (len(ours), len(theirs)),
@@ -352,6 +381,98 @@ def noise_rows(candidate: dict, reference: dict, margins: dict, paired: bool = F
             }
         )
     return rows
+
+
+def _one_sided(confidence: float, dof: float) -> float:
+    """Student's one-sided quantile: the difference lies below d + t SE (above d - t SE) with
+    probability ``confidence``."""
+    return float(student_t.ppf(confidence, dof))
+
+
+def bound_rows(
+    candidate: dict, reference: dict, margins: dict, confidence: float, paired: bool = False
+) -> list[dict]:
+    """(b)-(d) by non-inferiority (``--confidence``): with d the candidate's mean less the
+    reference's over U-Net seeds (each seed the mean of its runs, counted once) and SE as
+    ``difference`` gives it, the one-sided ``confidence`` bound of d on the worse side (d + t
+    SE for a rate, d - t SE for macro-F1) must be within the margin: a candidate worse than
+    the reference by the margin passes at most 1 - ``confidence`` of the time. Under 2 U-Net
+    seeds a side there is no bound, and the criterion does not hold (not for good: more seeds
+    can give one)."""
+    rows = []
+    for tag, figure, op, margin_key in FIGURE_CRITERIA:
+        ours = unet_seed_means(candidate["figures"].get(figure) or {})
+        theirs = unet_seed_means(reference["figures"].get(figure) or {})
+        if not theirs:
+            raise SystemExit(f"the reference has no {figure}: it cannot judge ({tag})")
+        side = "+" if op == "<=" else "-"
+        criterion = f"{tag} {figure}: difference {side} t SE (one-sided {confidence:.0%})"
+        limit = margins[margin_key] if op == "<=" else -margins[margin_key]
+        ref = sum(theirs.values()) / len(theirs)
+        if not ours:
+            rows.append(_row(criterion, None, f"{op} {limit:+.3f}", False, ref))
+            continue
+        d, se, dof = difference(ours, theirs, paired)
+        if se is None:
+            rows.append(
+                _row(criterion, None, f"{op} {limit:+.3f} (needs 2 U-Net seeds a side)", False,
+                     ref, settled=False)
+            )  # fmt: skip
+            continue
+        t = _one_sided(confidence, dof)
+        bound = d + t * se if op == "<=" else d - t * se
+        how = f"{op} {limit:+.3f} (d {d:+.3f}, SE {se:.3f}, t {t:.2f})"
+        rows.append(_row(criterion, bound, how, _within(bound, limit, op), ref, settled=False))
+    return rows
+
+
+def worst_drop_per_run(summary: dict) -> dict:
+    """A figure entry (run -> value) of each run's largest Dice drop over the shifts."""
+    worst: dict[str, float] = {}
+    for keys in (summary.get("stress") or {}).values():
+        for run, item in ((keys.get(STRESS_DROP) or {}).get("seeds") or {}).items():
+            value = _value(item)
+            if value is not None:
+                worst[run] = max(worst.get(run, value), value)
+    return {"seeds": worst}
+
+
+def better_row(candidate: dict, reference: dict, confidence: float, paired: bool = False) -> dict:
+    """(g): the candidate beats the reference by more than the noise on at least one figure:
+    the worst stress Dice drop (each run's largest over the shifts) or one of (b)-(d)'s, i.e.
+    the one-sided ``confidence`` bound of its improvement (the reference's less the
+    candidate's, the other way for macro-F1) is above zero. The value names the figure with
+    the largest bound and gives it."""
+    entries = [
+        (figure, op, candidate["figures"].get(figure) or {}, reference["figures"].get(figure) or {})
+        for _, figure, op, _ in FIGURE_CRITERIA
+    ]
+    entries.append(
+        (
+            "worst_stress_dice_drop",
+            "<=",
+            worst_drop_per_run(candidate),
+            worst_drop_per_run(reference),
+        )
+    )
+    best = None
+    for figure, op, ours_entry, theirs_entry in entries:
+        ours, theirs = unet_seed_means(ours_entry), unet_seed_means(theirs_entry)
+        if not ours or not theirs:
+            continue
+        d, se, dof = difference(ours, theirs, paired)
+        if se is None:
+            continue
+        improvement = -d if op == "<=" else d
+        bound = improvement - _one_sided(confidence, dof) * se
+        if best is None or bound > best[1]:
+            best = (figure, bound)
+    criterion = (
+        f"(g) better than the reference beyond noise on one figure (one-sided {confidence:.0%})"
+    )
+    if best is None:
+        return _row(criterion, None, "> 0 (needs 2 U-Net seeds a side)", False, settled=False)
+    return _row(criterion, f"{best[0]} {best[1]:+.3f}", "> 0", best[1] > 0, settled=False)
 
 
 def render_noise(rows: list[dict]) -> str:
@@ -464,10 +585,11 @@ def _same(parts: list[set], names: list[str], what: str) -> set:
 
 
 def pool(records: list[dict], names: list[str] | None = None) -> dict:
-    """One results record from several of one candidate's, which differ only in their seed
-    offsets: its summary has every run of every record, keyed by ``_run_key``. Refused: files
-    of another candidate, profile or split, the same offsets twice, or a figure, shift or
-    behaviour record that some of the files lack (the means would be over other runs)."""
+    """One results record from several of one candidate's, which differ only in their seeds
+    or seed offsets: its summary has every run of every record, keyed by ``_run_key``.
+    Refused: files of another candidate, profile or split, the same run (seed and offsets)
+    twice, or a figure, shift or behaviour record that some of the files lack (the means
+    would be over other runs)."""
     if len(records) == 1:
         return records[0]
     names = names or [f"file {i + 1}" for i in range(len(records))]
@@ -481,12 +603,17 @@ def pool(records: list[dict], names: list[str] | None = None) -> dict:
                 )
     offsets = [record.get("seed_offsets") or {} for record in records]
     tags = [_run_key("", o) for o in offsets]
-    if len(set(tags)) < len(tags):
-        raise SystemExit(
-            f"{', '.join(names)}: two of them have the same seed offsets ({tags}): "
-            "the same runs twice would count twice"
-        )
     summaries = [record["summary"] for record in records]
+    seen: dict[str, str] = {}
+    for name, s, tag in zip(names, summaries, tags, strict=True):
+        for seed in (s["figures"].get("lesion_dice") or {}).get("seeds") or {}:
+            run = f"{seed}{tag}"
+            if run in seen:
+                raise SystemExit(
+                    f"{seen[run]} and {name} both have run {run} (the same seed and seed "
+                    "offsets): the same run twice would count twice"
+                )
+            seen[run] = name
     figures = {
         name: _pooled([s["figures"][name] for s in summaries], tags)
         for name in sorted(_same([set(s["figures"]) for s in summaries], names, "figures"))
@@ -551,7 +678,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the candidate ran on the reference's own U-Nets (a crop or classifier "
         "candidate in the same seed workspaces): the noise table pairs them by U-Net seed",
     )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=None,
+        help="judge (b)-(d) by non-inferiority at this one-sided confidence (e.g. 0.95), with "
+        "the U-Net seed as the unit, and add (g): better beyond noise on one figure",
+    )
+    parser.add_argument(
+        "--unet-seeds-needed",
+        type=int,
+        default=6,
+        help="with --confidence: the U-Net seeds each side needs for a verdict",
+    )
     args = parser.parse_args(argv)
+    if args.confidence is not None and not 0.5 < args.confidence < 1:
+        raise SystemExit(f"--confidence {args.confidence}: give a one-sided level in (0.5, 1)")
     candidate = pool([load(p) for p in args.candidate], [str(p) for p in args.candidate])
     reference = pool([load(p) for p in args.reference], [str(p) for p in args.reference])
     for key in ("profile", "split"):
@@ -575,9 +717,30 @@ def main(argv: list[str] | None = None) -> int:
         margins,
         args.seeds_needed,
         args.called_normal_change,
+        args.confidence,
+        args.paired_unets,
     )
     n_seeds = candidate["summary"]["n_seeds"]
     verdict = decide(rows, n_seeds, args.seeds_needed)
+    if args.confidence:
+        counts = [
+            len(unet_seed_means(side["summary"]["figures"].get("lesion_dice") or {}))
+            for side in (candidate, reference)
+        ]
+        enough = min(counts) >= args.unet_seeds_needed
+        rows.insert(
+            0,
+            _row(
+                "(k) U-Net seeds a side (candidate, reference)",
+                f"{counts[0]}, {counts[1]}",
+                f">= {args.unet_seeds_needed} each",
+                enough,
+                settled=False,
+            ),
+        )
+        if not enough:  # too few draws: only a failure no seed can mend decides
+            settled_fail = any(not row["holds"] and row["settled"] for row in rows)
+            verdict = "not adopted" if settled_fail else "undecided"
     premise = unchanged_rows(
         candidate["summary"], reference["summary"], args.unchanged, args.unchanged_tolerance
     )

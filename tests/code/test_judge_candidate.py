@@ -384,7 +384,7 @@ def test_a_pooled_reference_pairs_run_by_run(tmp_path):
 @pytest.mark.parametrize(
     "second, message",
     [
-        ({"offsets": {}}, "the same seed offsets"),
+        ({"offsets": {}}, "both have run 0"),
         ({"changes": {"train_classifier": {"gamma": 0.9}}}, "its changes"),
         ({"drop": "macro_f1"}, "not the same figures"),
         ({"behaviour": False}, "some record the behavioural checks"),
@@ -498,3 +498,132 @@ def test_a_candidate_on_the_reference_s_own_u_nets_is_paired_by_u_net_seed():
     assert unpaired["se"] > 0.05
     assert unpaired["margin_under_2se"] is True
     assert jc.render_noise([paired]).startswith("Noise of the U-Net draws (paired by U-Net seed")
+
+
+def test_files_of_other_u_net_seeds_at_the_same_offsets_are_pooled(tmp_path):
+    """More U-Net seeds of one candidate in a file of their own (seeds 3-5 at offset 0 beside
+    seeds 0-2 at offset 0): pooled, each run once; the same seed in both is refused."""
+    first = _write_run(tmp_path / "a.json", summary(), {})
+    more = _write_run(tmp_path / "b.json", summary(seeds=("3", "4"), macro_f1=0.80), {})
+    pooled = jc.pool([jc.load(first), jc.load(more)])["summary"]
+    assert sorted(pooled["figures"]["macro_f1"]["seeds"]) == ["0", "1", "2", "3", "4"]
+    assert pooled["figures"]["macro_f1"]["mean"] == pytest.approx((0.75 * 3 + 0.80 * 2) / 5)
+    again = _write_run(tmp_path / "c.json", summary(seeds=("2", "5")), {})
+    with pytest.raises(SystemExit, match="both have run 2"):
+        jc.pool([jc.load(first), jc.load(again)], ["a.json", "c.json"])
+
+
+def spread(base: dict, figure: str, values: dict[str, float]) -> dict:
+    """``base`` with ``figure``'s per-run values replaced (and its mean over them)."""
+    out = copy.deepcopy(base)
+    out["figures"][figure] = {
+        "mean": sum(values.values()) / len(values),
+        "seeds": {run: {"value": v} for run, v in values.items()},
+    }
+    return out
+
+
+SIX = ("0", "1", "2", "3", "4", "5")
+
+
+def test_welch_difference_and_its_degrees_of_freedom_by_hand():
+    ours = {"0": 0.10, "1": 0.20, "2": 0.30}  # variance 0.01
+    theirs = {"0": 0.10, "1": 0.12, "2": 0.08, "3": 0.10}  # variance 0.000267
+    d, se, dof = jc.difference(ours, theirs)
+    assert d == pytest.approx(0.20 - 0.10)
+    a, b = 0.01 / 3, (0.0008 / 3) / 4
+    assert se == pytest.approx((a + b) ** 0.5)
+    assert dof == pytest.approx((a + b) ** 2 / (a**2 / 2 + b**2 / 3))
+    assert jc.difference({"0": 0.1}, theirs)[1:] == (None, None)
+    assert jc.difference({"0": 0.1, "1": 0.1}, {"0": 0.2, "1": 0.2}) == pytest.approx(
+        (-0.1, 0.0, float("inf"))
+    )
+
+
+def test_non_inferiority_bounds_the_difference_on_its_worse_side():
+    """called normal per U-Net seed: reference 0.08-0.16, candidate 0.02 above it in each;
+    the bound d + t SE at 95 % (t from Welch's degrees of freedom) against the margin: 0.05
+    holds, 0.03 does not; macro-F1's bound is d - t SE."""
+    ref_values = dict(zip(SIX, (0.08, 0.12, 0.16, 0.10, 0.14, 0.12), strict=True))
+    reference = spread(summary(seeds=SIX), "lesion_called_normal", ref_values)
+    cand_values = {run: v + 0.02 for run, v in ref_values.items()}
+    candidate = spread(summary(seeds=SIX), "lesion_called_normal", cand_values)
+    d, se, dof = jc.difference(
+        jc.unet_seed_means(candidate["figures"]["lesion_called_normal"]),
+        jc.unet_seed_means(reference["figures"]["lesion_called_normal"]),
+    )
+    bound = 0.02 + jc.student_t.ppf(0.95, dof) * se
+    assert d == pytest.approx(0.02)
+    assert 0.03 < bound < 0.05
+    rows = {
+        r["criterion"].split(":")[0]: r
+        for r in jc.bound_rows(candidate, reference, MARGINS | {"called_normal": 0.05}, 0.95)
+    }
+    row = rows["(b) lesion_called_normal"]
+    assert row["value"] == pytest.approx(bound)
+    assert row["holds"] is True
+    rows = {
+        r["criterion"].split(":")[0]: r
+        for r in jc.bound_rows(candidate, reference, MARGINS | {"called_normal": 0.03}, 0.95)
+    }
+    assert rows["(b) lesion_called_normal"]["holds"] is False
+    # every seed alike on macro-F1 (0.75 both sides): SE 0, bound 0 >= -0.01
+    assert rows["(c) macro_f1"]["value"] == pytest.approx(0.0)
+    assert rows["(c) macro_f1"]["holds"] is True
+    worse = spread(candidate, "macro_f1", dict.fromkeys(SIX, 0.73))
+    rows = {r["criterion"].split(":")[0]: r for r in jc.bound_rows(worse, reference, MARGINS, 0.95)}
+    assert rows["(c) macro_f1"]["holds"] is False  # 0.02 below, margin 0.01
+
+
+def test_better_beyond_noise_needs_an_improvement_past_its_bound():
+    """(g): a candidate equal to the reference in every figure is not better on anything; one
+    whose worst stress drop is 0.03 against the reference's 0.08 in every run is; a stress
+    improvement within the noise is not."""
+    reference = summary(seeds=SIX)
+    row = jc.better_row(summary(seeds=SIX), reference, 0.95)
+    assert row["holds"] is False
+    robust = {
+        "contrast_0.6": {"lesion_dice_mean_drop": 0.03, "lesion_called_normal": 0.20},
+        "blur_1.5": {"lesion_dice_mean_drop": 0.01, "lesion_called_normal": 0.14},
+    }
+    row = jc.better_row(summary(seeds=SIX, shift=robust), reference, 0.95)
+    assert row["holds"] is True
+    assert row["value"] == "worst_stress_dice_drop +0.050"
+    noisy = summary(seeds=SIX, shift=robust)
+    drops = dict(zip(SIX, (0.00, 0.16, 0.00, 0.16, 0.00, 0.16), strict=True))  # mean 0.08
+    noisy["stress"]["contrast_0.6"]["lesion_dice_mean_drop"]["seeds"] = drops
+    assert jc.worst_drop_per_run(noisy)["seeds"]["0"] == pytest.approx(0.01)  # blur's
+    ref_noisy = copy.deepcopy(reference)
+    ref_noisy["stress"]["contrast_0.6"]["lesion_dice_mean_drop"]["seeds"] = dict(
+        zip(SIX, (0.16, 0.0, 0.16, 0.0, 0.16, 0.02), strict=True)
+    )
+    assert jc.better_row(noisy, ref_noisy, 0.95)["holds"] is False
+
+
+def test_main_with_confidence_needs_u_net_seeds_a_side(tmp_path, capsys):
+    """--confidence: three U-Net seeds a side is undecided however the criteria stand, six
+    decide; a required check failed in a run decides early (not adopted)."""
+    robust = {
+        "contrast_0.6": {"lesion_dice_mean_drop": 0.03, "lesion_called_normal": 0.20},
+        "blur_1.5": {"lesion_dice_mean_drop": 0.01, "lesion_called_normal": 0.14},
+    }
+    args = ["--confidence", "0.95", "--require", "blank_image", "--seeds-needed", "3"]
+    ref3 = _write(tmp_path / "ref3.json", summary())
+    cand3 = _write(tmp_path / "cand3.json", summary(shift=robust))
+    assert jc.main([str(cand3), "--reference", str(ref3), *args]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("**undecided**")
+    assert "| (k) U-Net seeds a side (candidate, reference) | 3, 3 | >= 6 each |" in out
+    ref6 = _write(tmp_path / "ref6.json", summary(seeds=SIX))
+    cand6 = _write(tmp_path / "cand6.json", summary(seeds=SIX, shift=robust))
+    assert jc.main([str(cand6), "--reference", str(ref6), *args]) == 0
+    assert capsys.readouterr().out.startswith("**adopt**")
+    same6 = _write(tmp_path / "same6.json", summary(seeds=SIX))
+    assert jc.main([str(same6), "--reference", str(ref6), *args]) == 1  # (g): nothing better
+    assert "fails: (g)" in capsys.readouterr().out
+    failing = summary(shift=robust, behaviour={"0": ["blank_image"], "1": [], "2": []})
+    failed = _write(tmp_path / "failed.json", failing)
+    assert jc.main([str(failed), "--reference", str(ref3), *args]) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="one-sided level"):
+        jc.main([str(cand6), "--reference", str(ref6), "--confidence", "95"])
