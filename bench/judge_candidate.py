@@ -344,11 +344,11 @@ def difference(ours: dict[str, float], theirs: dict[str, float], paired: bool = 
         return sum(diffs) / len(diffs), (_variance(diffs) / len(diffs)) ** 0.5, len(diffs) - 1
     if len(ours) < 2 or len(theirs) < 2:
         return d, None, None
-    parts = [_variance(list(side.values())) / len(side) for side in (ours, theirs)]
+    sides = (ours, theirs)
+    parts = [_variance(list(side.values())) / len(side) for side in sides]
     se = sum(parts) ** 0.5
     if se == 0:
         return d, 0.0, float("inf")
-    sides = (ours, theirs)
     dof = se**4 / sum(part**2 / (len(side) - 1) for part, side in zip(parts, sides, strict=True))
     return d, se, dof
 
