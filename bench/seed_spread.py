@@ -17,7 +17,7 @@ images of the same kind would not shrink that part. Descriptive: it chooses noth
         bench/results/per_image/chain_seeds_val_defaults_xeon_rerun_seed{0,1,2}.csv \
         bench/results/per_image/chain_seeds_val_defaults_xeon_more_seed{3,4,5}.csv
 
-Writes bench/results/seed_spread_<name>.md.
+Writes bench/results/seed_spread_<name>.{json,md} (the .md's generated part).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = "bench/seed_spread.py"
+TITLE = "Where the seeds' spread comes from"
 # figure: (the images it is a rate over, whether an image counts), as evaluate_models
 # defines them from a per-image table
 FIGURES = {
@@ -74,13 +76,12 @@ def spread(tables: list[pd.DataFrame]) -> list[dict]:
     return rows
 
 
-def render(name: str, paths: list[str], rows: list[dict]) -> str:
+def render(paths: list[str], rows: list[dict]) -> str:
+    """The generated part of ``seed_spread_<name>.md``."""
     lines = [
-        f"# Where the seeds' spread comes from: {name}",
-        "",
         f"Per-image tables of {len(paths)} runs (val): "
         + ", ".join(f"`{Path(p).name}`" for p in paths)
-        + ". Written by `bench/seed_spread.py`; descriptive.",
+        + ". Descriptive.",
         "",
         "| figure | images | each run (%) | SD between runs | SD if images flipped on their own "
         "| ratio | images the same in every run |",
@@ -100,15 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tables", nargs="+", type=Path, help="per-image CSVs, one per run")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.tables if not p.is_file()]
     if missing:
         raise SystemExit(f"no such per-image table: {', '.join(missing)}")
-    tables = [pd.read_csv(p).set_index("id") for p in args.tables]
-    text = render(args.name, [str(p) for p in args.tables], spread(tables))
-    out = args.out / f"seed_spread_{args.name}.md"
-    out.write_text(text)
+    sys.path.insert(0, str(REPO))
+    from bench.results_files import write_results
+
+    paths = [str(p) for p in args.tables]
+    rows = spread([pd.read_csv(p).set_index("id") for p in args.tables])
+    text = render(paths, rows)
+    record = {"name": args.name, "tables": paths, "figures": rows}
+    write_results(f"seed_spread_{args.name}", f"{TITLE}: {args.name}", record, text, SCRIPT)
     print(text)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bench import results_files
 from bench import seed_spread as ss
 
 
@@ -64,16 +65,17 @@ def test_tables_of_other_images_or_a_single_run_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="not hold the same images"):
         ss.spread([a, table([True, False], [True, True], [False])])
     with pytest.raises(SystemExit, match="no such per-image table"):
-        ss.main([str(tmp_path / "missing.csv"), "--name", "x", "--out", str(tmp_path)])
+        ss.main([str(tmp_path / "missing.csv"), "--name", "x"])
 
 
-def test_main_writes_the_table(tmp_path):
+def test_main_writes_the_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(results_files, "RESULTS", tmp_path)
     paths = []
     for n, calls in enumerate(([True, False], [True, True])):
         path = tmp_path / f"run{n}.csv"
         table(calls, [True, True], [False]).reset_index().to_csv(path, index=False)
         paths.append(str(path))
-    assert ss.main([*paths, "--name", "demo", "--out", str(tmp_path)]) == 0
+    assert ss.main([*paths, "--name", "demo"]) == 0
     text = (tmp_path / "seed_spread_demo.md").read_text()
     assert (
         "| lesion_called_normal | 2 | 50.0 100.0 | 35.4 points | 35.4 points | 1.0 | 50 % |" in text
