@@ -181,26 +181,10 @@ def judge(
                 settled=complete or bool(failed_in) or not recorded,
             )
         )
-    for tag, figure, op, margin_key in () if confidence else FIGURE_CRITERIA:
-        margin = margins[margin_key] if op == "<=" else -margins[margin_key]
-        ref = reference["figures"].get(figure, {}).get("mean")
-        if ref is None:
-            raise SystemExit(f"the reference has no mean {figure}: it cannot judge ({tag})")
-        entry = candidate["figures"].get(figure, {})
-        rows.append(
-            _figure_row(
-                f"{tag} {figure}",
-                entry.get("mean"),
-                ref + margin,
-                op,
-                ref,
-                _paired(reference["figures"][figure], seeds),
-                len(seeds),
-                seeds_needed,
-            )
-        )
     if confidence:
         rows.extend(bound_rows(candidate, reference, margins, confidence, paired))
+    else:
+        rows.extend(mean_rows(candidate, reference, margins, seeds, seeds_needed))
     rows.append(_majority_checks(behaviour, reference.get("behaviour"), seeds_needed))
     # unshifted called normal, for --called-normal-change ((b) has checked the reference's)
     base = candidate["figures"].get(STRESS_CALLED_NORMAL, {}).get("mean")
@@ -242,6 +226,33 @@ def judge(
         )
     if confidence:
         rows.append(better_row(candidate, reference, confidence, paired))
+    return rows
+
+
+def mean_rows(
+    candidate: dict, reference: dict, margins: dict, seeds: list[str], seeds_needed: int
+) -> list[dict]:
+    """(b)-(d) on the means over runs: each figure's mean within its margin of the
+    reference's."""
+    rows = []
+    for tag, figure, op, margin_key in FIGURE_CRITERIA:
+        margin = margins[margin_key] if op == "<=" else -margins[margin_key]
+        ref = reference["figures"].get(figure, {}).get("mean")
+        if ref is None:
+            raise SystemExit(f"the reference has no mean {figure}: it cannot judge ({tag})")
+        entry = candidate["figures"].get(figure, {})
+        rows.append(
+            _figure_row(
+                f"{tag} {figure}",
+                entry.get("mean"),
+                ref + margin,
+                op,
+                ref,
+                _paired(reference["figures"][figure], seeds),
+                len(seeds),
+                seeds_needed,
+            )
+        )
     return rows
 
 
