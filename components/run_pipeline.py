@@ -26,6 +26,7 @@ def run(
     project: Path,
     workspace: Path | None = None,
     settings: dict | None = None,
+    stage: str | None = None,
 ) -> dict:
     from busi.data.importer import ingest
     from busi.orchestration.preflight import check_params
@@ -39,7 +40,7 @@ def run(
     logger.info("data version %s (%s)", result.version, "new" if result.changed else "unchanged")
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws / 'mlflow.db'}")
-    parent_run_id, summary = repro_under_parent(ws, profile)
+    parent_run_id, summary = repro_under_parent(ws, profile, stage=stage)
     return {
         "workspace": str(ws),
         "data_version": result.version,

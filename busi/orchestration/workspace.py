@@ -167,12 +167,17 @@ def resolve_source(project: Path, profile: str, ws: Path, source: Path | None) -
 
 
 def repro_under_parent(
-    ws: Path, profile: str, tags: dict[str, str] | None = None, force: bool = False
+    ws: Path,
+    profile: str,
+    tags: dict[str, str] | None = None,
+    force: bool = False,
+    stage: str | None = None,
 ) -> tuple[str | None, dict]:
     """`dvc repro` in ``ws`` under a new MLflow parent run ``pipeline-<profile>``, which gets
     the headline metrics, the lineage tags (``tags`` set over them, at the start and the end)
     and the files that define the run. ``force`` reruns every stage, even one the run cache
-    could restore. Returns the parent run's id (None with tracking off) and
+    could restore; ``stage`` runs that stage and what it depends on only (no evaluation:
+    the summary is then empty). Returns the parent run's id (None with tracking off) and
     metrics/evaluation.json."""
     from busi import tracking
 
@@ -183,6 +188,7 @@ def repro_under_parent(
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
+    cmd += [stage] if stage else []
     cwd = Path.cwd()
     os.chdir(ws)  # the lineage tags (data.dvc, dvc.lock, git) are read from the workspace
     try:
@@ -197,13 +203,14 @@ def repro_under_parent(
             if proc.returncode != 0:
                 raise BusiError(f"`dvc repro` failed in {ws} (exit {proc.returncode}); see above")
             evaluation = ws / "metrics" / "evaluation.json"
-            summary = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+            ran_evaluation = stage is None and evaluation.is_file()
+            summary = json.loads(evaluation.read_text()) if ran_evaluation else {}
             if parent is not None:
                 tracking.log_metrics(summary.get("headline", {}))
                 # dvc.lock as it is after the run
                 mlflow.set_tags({**tracking.lineage_tags(), **(tags or {})})
                 for path in (ws / "dvc.lock", ws / "params.yaml", evaluation):
-                    if path.is_file():
+                    if path.is_file() and (path != evaluation or ran_evaluation):
                         mlflow.log_artifact(str(path))
     finally:
         os.chdir(cwd)

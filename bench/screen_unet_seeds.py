@@ -1,0 +1,335 @@
+"""Screen a U-Net candidate over several U-Net seeds, paired against a reference screened
+the same way (issue 13: choose on val; the U-Net seed as the unit, as the noise-sized rule
+counts it), before any of its chains is trained.
+
+    python bench/screen_unet_seeds.py --name t04_long --seeds 0 1 2 3 4 5 \\
+        --set train_unet.input_norm=image ... train_unet.epochs=40 train_unet.patience=10 \\
+        --reference bench/results/unet_screen_seeds_t04.json \\
+        --better normal_false_lesion_rate --within lesion_not_found=0.04 \\
+        --mean-at-most worst_dice_drop=0.05
+
+Per seed: train_unet (and what it depends on) in bench_chain_seeds.py's workspace for that
+seed (``scratch/chain-seeds/<profile>/seed-N/workspace``, the candidate's settings and the
+seed's seeds; `dvc repro train_unet`: a run-cache hit where those settings trained before;
+the later stages are left as they were, for bench_chain_seeds.py to rerun), then
+bench_unet_screen.py on its U-Net (``unet_screen_<name>_seed<N>.{json,md}``). Per seed the
+summary keeps the unshifted figures at the workspace's lesion rule (the U-Net alone, so no
+classifier veto), the worst Dice drop over the stress shifts, the epochs run and the epoch
+kept. Against ``--reference`` (another run of this script on the same seeds): per figure
+the mean of the per-seed differences, its standard error and one-sided bounds
+(judge_candidate.difference, paired, t with k - 1 degrees of freedom), and whether each
+seed's first epochs equal the reference's (a constant learning rate trains the same first
+epochs from the same seed on one machine). The criteria are given on the command line:
+``--better F`` (the bound on F's better side beyond 0: lower for every figure here but the
+Dice), ``--within F=M`` (the bound on F's worse side within M), ``--mean-at-most F=X``.
+
+Writes bench/results/unet_screen_seeds_<name>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = ("lesion_dice_mean", "lesion_not_found", "normal_false_lesion_rate", "worst_dice_drop")
+HIGHER_IS_BETTER = {"lesion_dice_mean"}
+
+
+def seed_row(screen: dict, history_rows: list[dict], kept_score: float | None) -> dict:
+    """One seed's summary from its bench_unet_screen.py record and training log rows
+    (``plots/train_unet.csv``): the unshifted figures, the worst shift's Dice drop, the
+    epochs run and the epoch kept (the log's row whose val_score is the one train_unet
+    reported, ``kept_score``; None without it)."""
+    unshifted = screen["result"]["unshifted"]
+    shifts = screen["result"]["shifts"]
+    worst = max(shifts, key=lambda shift: shifts[shift]["lesion_dice_mean_drop"])
+    kept = None
+    if kept_score is not None and history_rows:
+        gaps = [abs(float(row["val_score"]) - kept_score) for row in history_rows]
+        kept = int(history_rows[gaps.index(min(gaps))]["epoch"])
+    return {
+        **{figure: float(unshifted[figure]) for figure in FIGURES[:3]},
+        "worst_dice_drop": float(shifts[worst]["lesion_dice_mean_drop"]),
+        "worst_shift": worst,
+        "epochs_run": len(history_rows),
+        "epoch_kept": kept,
+        "history": {
+            key: [float(row[key]) for row in history_rows]
+            for key in ("val_lesion_dice", "val_false_lesion_rate")
+        },
+    }
+
+
+def same_start(ours: dict, theirs: dict) -> float | None:
+    """The largest difference between two seeds' training logs over the epochs both ran (0:
+    the same first epochs); None when either has no log."""
+    gaps = []
+    for key, values in ours["history"].items():
+        other = theirs["history"].get(key) or []
+        gaps += [abs(a - b) for a, b in zip(values, other, strict=False)]
+    return max(gaps) if gaps else None
+
+
+def compare(ours: dict[int, dict], theirs: dict[int, dict], confidence: float = 0.95) -> list:
+    """Per figure, candidate less reference paired by seed over the seeds both have: mean
+    difference, SE, degrees of freedom and the one-sided ``confidence`` bounds below and
+    above (None with under 2 shared seeds)."""
+    from scipy.stats import t as student_t
+
+    from bench.judge_candidate import difference
+
+    shared = sorted(set(ours) & set(theirs))
+    rows = []
+    for figure in FIGURES:
+        a = {seed: ours[seed][figure] for seed in shared}
+        b = {seed: theirs[seed][figure] for seed in shared}
+        d, se, dof = difference(a, b, paired=True) if shared else (None, None, None)
+        low = high = None
+        if se is not None:
+            quantile = student_t.ppf(confidence, dof) if se > 0 else 0.0
+            low, high = d - quantile * se, d + quantile * se
+        rows.append(
+            {
+                "figure": figure,
+                "seeds": shared,
+                "difference": d,
+                "se": se,
+                "dof": dof,
+                "lower_bound": low,
+                "upper_bound": high,
+            }
+        )
+    return rows
+
+
+def parse_pairs(items: list[str], option: str) -> dict[str, float]:
+    out = {}
+    for item in items:
+        figure, sep, value = item.partition("=")
+        if not sep or figure not in FIGURES:
+            raise SystemExit(f"{option} {item!r}: write FIGURE=X with FIGURE one of {FIGURES}")
+        try:
+            out[figure] = float(value)
+        except ValueError:
+            raise SystemExit(f"{option} {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def verdict(
+    rows: list[dict],
+    means: dict[str, float],
+    better: list[str],
+    within: dict[str, float],
+    at_most: dict[str, float],
+) -> list[dict]:
+    """The criteria given, each a row (criterion, value, limit, holds). ``better``: the
+    bound on the figure's better side is past 0; ``within``: the bound on its worse side
+    within the margin; ``at_most``: the candidate's mean at most the value. A comparison
+    without a bound (under 2 shared seeds) does not hold."""
+    by_figure = {row["figure"]: row for row in rows}
+    out = []
+    for figure in better:
+        row = by_figure.get(figure)
+        up = figure in HIGHER_IS_BETTER
+        bound = row and (row["lower_bound"] if up else row["upper_bound"])
+        holds = bound is not None and (bound > 0 if up else bound < 0)
+        out.append(
+            {
+                "criterion": f"{figure} better than the reference beyond noise",
+                "value": bound,
+                "limit": "> 0" if up else "< 0",
+                "holds": holds,
+            }
+        )
+    for figure, margin in within.items():
+        row = by_figure.get(figure)
+        up = figure in HIGHER_IS_BETTER
+        bound = row and (row["lower_bound"] if up else row["upper_bound"])
+        holds = bound is not None and (bound >= -margin if up else bound <= margin)
+        out.append(
+            {
+                "criterion": f"{figure} not worse than the reference by more than {margin}",
+                "value": bound,
+                "limit": f">= {-margin}" if up else f"<= {margin}",
+                "holds": holds,
+            }
+        )
+    for figure, limit in at_most.items():
+        value = means.get(figure)
+        out.append(
+            {
+                "criterion": f"{figure}, mean over seeds",
+                "value": value,
+                "limit": f"<= {limit}",
+                "holds": value is not None and value <= limit,
+            }
+        )
+    return out
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:+.3f}" if signed else f"{value:.3f}"
+    return str(value)
+
+
+def render(record: dict) -> str:
+    lines = [
+        f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
+        f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
+        f"settings changed: `{' '.join(record['settings']) or 'none'}`; "
+        f"{record['minutes']:.1f} min in all.",
+        "",
+        "| U-Net seed | epochs run | epoch kept | lesion Dice | not found | false lesions | "
+        "worst Dice drop (shift) | largest log difference from the reference's |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for seed, row in sorted(record["per_seed"].items(), key=lambda item: int(item[0])):
+        lines.append(
+            f"| {seed} | {row['epochs_run']} | {_fmt(row['epoch_kept'])} | "
+            f"{row['lesion_dice_mean']:.3f} | {row['lesion_not_found']:.3f} | "
+            f"{row['normal_false_lesion_rate']:.3f} | {row['worst_dice_drop']:.3f} "
+            f"({row['worst_shift']}) | {_fmt(row.get('start_gap'))} |"
+        )
+    means = record["means"]
+    lines.append(
+        f"| mean | | | {means['lesion_dice_mean']:.3f} | {means['lesion_not_found']:.3f} | "
+        f"{means['normal_false_lesion_rate']:.3f} | {means['worst_dice_drop']:.3f} | |"
+    )
+    if record.get("comparison"):
+        lines += [
+            "",
+            f"Paired against `{record['reference']}` (candidate less reference, U-Net seeds "
+            f"both have; one-sided {record['confidence']:.0%} bounds):",
+            "",
+            "| figure | difference | SE | lower bound | upper bound |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in record["comparison"]:
+            lines.append(
+                f"| {row['figure']} | {_fmt(row['difference'], True)} | {_fmt(row['se'])} | "
+                f"{_fmt(row['lower_bound'], True)} | {_fmt(row['upper_bound'], True)} |"
+            )
+    if record.get("verdict"):
+        lines += ["", "| criterion | value | limit | holds |", "|---|---:|---|---|"]
+        for row in record["verdict"]:
+            lines.append(
+                f"| {row['criterion']} | {_fmt(row['value'], True)} | {row['limit']} | "
+                f"{'yes' if row['holds'] else 'NO'} |"
+            )
+        held = sum(row["holds"] for row in record["verdict"])
+        total = len(record["verdict"])
+        lines += [
+            "",
+            f"Screen: {held} of {total} criteria hold: "
+            + ("passes." if held == total else "fails."),
+        ]
+    return "\n".join(lines)
+
+
+def train_unet_only(profile: str, seed: int, base: Path, changes: dict) -> Path:
+    """train_unet (and its upstream stages) in the seed's bench_chain_seeds workspace."""
+    from bench.bench_chain_seeds import seed_settings
+    from components.run_pipeline import run
+
+    workspace = base / f"seed-{seed}" / "workspace"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
+    run(profile, None, REPO, workspace, seed_settings(seed, changes), stage="train_unet")
+    return workspace
+
+
+def read_seed(workspace: Path, screen_name: str) -> dict:
+    import csv
+
+    from bench import bench_unet_screen, results_files
+
+    bench_unet_screen.main(["--workspace", str(workspace), "--name", screen_name])
+    screen = json.loads((results_files.RESULTS / f"unet_screen_{screen_name}.json").read_text())
+    log = workspace / "plots" / "train_unet.csv"
+    rows = list(csv.DictReader(log.open())) if log.is_file() else []
+    metrics = workspace / "metrics" / "train_unet.json"
+    kept = json.loads(metrics.read_text()).get("val_score") if metrics.is_file() else None
+    return seed_row(screen, rows, kept)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", required=True, help="the candidate's name (results files)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--reference", type=Path, help="an unet_screen_seeds_*.json")
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--better", nargs="*", default=[], metavar="FIGURE")
+    parser.add_argument("--within", nargs="*", default=[], metavar="FIGURE=MARGIN")
+    parser.add_argument("--mean-at-most", nargs="*", default=[], metavar="FIGURE=X")
+    args = parser.parse_args(argv)
+    for figure in args.better:
+        if figure not in FIGURES:
+            raise SystemExit(f"--better {figure!r}: one of {FIGURES}")
+    within = parse_pairs(args.within, "--within")
+    at_most = parse_pairs(args.mean_at_most, "--mean-at-most")
+    if (args.better or within) and not args.reference:
+        raise SystemExit("--better and --within compare with a reference: give --reference")
+    reference = None
+    if args.reference:
+        if not args.reference.is_file():
+            raise SystemExit(f"--reference {args.reference}: no such file")
+        reference = json.loads(args.reference.read_text())
+    sys.path.insert(0, str(REPO))
+    from bench.bench_chain_seeds import parse_changes
+    from bench.bench_data import machine_info
+    from bench.results_files import write_results
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    changes = parse_changes(args.set, params, "val")
+    base = REPO / "scratch" / "chain-seeds" / args.profile
+    started = time.monotonic()
+    per_seed = {}
+    for seed in args.seeds:
+        workspace = train_unet_only(args.profile, seed, base, changes)
+        per_seed[seed] = read_seed(workspace, f"{args.name}_seed{seed}")
+    theirs = {int(seed): row for seed, row in (reference or {}).get("per_seed", {}).items()}
+    for seed, row in per_seed.items():
+        row["start_gap"] = same_start(row, theirs[seed]) if seed in theirs else None
+    means = {f: sum(row[f] for row in per_seed.values()) / len(per_seed) for f in FIGURES}
+    comparison = compare(per_seed, theirs, args.confidence) if reference else []
+    machine = machine_info()
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": "{cpu_model} ({nproc} cores; {cpu_isa})".format(**machine),
+        "commit": machine["project_commit"],
+        "split": "val",
+        "seeds": args.seeds,
+        "settings": args.set,
+        "minutes": (time.monotonic() - started) / 60,
+        "per_seed": per_seed,
+        "means": means,
+        "reference": str(args.reference) if args.reference else None,
+        "confidence": args.confidence,
+        "comparison": comparison,
+        "verdict": verdict(comparison, means, args.better, within, at_most),
+    }
+    text = render(record)
+    write_results(
+        f"unet_screen_seeds_{args.name}",
+        f"U-Nets screened over seeds, candidate {args.name}",
+        record,
+        text,
+        "bench/screen_unet_seeds.py",
+    )
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
