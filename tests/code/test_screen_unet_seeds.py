@@ -1,0 +1,141 @@
+"""bench/screen_unet_seeds.py: a seed's summary from a screen record and a training log, the
+paired comparison by hand, and criteria on both sides of their limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import screen_unet_seeds as sus
+
+
+def screen(dice: float, not_found: float, false_lesions: float, drops: dict) -> dict:
+    unshifted = {"lesion_dice_mean": dice, "lesion_not_found": not_found,
+                 "normal_false_lesion_rate": false_lesions}  # fmt: skip
+    shifts = {name: {**unshifted, "lesion_dice_mean_drop": d} for name, d in drops.items()}
+    return {"result": {"unshifted": unshifted, "shifts": shifts, "checks": {}}}
+
+
+def log(rates: list[float], dice: list[float], weight: float = 0.2) -> list[dict]:
+    return [
+        {"epoch": str(i), "val_false_lesion_rate": str(r), "val_lesion_dice": str(d),
+         "val_score": str(d - weight * r)}
+        for i, (r, d) in enumerate(zip(rates, dice, strict=True))
+    ]  # fmt: skip
+
+
+def row(false_lesions: float, not_found: float = 0.1, dice: float = 0.6, drop: float = 0.02):
+    rows = log([0.8, 0.5], [0.5, dice])
+    return sus.seed_row(screen(dice, not_found, false_lesions, {"blur": drop}), rows, None)
+
+
+def test_seed_row_keeps_the_worst_shift_and_finds_the_epoch_kept():
+    rows = log([0.9, 0.4, 0.6], [0.5, 0.62, 0.63])
+    kept_score = 0.62 - 0.2 * 0.4  # epoch 1's val_score, as train_unet reports it
+    out = sus.seed_row(
+        screen(0.62, 0.1, 0.4, {"crop": 0.01, "gamma": 0.04, "blur": -0.01}), rows, kept_score
+    )
+    assert out["worst_shift"] == "gamma"
+    assert out["worst_dice_drop"] == pytest.approx(0.04)
+    assert out["epochs_run"] == 3
+    assert out["epoch_kept"] == 1
+    assert out["history"]["val_false_lesion_rate"] == [0.9, 0.4, 0.6]
+
+
+def test_same_start_is_zero_over_the_shared_epochs_and_sees_a_difference():
+    short = {"history": {"val_lesion_dice": [0.5, 0.6], "val_false_lesion_rate": [0.9, 0.8]}}
+    longer = {"history": {"val_lesion_dice": [0.5, 0.6, 0.7],
+                          "val_false_lesion_rate": [0.9, 0.8, 0.1]}}  # fmt: skip
+    assert sus.same_start(longer, short) == 0.0
+    other = {"history": {"val_lesion_dice": [0.5, 0.55], "val_false_lesion_rate": [0.9, 0.8]}}
+    assert sus.same_start(other, short) == pytest.approx(0.05)
+
+
+def test_compare_pairs_by_seed_by_hand():
+    """Differences in false lesions -0.2, -0.3, -0.1 over seeds 0-2 (seed 3 only in the
+    candidate, left out): mean -0.2, SD 0.1, SE 0.1 / sqrt(3), t(0.95, 2) = 2.920."""
+    ours = {0: row(0.4), 1: row(0.3), 2: row(0.6), 3: row(0.0)}
+    theirs = {0: row(0.6), 1: row(0.6), 2: row(0.7)}
+    by_figure = {r["figure"]: r for r in sus.compare(ours, theirs)}
+    fl = by_figure["normal_false_lesion_rate"]
+    assert fl["seeds"] == [0, 1, 2]
+    assert fl["difference"] == pytest.approx(-0.2)
+    se = 0.1 / 3**0.5
+    assert fl["se"] == pytest.approx(se)
+    assert fl["upper_bound"] == pytest.approx(-0.2 + 2.919986 * se, abs=1e-5)
+    assert fl["lower_bound"] == pytest.approx(-0.2 - 2.919986 * se, abs=1e-5)
+    assert by_figure["lesion_not_found"]["difference"] == pytest.approx(0.0)
+
+
+def test_verdict_better_within_and_mean_on_both_sides():
+    ours = {0: row(0.4, 0.12), 1: row(0.3, 0.14), 2: row(0.6, 0.10)}
+    theirs = {0: row(0.6, 0.10), 1: row(0.6, 0.10), 2: row(0.7, 0.10)}
+    rows = sus.compare(ours, theirs)
+    means = {f: sum(r[f] for r in ours.values()) / 3 for f in sus.FIGURES}
+    out = sus.verdict(rows, means, ["normal_false_lesion_rate"],
+                      {"lesion_not_found": 0.04}, {"worst_dice_drop": 0.05})  # fmt: skip
+    assert [r["holds"] for r in out] == [True, False, True]
+    # not found +0.02 +- 0.02 / sqrt(3) x 2.92: upper bound 0.054 > 0.04; within 0.06 it holds
+    assert out[1]["value"] == pytest.approx(0.02 + 2.919986 * 0.02 / 3**0.5, abs=1e-5)
+    looser = sus.verdict(rows, means, ["lesion_not_found"], {"lesion_not_found": 0.06},
+                         {"worst_dice_drop": 0.01})  # fmt: skip
+    assert [r["holds"] for r in looser] == [False, True, False]
+
+
+def test_verdict_without_enough_shared_seeds_does_not_hold():
+    rows = sus.compare({0: row(0.1)}, {0: row(0.9)})
+    out = sus.verdict(rows, {}, ["normal_false_lesion_rate"], {}, {})
+    assert out[0]["value"] is None
+    assert not out[0]["holds"]
+
+
+def test_render_shows_each_seed_the_means_and_the_verdict():
+    ours = {0: row(0.4), 1: row(0.3)}
+    theirs = {0: row(0.6), 1: row(0.7)}
+    comparison = sus.compare(ours, theirs)
+    means = {f: sum(r[f] for r in ours.values()) / 2 for f in sus.FIGURES}
+    record = {
+        "date": "2026-12-07 01:00 UTC", "machine": "a CPU", "commit": "abc", "split": "val",
+        "seeds": [0, 1], "settings": ["train_unet.epochs=40"], "minutes": 1.0,
+        "per_seed": {str(k): v for k, v in ours.items()}, "means": means,
+        "reference": "ref.json", "confidence": 0.95, "comparison": comparison,
+        "verdict": sus.verdict(comparison, means, ["normal_false_lesion_rate"], {}, {}),
+    }  # fmt: skip
+    text = sus.render(record)
+    assert "| 0 | 2 | - | 0.600 | 0.100 | 0.400 | 0.020 (blur) | - |" in text
+    assert "| mean | | | 0.600 | 0.100 | 0.350 | 0.020 | |" in text
+    assert "| normal_false_lesion_rate | -0.300 |" in text
+    assert "Screen: 0 of 1 criteria hold: fails." in text
+
+
+def test_main_refuses_a_comparison_without_reference_and_a_bad_figure():
+    with pytest.raises(SystemExit, match="give --reference"):
+        sus.main(["--name", "x", "--better", "normal_false_lesion_rate"])
+    with pytest.raises(SystemExit, match="one of"):
+        sus.main(["--name", "x", "--within", "accuracy=0.1"])
+    with pytest.raises(SystemExit, match="no such file"):
+        sus.main(["--name", "x", "--reference", "/nonexistent.json"])
+
+
+def test_repro_under_parent_runs_up_to_a_stage_without_a_summary(tmp_path, monkeypatch):
+    """stage: `dvc repro <stage>`, and an evaluation.json left from an earlier whole run is not
+    taken for this run's summary."""
+    import subprocess
+
+    from busi.orchestration import workspace
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluation.json").write_text('{"headline": {"accuracy": 0.5}}')
+    calls = []
+
+    def fake_run(cmd, cwd=None, env=None):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setenv("BUSI_TRACKING", "off")
+    monkeypatch.setattr(workspace.subprocess, "run", fake_run)
+    _, summary = workspace.repro_under_parent(tmp_path, "default", stage="train_unet")
+    assert calls[-1][-2:] == ["repro", "train_unet"]
+    assert summary == {}
+    _, summary = workspace.repro_under_parent(tmp_path, "default")
+    assert calls[-1][-1] == "repro"
+    assert summary == {"headline": {"accuracy": 0.5}}
