@@ -132,29 +132,37 @@ def verdict(
     within the margin; ``at_most``: the candidate's mean at most the value. A comparison
     without a bound (under 2 shared seeds) does not hold."""
     by_figure = {row["figure"]: row for row in rows}
+
+    def bound(figure: str) -> float | None:
+        """The one-sided bound that both criteria read: how far the figure may fall short
+        (the lower bound where higher is better, else the upper): past 0 it is better beyond
+        noise, within the margin it is not worse by more than that."""
+        row = by_figure.get(figure)
+        if row is None:
+            return None
+        return row["lower_bound"] if figure in HIGHER_IS_BETTER else row["upper_bound"]
+
     out = []
     for figure in better:
-        row = by_figure.get(figure)
         up = figure in HIGHER_IS_BETTER
-        bound = row and (row["lower_bound"] if up else row["upper_bound"])
-        holds = bound is not None and (bound > 0 if up else bound < 0)
+        bound_ = bound(figure)
+        holds = bound_ is not None and (bound_ > 0 if up else bound_ < 0)
         out.append(
             {
                 "criterion": f"{figure} better than the reference beyond noise",
-                "value": bound,
+                "value": bound_,
                 "limit": "> 0" if up else "< 0",
                 "holds": holds,
             }
         )
     for figure, margin in within.items():
-        row = by_figure.get(figure)
         up = figure in HIGHER_IS_BETTER
-        bound = row and (row["lower_bound"] if up else row["upper_bound"])
-        holds = bound is not None and (bound >= -margin if up else bound <= margin)
+        bound_ = bound(figure)
+        holds = bound_ is not None and (bound_ >= -margin if up else bound_ <= margin)
         out.append(
             {
                 "criterion": f"{figure} not worse than the reference by more than {margin}",
-                "value": bound,
+                "value": bound_,
                 "limit": f">= {-margin}" if up else f"<= {margin}",
                 "holds": holds,
             }

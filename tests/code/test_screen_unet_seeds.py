@@ -139,3 +139,17 @@ def test_repro_under_parent_runs_up_to_a_stage_without_a_summary(tmp_path, monke
     _, summary = workspace.repro_under_parent(tmp_path, "default")
     assert calls[-1][-1] == "repro"
     assert summary == {"headline": {"accuracy": 0.5}}
+
+
+def test_verdict_reads_the_lower_bound_where_higher_is_better():
+    """Dice up by 0.02, 0.03, 0.01: lower bound 0.02 - 2.92 x 0.01 / sqrt(3) = 0.003 > 0,
+    better beyond noise; not worse by more than 0.01 either."""
+    ours = {0: row(0.5, dice=0.62), 1: row(0.5, dice=0.63), 2: row(0.5, dice=0.61)}
+    theirs = {0: row(0.5, dice=0.60), 1: row(0.5, dice=0.60), 2: row(0.5, dice=0.60)}
+    rows = sus.compare(ours, theirs)
+    out = sus.verdict(rows, {}, ["lesion_dice_mean"], {"lesion_dice_mean": 0.01}, {})
+    assert out[0]["value"] == pytest.approx(0.02 - 2.919986 * 0.01 / 3**0.5, abs=1e-5)
+    assert [r["holds"] for r in out] == [True, True]
+    worse = sus.verdict(sus.compare(theirs, ours), {}, ["lesion_dice_mean"],
+                        {"lesion_dice_mean": 0.01}, {})  # fmt: skip
+    assert [r["holds"] for r in worse] == [False, False]
