@@ -22,8 +22,11 @@ seed's first epochs equal the reference's (a constant learning rate trains the s
 epochs from the same seed on one machine). The criteria are given on the command line:
 ``--better F`` (the bound on F's better side beyond 0: lower for every figure here but the
 Dice), ``--within F=M`` (the bound on F's worse side within M), ``--mean-at-most F=X``.
+``--threshold T`` screens the same U-Nets at another lesion threshold than the workspace's
+(another operating point: where missed and false lesions trade; compare with a reference
+screened at the same threshold).
 
-Writes bench/results/unet_screen_seeds_<name>.{json,md}.
+Writes bench/results/unet_screen_seeds_<name>[_t<T>].{json,md}.
 """
 
 from __future__ import annotations
@@ -189,10 +192,13 @@ def _fmt(value, signed: bool = False) -> str:
 
 
 def render(record: dict) -> str:
+    at = ""
+    if record.get("threshold") is not None:
+        at = f"lesion threshold {record['threshold']:g} (not the workspace's); "
     lines = [
         f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
         f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
-        f"settings changed: `{' '.join(record['settings']) or 'none'}`; "
+        f"settings changed: `{' '.join(record['settings']) or 'none'}`; {at}"
         f"{record['minutes']:.1f} min in all.",
         "",
         "| U-Net seed | epochs run | epoch kept | lesion Dice | not found | false lesions | "
@@ -253,12 +259,18 @@ def train_unet_only(profile: str, seed: int, base: Path, changes: dict) -> Path:
     return workspace
 
 
-def read_seed(workspace: Path, screen_name: str) -> dict:
+def threshold_suffix(threshold: float | None) -> str:
+    """The results files' suffix for a screen at another threshold: 0.5 -> "_t05"."""
+    return "" if threshold is None else "_t" + f"{threshold:g}".replace(".", "")
+
+
+def read_seed(workspace: Path, screen_name: str, threshold: float | None = None) -> dict:
     import csv
 
     from bench import bench_unet_screen, results_files
 
-    bench_unet_screen.main(["--workspace", str(workspace), "--name", screen_name])
+    at = [] if threshold is None else ["--threshold", str(threshold)]
+    bench_unet_screen.main(["--workspace", str(workspace), "--name", screen_name, *at])
     screen = json.loads((results_files.RESULTS / f"unet_screen_{screen_name}.json").read_text())
     log = workspace / "plots" / "train_unet.csv"
     rows = list(csv.DictReader(log.open())) if log.is_file() else []
@@ -277,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--reference", type=Path, help="an unet_screen_seeds_*.json")
     parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument(
+        "--threshold", type=float, help="screen at this lesion threshold (default: the workspace's)"
+    )
     parser.add_argument("--better", nargs="*", default=[], metavar="FIGURE")
     parser.add_argument("--within", nargs="*", default=[], metavar="FIGURE=MARGIN")
     parser.add_argument("--mean-at-most", nargs="*", default=[], metavar="FIGURE=X")
@@ -293,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.reference.is_file():
             raise SystemExit(f"--reference {args.reference}: no such file")
         reference = json.loads(args.reference.read_text())
+        if reference.get("threshold") != args.threshold:
+            raise SystemExit(
+                f"--reference {args.reference} was screened at lesion threshold "
+                f"{reference.get('threshold') or 'the workspace'}'s, this run at "
+                f"{args.threshold or 'the workspace'}'s: compare at one threshold"
+            )
     sys.path.insert(0, str(REPO))
     from bench.bench_chain_seeds import parse_changes
     from bench.bench_data import machine_info
@@ -305,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed in args.seeds:
         workspace = train_unet_only(args.profile, seed, base, changes)
-        per_seed[seed] = read_seed(workspace, f"{args.name}_seed{seed}")
+        suffix = threshold_suffix(args.threshold)
+        per_seed[seed] = read_seed(workspace, f"{args.name}_seed{seed}{suffix}", args.threshold)
     theirs = {int(seed): row for seed, row in (reference or {}).get("per_seed", {}).items()}
     for seed, row in per_seed.items():
         row["start_gap"] = same_start(row, theirs[seed]) if seed in theirs else None
@@ -319,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": "val",
         "seeds": args.seeds,
         "settings": args.set,
+        "threshold": args.threshold,
         "minutes": (time.monotonic() - started) / 60,
         "per_seed": per_seed,
         "means": means,
@@ -329,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = render(record)
     write_results(
-        f"unet_screen_seeds_{args.name}",
+        f"unet_screen_seeds_{args.name}{threshold_suffix(args.threshold)}",
         f"U-Nets screened over seeds, candidate {args.name}",
         record,
         text,

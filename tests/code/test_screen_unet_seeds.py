@@ -105,6 +105,8 @@ def test_render_shows_each_seed_the_means_and_the_verdict():
     assert "| mean | | | 0.600 | 0.100 | 0.350 | 0.020 | |" in text
     assert "| normal_false_lesion_rate | -0.300 |" in text
     assert "Screen: 0 of 1 criteria hold: fails." in text
+    assert "threshold" not in text
+    assert "lesion threshold 0.5 (not the workspace's)" in sus.render({**record, "threshold": 0.5})
 
 
 def test_main_refuses_a_comparison_without_reference_and_a_bad_figure():
@@ -153,3 +155,16 @@ def test_verdict_reads_the_lower_bound_where_higher_is_better():
     worse = sus.verdict(sus.compare(theirs, ours), {}, ["lesion_dice_mean"],
                         {"lesion_dice_mean": 0.01}, {})  # fmt: skip
     assert [r["holds"] for r in worse] == [False, False]
+
+
+def test_threshold_names_the_files_and_a_reference_at_another_threshold_is_refused(tmp_path):
+    assert sus.threshold_suffix(None) == ""
+    assert sus.threshold_suffix(0.5) == "_t05"
+    assert sus.threshold_suffix(0.35) == "_t035"
+    reference = tmp_path / "ref.json"
+    reference.write_text('{"threshold": null, "per_seed": {}}')
+    with pytest.raises(SystemExit, match="compare at one threshold"):
+        sus.main(["--name", "x", "--reference", str(reference), "--threshold", "0.5"])
+    reference.write_text('{"threshold": 0.5, "per_seed": {}}')
+    with pytest.raises(SystemExit, match="compare at one threshold"):
+        sus.main(["--name", "x", "--reference", str(reference)])
