@@ -95,7 +95,7 @@ def compare(ours: dict[int, dict], theirs: dict[int, dict], confidence: float = 
         low = high = None
         if se is not None:
             quantile = student_t.ppf(confidence, dof) if se > 0 else 0.0
-            low, high = d - quantile * se, d + quantile * se
+            low, high = float(d - quantile * se), float(d + quantile * se)
         rows.append(
             {
                 "figure": figure,
@@ -149,7 +149,7 @@ def verdict(
     for figure in better:
         up = figure in HIGHER_IS_BETTER
         bound_ = bound(figure)
-        holds = bound_ is not None and (bound_ > 0 if up else bound_ < 0)
+        holds = bound_ is not None and bool(bound_ > 0 if up else bound_ < 0)
         out.append(
             {
                 "criterion": f"{figure} better than the reference beyond noise",
@@ -161,7 +161,7 @@ def verdict(
     for figure, margin in within.items():
         up = figure in HIGHER_IS_BETTER
         bound_ = bound(figure)
-        holds = bound_ is not None and (bound_ >= -margin if up else bound_ <= margin)
+        holds = bound_ is not None and bool(bound_ >= -margin if up else bound_ <= margin)
         out.append(
             {
                 "criterion": f"{figure} not worse than the reference by more than {margin}",
@@ -177,7 +177,7 @@ def verdict(
                 "criterion": f"{figure}, mean over seeds",
                 "value": value,
                 "limit": f"<= {limit}",
-                "holds": value is not None and value <= limit,
+                "holds": value is not None and bool(value <= limit),
             }
         )
     return out

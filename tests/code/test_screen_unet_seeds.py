@@ -3,6 +3,8 @@ paired comparison by hand, and criteria on both sides of their limits."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench import screen_unet_seeds as sus
@@ -74,6 +76,8 @@ def test_verdict_better_within_and_mean_on_both_sides():
     out = sus.verdict(rows, means, ["normal_false_lesion_rate"],
                       {"lesion_not_found": 0.04}, {"worst_dice_drop": 0.05})  # fmt: skip
     assert [r["holds"] for r in out] == [True, False, True]
+    json.dumps(out)  # the results file takes it (numpy's bools would not go)
+    assert all(type(r["holds"]) is bool for r in out)
     # not found +0.02 +- 0.02 / sqrt(3) x 2.92: upper bound 0.054 > 0.04; within 0.06 it holds
     assert out[1]["value"] == pytest.approx(0.02 + 2.919986 * 0.02 / 3**0.5, abs=1e-5)
     looser = sus.verdict(rows, means, ["lesion_not_found"], {"lesion_not_found": 0.06},
