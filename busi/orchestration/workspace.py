@@ -177,8 +177,8 @@ def repro_under_parent(
     the headline metrics, the lineage tags (``tags`` set over them, at the start and the end)
     and the files that define the run. ``force`` reruns every stage, even one the run cache
     could restore; ``stage`` runs that stage and what it depends on only (no evaluation:
-    the summary is then empty). Returns the parent run's id (None with tracking off) and
-    metrics/evaluation.json."""
+    the summary is then empty; the parent run is tagged ``repro_target``). Returns the
+    parent run's id (None with tracking off) and metrics/evaluation.json."""
     from busi import tracking
 
     os.environ["BUSI_PROFILE"] = profile
@@ -188,7 +188,9 @@ def repro_under_parent(
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
-    cmd += [stage] if stage else []
+    if stage:
+        cmd.append(stage)
+        tags = {**(tags or {}), "repro_target": stage}
     cwd = Path.cwd()
     os.chdir(ws)  # the lineage tags (data.dvc, dvc.lock, git) are read from the workspace
     try:

@@ -133,7 +133,11 @@ def test_repro_under_parent_runs_up_to_a_stage_without_a_summary(tmp_path, monke
     (tmp_path / "metrics" / "evaluation.json").write_text('{"headline": {"accuracy": 0.5}}')
     calls = []
 
-    def fake_run(cmd, cwd=None, env=None):
+    real_run = subprocess.run
+
+    def fake_run(cmd, **kwargs):  # subprocess.run everywhere: only dvc's is faked
+        if "dvc" not in cmd:
+            return real_run(cmd, **kwargs)
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0)
 
@@ -172,3 +176,26 @@ def test_threshold_names_the_files_and_a_reference_at_another_threshold_is_refus
     reference.write_text('{"threshold": 0.5, "per_seed": {}}')
     with pytest.raises(SystemExit, match="compare at one threshold"):
         sus.main(["--name", "x", "--reference", str(reference)])
+
+
+def test_a_run_up_to_a_stage_is_tagged_so_in_mlflow(tmp_path, monkeypatch):
+    """The parent run of a partial run says which stage it ran up to, so that it is not read
+    as a whole pipeline run without figures."""
+    import subprocess
+
+    import mlflow
+
+    from busi.orchestration import workspace
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("BUSI_TRACKING", "on")
+    real_run = subprocess.run
+
+    def fake_run(cmd, **kwargs):  # dvc pretends; git (the lineage tags) runs
+        if "dvc" in cmd:
+            return subprocess.CompletedProcess(cmd, 0)
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(workspace.subprocess, "run", fake_run)
+    run_id, _ = workspace.repro_under_parent(tmp_path, "default", stage="train_unet")
+    assert mlflow.get_run(run_id).data.tags["repro_target"] == "train_unet"
