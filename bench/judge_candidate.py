@@ -394,7 +394,7 @@ def noise_rows(candidate: dict, reference: dict, margins: dict, paired: bool = F
     return rows
 
 
-def _one_sided(confidence: float, dof: float) -> float:
+def one_sided_quantile(confidence: float, dof: float) -> float:
     """Student's one-sided quantile: the difference lies below d + t SE (above d - t SE) with
     probability ``confidence``."""
     return float(student_t.ppf(confidence, dof))
@@ -430,7 +430,7 @@ def bound_rows(
                      ref, settled=False)
             )  # fmt: skip
             continue
-        t = _one_sided(confidence, dof)
+        t = one_sided_quantile(confidence, dof)
         bound = d + t * se if op == "<=" else d - t * se
         how = f"{op} {limit:+.3f} (d {d:+.3f}, SE {se:.3f}, t {t:.2f})"
         rows.append(_row(criterion, bound, how, _within(bound, limit, op), ref, settled=False))
@@ -475,7 +475,7 @@ def better_row(candidate: dict, reference: dict, confidence: float, paired: bool
         if se is None:
             continue
         improvement = -d if op == "<=" else d
-        bound = improvement - _one_sided(confidence, dof) * se
+        bound = improvement - one_sided_quantile(confidence, dof) * se
         if best is None or bound > best[1]:
             best = (figure, bound)
     criterion = (

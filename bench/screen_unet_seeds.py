@@ -82,9 +82,7 @@ def compare(ours: dict[int, dict], theirs: dict[int, dict], confidence: float = 
     """Per figure, candidate less reference paired by seed over the seeds both have: mean
     difference, SE, degrees of freedom and the one-sided ``confidence`` bounds below and
     above (None with under 2 shared seeds)."""
-    from scipy.stats import t as student_t
-
-    from bench.judge_candidate import difference
+    from bench.judge_candidate import difference, one_sided_quantile
 
     shared = sorted(set(ours) & set(theirs))
     rows = []
@@ -94,8 +92,8 @@ def compare(ours: dict[int, dict], theirs: dict[int, dict], confidence: float = 
         d, se, dof = difference(a, b, paired=True) if shared else (None, None, None)
         low = high = None
         if se is not None:
-            quantile = student_t.ppf(confidence, dof) if se > 0 else 0.0
-            low, high = float(d - quantile * se), float(d + quantile * se)
+            quantile = one_sided_quantile(confidence, dof)
+            low, high = d - quantile * se, d + quantile * se
         rows.append(
             {
                 "figure": figure,
@@ -309,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--reference {args.reference}: no such file")
         reference = json.loads(args.reference.read_text())
         if reference.get("threshold") != args.threshold:
+
+            def at(threshold: float | None) -> str:
+                return "the workspace's threshold" if threshold is None else f"{threshold:g}"
+
             raise SystemExit(
-                f"--reference {args.reference} was screened at lesion threshold "
-                f"{reference.get('threshold') or 'the workspace'}'s, this run at "
-                f"{args.threshold or 'the workspace'}'s: compare at one threshold"
+                f"--reference {args.reference} was screened at {at(reference.get('threshold'))}"
+                f", this run at {at(args.threshold)}: compare at one threshold (--threshold)"
             )
     sys.path.insert(0, str(REPO))
     from bench.bench_chain_seeds import parse_changes
@@ -324,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     base = REPO / "scratch" / "chain-seeds" / args.profile
     started = time.monotonic()
     per_seed = {}
+    suffix = threshold_suffix(args.threshold)
     for seed in args.seeds:
         workspace = train_unet_only(args.profile, seed, base, changes)
-        suffix = threshold_suffix(args.threshold)
         per_seed[seed] = read_seed(workspace, f"{args.name}_seed{seed}{suffix}", args.threshold)
     theirs = {int(seed): row for seed, row in (reference or {}).get("per_seed", {}).items()}
     for seed, row in per_seed.items():

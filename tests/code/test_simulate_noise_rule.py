@@ -21,7 +21,7 @@ def test_one_trial_is_judged_as_judge_candidate_bounds_it():
         ours = {str(i): v + 0.02 for i, v in enumerate(draws[0])}
         theirs = {str(i): v for i, v in enumerate(draws[1])}
         d, se, dof = jc.difference(ours, theirs)
-        bound = d + jc._one_sided(0.95, dof) * se
+        bound = d + jc.one_sided_quantile(0.95, dof) * se
         for margin in (bound - 1e-6, bound + 1e-6):
             crit = [("lesion_called_normal", "<=", margin)]
             rate = sim.pass_rate(
