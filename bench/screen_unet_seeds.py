@@ -200,20 +200,23 @@ def render(record: dict) -> str:
         f"{record['minutes']:.1f} min in all.",
         "",
         "| U-Net seed | epochs run | epoch kept | lesion Dice | not found | false lesions | "
+        "false lesions by train_unet's log at the epoch kept (no flip) | "
         "worst Dice drop (shift) | largest log difference from the reference's |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for seed, row in sorted(record["per_seed"].items(), key=lambda item: int(item[0])):
+        kept = row["epoch_kept"]
+        logged = None if kept is None else row["history"]["val_false_lesion_rate"][kept]
         lines.append(
-            f"| {seed} | {row['epochs_run']} | {_fmt(row['epoch_kept'])} | "
+            f"| {seed} | {row['epochs_run']} | {_fmt(kept)} | "
             f"{row['lesion_dice_mean']:.3f} | {row['lesion_not_found']:.3f} | "
-            f"{row['normal_false_lesion_rate']:.3f} | {row['worst_dice_drop']:.3f} "
-            f"({row['worst_shift']}) | {_fmt(row.get('start_gap'))} |"
+            f"{row['normal_false_lesion_rate']:.3f} | {_fmt(logged)} | "
+            f"{row['worst_dice_drop']:.3f} ({row['worst_shift']}) | {_fmt(row.get('start_gap'))} |"
         )
     means = record["means"]
     lines.append(
         f"| mean | | | {means['lesion_dice_mean']:.3f} | {means['lesion_not_found']:.3f} | "
-        f"{means['normal_false_lesion_rate']:.3f} | {means['worst_dice_drop']:.3f} | |"
+        f"{means['normal_false_lesion_rate']:.3f} | | {means['worst_dice_drop']:.3f} | |"
     )
     if record.get("comparison"):
         lines += [

@@ -105,8 +105,11 @@ def test_render_shows_each_seed_the_means_and_the_verdict():
         "verdict": sus.verdict(comparison, means, ["normal_false_lesion_rate"], {}, {}),
     }  # fmt: skip
     text = sus.render(record)
-    assert "| 0 | 2 | - | 0.600 | 0.100 | 0.400 | 0.020 (blur) | - |" in text
-    assert "| mean | | | 0.600 | 0.100 | 0.350 | 0.020 | |" in text
+    assert "| 0 | 2 | - | 0.600 | 0.100 | 0.400 | - | 0.020 (blur) | - |" in text
+    assert "| mean | | | 0.600 | 0.100 | 0.350 | | 0.020 | |" in text
+    # with the epoch kept known, the log's own false-lesion rate at it (row()'s log: 0.8, 0.5)
+    kept = {**record, "per_seed": {"0": {**ours[0], "epoch_kept": 1}}}
+    assert "| 0 | 2 | 1 | 0.600 | 0.100 | 0.400 | 0.500 | 0.020 (blur) | - |" in sus.render(kept)
     assert "| normal_false_lesion_rate | -0.300 |" in text
     assert "Screen: 0 of 1 criteria hold: fails." in text
     assert "threshold" not in text
