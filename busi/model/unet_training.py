@@ -1,7 +1,8 @@
 """How a U-Net is built and trained: the core that ``train_unet`` and ``train_unet_folds``
 share (a step never imports another step).
 
-Loss BCE + soft Dice. One Dice everywhere (``busi.model.metrics``): the lesion Dice is the
+Loss BCE + soft Dice (and, with ``presence_weight``, an image-level lesion-present term:
+``presence_loss``). One Dice everywhere (``busi.model.metrics``): the lesion Dice is the
 mean, over images whose true mask is non-empty, of 2TP / (2TP + FP + FN); an image with an
 empty true mask has no Dice (it is scored by the false-lesion rate instead). Training logs
 it on the raw thresholded masks (``lesion_dice_raw``, ``val_lesion_dice_raw``); after each
@@ -146,8 +147,21 @@ class UnetConfig:
     # Keras on first use: needs internet once) | the path of the network's no-top weights
     # file (e.g. Keras' download copied from a machine with internet). See busi.model.imagenet.
     encoder_weights: str = "none"
+    # The weight of an image-level term added to the loss (0: off): the binary cross-entropy
+    # between "the true mask has a lesion" and the mean of the image's k highest lesion
+    # probabilities, k = crop_rois' min_area of the image's pixels (``presence_loss``): the
+    # chain's own decision (a lesion is at least min_area above the threshold), which the
+    # per-pixel loss barely sees. Soft Dice on an empty mask is ~1 once a few pixels are
+    # marked, with a gradient near 0, so without it a false blob on a normal image costs
+    # only its pixels' share of the mean BCE.
+    presence_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.presence_weight < 0:
+            raise ValueError(
+                f"presence_weight {self.presence_weight} must be >= 0: the weight of the "
+                "image-level lesion-present term in the loss (0: off)"
+            )
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError(
                 f"weight_average {self.weight_average} must be in [0, 1): the momentum of the "
@@ -304,6 +318,43 @@ def bce_dice_loss(y_true, y_pred):
     return bce + soft_dice_loss(y_true, y_pred)
 
 
+def presence_pixels(min_area: float, image_size: int) -> int:
+    """The k of ``presence_loss``: the fewest pixels the chain calls a lesion (its
+    ``min_area`` share of an image_size x image_size image, as ``clean_mask`` rounds it)."""
+    return max(1, math.ceil(min_area * image_size * image_size))
+
+
+def presence_loss(y_true, y_pred, pixels: int):
+    """Image-level: the binary cross-entropy, averaged over the batch, between "the true mask
+    has a lesion" and the mean of each image's ``pixels`` highest predicted probabilities
+    (a soft "at least ``pixels`` marked"). On a normal image it pushes the highest
+    probabilities down; on a lesion image it pushes its k most likely pixels up."""
+    import keras
+    from keras import ops
+
+    size = int(math.prod(y_pred.shape[1:]))
+    flat_pred = ops.reshape(y_pred, (-1, size))
+    flat_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1, size))
+    present = ops.cast(ops.max(flat_true, axis=-1, keepdims=True) > 0.5, y_pred.dtype)
+    highest, _ = ops.top_k(flat_pred, min(pixels, size), sorted=False)
+    score = ops.mean(highest, axis=-1, keepdims=True)
+    return ops.mean(keras.losses.binary_crossentropy(present, score))
+
+
+def segmentation_loss(presence_weight: float = 0.0, pixels: int = 1):
+    """The U-Net's loss: ``bce_dice_loss``, plus ``presence_weight`` x ``presence_loss``
+    when that is > 0 (with 0, ``bce_dice_loss`` itself: training is unchanged)."""
+    if not presence_weight:
+        return bce_dice_loss
+
+    def bce_dice_presence_loss(y_true, y_pred):
+        return bce_dice_loss(y_true, y_pred) + presence_weight * presence_loss(
+            y_true, y_pred, pixels
+        )
+
+    return bce_dice_presence_loss
+
+
 def lesion_dice_metric(threshold: float = 0.5):
     """A Keras metric: the lesion Dice of ``busi.model.metrics`` on the raw thresholded
     masks, accumulated over an epoch (each lesion image counts once, whatever its batch)."""
@@ -371,12 +422,13 @@ def chain_validation(val_arrays, roi, false_lesion_weight: float, batch_size: in
     return ChainValidation()
 
 
-def compile_unet(model, learning_rate: float):
+def compile_unet(model, learning_rate: float, presence_weight: float = 0.0, pixels: int = 1):
+    """Adam and ``segmentation_loss(presence_weight, pixels)``."""
     import keras
 
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=bce_dice_loss,
+        loss=segmentation_loss(presence_weight, pixels),
         metrics=[lesion_dice_metric()],
     )
     return model
@@ -555,6 +607,8 @@ def fit_unet(
             image_size, cfg.arch, cfg.batchnorm_momentum, cfg.input_norm, cfg.encoder_weights
         ),
         cfg.learning_rate,
+        cfg.presence_weight,
+        presence_pixels(roi.min_area, image_size),
     )
     resuming = _claim_backup(Path(backup_dir), fingerprint)
     callbacks = [
