@@ -11,7 +11,9 @@ Scored as evaluate_models and stress_test_models score the chain (the workspace'
 params.yaml: crop_rois' lesion rule and test-time flip, stress_test_models' shifts and
 seed, evaluate_models' behavioural settings), but without the classifier:
 - unshifted: lesion Dice (mean over lesion images), lesion images with no lesion found,
-  normal images with a false lesion;
+  normal images with a false lesion; and each image's lesion score, the highest threshold
+  at which the rule finds a lesion (``detection``: the whole trade of missed and false
+  lesions over the threshold, and its AUC);
 - under each stress shift: the same, and the Dice drop from unshifted;
 - the behavioural checks that need only the U-Net: blank_image, lesion_free_tissue,
   drawn_lesion, and flip_invariance without its class part;
@@ -60,20 +62,81 @@ def segmentation_figures(true_masks: list, labels: list[str], pred_masks: list) 
     return {key: figures[key] for key in SEG_FIGURES}
 
 
+def lesion_score(prob: np.ndarray, min_area: float, tolerance: float = 1e-4) -> float:
+    """The highest lesion threshold at which the chain's rule (``clean_mask``: a component of
+    ``prob >= threshold`` covering ``min_area`` of the image) still finds a lesion, to within
+    ``tolerance`` (bisection: a lesion found at a threshold is found at every lower one). At
+    a threshold T an image has a lesion exactly when its score is >= T (up to the
+    tolerance), so the scores give the U-Net's whole trade of missed and false lesions over
+    the threshold, not one point of it."""
+    from types import SimpleNamespace
+
+    from busi.model.masks import clean_mask
+
+    def found(threshold: float) -> bool:
+        rule = SimpleNamespace(threshold=threshold, min_area=min_area, keep="largest")
+        return bool(clean_mask(prob, rule).any())
+
+    if found(1.0):
+        return 1.0
+    low, high = 0.0, 1.0  # found at 0 (every pixel), not at 1
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        low, high = (middle, high) if found(middle) else (low, middle)
+    return low
+
+
+def detection_auc(lesion_scores: list[float], normal_scores: list[float]) -> float | None:
+    """The chance that a lesion image scores above a normal one (ties half): the area under
+    the curve of lesions found against normal images marked, over every threshold. None
+    without images of both kinds."""
+    if not lesion_scores or not normal_scores:
+        return None
+    ours, theirs = np.asarray(lesion_scores)[:, None], np.asarray(normal_scores)[None, :]
+    return float(np.mean((ours > theirs) + 0.5 * (ours == theirs)))
+
+
+def not_found_at(lesion_scores: list[float], normal_scores: list[float], rate: float) -> float:
+    """Lesion images with no lesion found at the lowest threshold that marks at most
+    ``rate`` of the normal images (the fewest lesions missed for that false-lesion rate): a
+    threshold just above the (m+1)-th highest normal score, m = floor(rate x normals)."""
+    marked = int(np.floor(rate * len(normal_scores) + 1e-9))
+    ranked = sorted(normal_scores, reverse=True)
+    if marked >= len(ranked):
+        return 0.0
+    bar = ranked[marked]  # an image scoring at most this is not found
+    return float(np.mean(np.asarray(lesion_scores) <= bar))
+
+
+def detection(probs: list, labels: list[str], min_area: float) -> dict:
+    """Each image's ``lesion_score`` (lesion and normal images apart) and the
+    ``detection_auc``."""
+    scores = [lesion_score(prob, min_area) for prob in probs]
+    lesion = [s for s, label in zip(scores, labels, strict=True) if label != "normal"]
+    normal = [s for s, label in zip(scores, labels, strict=True) if label == "normal"]
+    return {
+        "lesion_detection_auc": detection_auc(lesion, normal),
+        "lesion_scores": lesion,
+        "normal_scores": normal,
+    }
+
+
 def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behaviour_cfg) -> dict:
-    """The unshifted figures, the figures and Dice drop under each of stress_test_models'
-    shifts, and the U-Net-only behavioural checks."""
+    """The unshifted figures and the lesion scores behind them (``detection``), the figures
+    and Dice drop under each of stress_test_models' shifts, and the U-Net-only behavioural
+    checks."""
     from busi.model.behaviour import check_blank, check_drawn_lesion, check_flip, check_tissue
     from busi.model.chain import clean_mask, segment
     from components.stress_test_models import apply_shift, shifts
 
     size = unet.input_shape[1]
 
-    def score(imgs, msks) -> dict:
-        probs = segment(unet, imgs, size, tta_flip)
+    def score(imgs, msks, probs=None) -> dict:
+        probs = segment(unet, imgs, size, tta_flip) if probs is None else probs
         return segmentation_figures(msks, labels, [clean_mask(p, roi) for p in probs])
 
-    base = score(images, masks)
+    probs = segment(unet, images, size, tta_flip)
+    base = score(images, masks, probs)
     shifted = {}
     for name, shift in shifts(stress_cfg).items():
         figures = score(*apply_shift(name, shift, images, masks, stress_cfg.seed))
@@ -90,6 +153,7 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
     ]
     return {
         "unshifted": base,
+        "detection": detection(probs, labels, roi.min_area),
         "shifts": shifted,
         "checks": {c.name: asdict(c) for c in checks},
     }
@@ -275,6 +339,16 @@ def render(record: dict) -> str:
             + " | ".join(_fmt(figures[k]) for k in SEG_FIGURES)
             + f" | {_fmt(figures['lesion_dice_mean_drop'])} |"
         )
+    found = result.get("detection")
+    if found and found["lesion_detection_auc"] is not None:
+        lines += [
+            "",
+            "Over every lesion threshold (each image's highest threshold with a lesion found): "
+            f"lesion detection AUC {found['lesion_detection_auc']:.3f}; lesion images with no "
+            "lesion found at the lowest threshold marking at most 25 / 50 % of the normal "
+            f"images: {not_found_at(found['lesion_scores'], found['normal_scores'], 0.25):.3f}"
+            f" / {not_found_at(found['lesion_scores'], found['normal_scores'], 0.5):.3f}.",
+        ]
     history = record.get("history")
     if history:
         lines += ["", f"Training (`plots/train_unet.csv`, {history['epochs']} epochs):", ""]

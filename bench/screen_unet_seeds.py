@@ -22,6 +22,11 @@ seed's first epochs equal the reference's (a constant learning rate trains the s
 epochs from the same seed on one machine). The criteria are given on the command line:
 ``--better F`` (the bound on F's better side beyond 0: lower for every figure here but the
 Dice), ``--within F=M`` (the bound on F's worse side within M), ``--mean-at-most F=X``.
+Seeds screened with lesion scores (bench_unet_screen's ``detection``) add two comparisons
+over every threshold, CURVE_FIGURES: the lesion detection AUC, and the lesion images each
+U-Net misses at the lowest threshold that marks no more normal images than the reference's
+U-Net marks at its threshold (a candidate that only moves along the trade of missed and
+false lesions shows no difference there; one that moves the curve does).
 ``--threshold T`` screens the same U-Nets at another lesion threshold than the workspace's
 (another operating point: where missed and false lesions trade; compare with a reference
 screened at the same threshold).
@@ -40,7 +45,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("lesion_dice_mean", "lesion_not_found", "normal_false_lesion_rate", "worst_dice_drop")
-HIGHER_IS_BETTER = {"lesion_dice_mean"}
+# Over every lesion threshold (bench_unet_screen's ``detection``; None in a seed screened
+# before it existed): the lesion detection AUC, and lesion images missed at the lowest
+# threshold marking no more normal images than the reference's U-Net of the same seed does
+# at its threshold (both sides read off their own lesion scores).
+CURVE_FIGURES = ("lesion_detection_auc", "not_found_at_reference_false_lesions")
+HIGHER_IS_BETTER = {"lesion_dice_mean", "lesion_detection_auc"}
 
 
 def seed_row(screen: dict, history_rows: list[dict], kept_score: float | None) -> dict:
@@ -50,6 +60,7 @@ def seed_row(screen: dict, history_rows: list[dict], kept_score: float | None) -
     reported, ``kept_score``; None without it)."""
     unshifted = screen["result"]["unshifted"]
     shifts = screen["result"]["shifts"]
+    found = screen["result"].get("detection") or {}
     worst = max(shifts, key=lambda shift: shifts[shift]["lesion_dice_mean_drop"])
     kept = None
     if kept_score is not None and history_rows:
@@ -59,6 +70,9 @@ def seed_row(screen: dict, history_rows: list[dict], kept_score: float | None) -
         **{figure: float(unshifted[figure]) for figure in FIGURES[:3]},
         "worst_dice_drop": float(shifts[worst]["lesion_dice_mean_drop"]),
         "worst_shift": worst,
+        "lesion_detection_auc": found.get("lesion_detection_auc"),
+        "lesion_scores": found.get("lesion_scores"),
+        "normal_scores": found.get("normal_scores"),
         "epochs_run": len(history_rows),
         "epoch_kept": kept,
         "history": {
@@ -78,17 +92,50 @@ def same_start(ours: dict, theirs: dict) -> float | None:
     return max(gaps) if gaps else None
 
 
+def matched_not_found(ours: dict, theirs: dict) -> tuple[float, float] | None:
+    """(candidate, reference): lesion images missed by each U-Net at the lowest threshold
+    that marks at most the share of normal images the reference's marks at its threshold;
+    None unless both have lesion scores."""
+    from bench.bench_unet_screen import not_found_at
+
+    if ours.get("lesion_scores") is None or theirs.get("lesion_scores") is None:
+        return None
+    rate = theirs["normal_false_lesion_rate"]
+    return (
+        not_found_at(ours["lesion_scores"], ours["normal_scores"], rate),
+        not_found_at(theirs["lesion_scores"], theirs["normal_scores"], rate),
+    )
+
+
+def paired_values(ours: dict[int, dict], theirs: dict[int, dict], shared: list[int], figure):
+    """({seed: candidate's}, {seed: reference's}) for ``figure`` over ``shared``, or None
+    when a seed lacks it (a curve figure of a seed screened before the curve existed)."""
+    a, b = {}, {}
+    for seed in shared:
+        if figure == "not_found_at_reference_false_lesions":
+            pair = matched_not_found(ours[seed], theirs[seed])
+        else:
+            pair = (ours[seed].get(figure), theirs[seed].get(figure))
+        if pair is None or None in pair:
+            return None
+        a[seed], b[seed] = pair
+    return a, b
+
+
 def compare(ours: dict[int, dict], theirs: dict[int, dict], confidence: float = 0.95) -> list:
-    """Per figure, candidate less reference paired by seed over the seeds both have: mean
-    difference, SE, degrees of freedom and the one-sided ``confidence`` bounds below and
-    above (None with under 2 shared seeds)."""
+    """Per figure (FIGURES, then CURVE_FIGURES where every shared seed has them), candidate
+    less reference paired by seed over the seeds both have: mean difference, SE, degrees of
+    freedom and the one-sided ``confidence`` bounds below and above (None with under 2
+    shared seeds)."""
     from bench.judge_candidate import difference, one_sided_quantile
 
     shared = sorted(set(ours) & set(theirs))
     rows = []
-    for figure in FIGURES:
-        a = {seed: ours[seed][figure] for seed in shared}
-        b = {seed: theirs[seed][figure] for seed in shared}
+    for figure in FIGURES + CURVE_FIGURES:
+        values = paired_values(ours, theirs, shared, figure)
+        if values is None:
+            continue
+        a, b = values
         d, se, dof = difference(a, b, paired=True) if shared else (None, None, None)
         low = high = None
         if se is not None:
@@ -108,12 +155,23 @@ def compare(ours: dict[int, dict], theirs: dict[int, dict], confidence: float = 
     return rows
 
 
+def seed_means(per_seed: dict[int, dict]) -> dict[str, float]:
+    """The mean over seeds of FIGURES, and of the detection AUC where every seed has it."""
+    means = {f: sum(row[f] for row in per_seed.values()) / len(per_seed) for f in FIGURES}
+    aucs = [row.get("lesion_detection_auc") for row in per_seed.values()]
+    if aucs and None not in aucs:
+        means["lesion_detection_auc"] = sum(aucs) / len(aucs)
+    return means
+
+
 def parse_pairs(items: list[str], option: str) -> dict[str, float]:
     out = {}
     for item in items:
         figure, sep, value = item.partition("=")
-        if not sep or figure not in FIGURES:
-            raise SystemExit(f"{option} {item!r}: write FIGURE=X with FIGURE one of {FIGURES}")
+        if not sep or figure not in FIGURES + CURVE_FIGURES:
+            raise SystemExit(
+                f"{option} {item!r}: write FIGURE=X with FIGURE one of {FIGURES + CURVE_FIGURES}"
+            )
         try:
             out[figure] = float(value)
         except ValueError:
@@ -201,8 +259,9 @@ def render(record: dict) -> str:
         "",
         "| U-Net seed | epochs run | epoch kept | lesion Dice | not found | false lesions | "
         "false lesions by train_unet's log at the epoch kept (no flip) | "
-        "worst Dice drop (shift) | largest log difference from the reference's |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "worst Dice drop (shift) | lesion detection AUC (every threshold) | "
+        "largest log difference from the reference's |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for seed, row in sorted(record["per_seed"].items(), key=lambda item: int(item[0])):
         kept = row["epoch_kept"]
@@ -211,12 +270,14 @@ def render(record: dict) -> str:
             f"| {seed} | {row['epochs_run']} | {_fmt(kept)} | "
             f"{row['lesion_dice_mean']:.3f} | {row['lesion_not_found']:.3f} | "
             f"{row['normal_false_lesion_rate']:.3f} | {_fmt(logged)} | "
-            f"{row['worst_dice_drop']:.3f} ({row['worst_shift']}) | {_fmt(row.get('start_gap'))} |"
+            f"{row['worst_dice_drop']:.3f} ({row['worst_shift']}) | "
+            f"{_fmt(row.get('lesion_detection_auc'))} | {_fmt(row.get('start_gap'))} |"
         )
     means = record["means"]
     lines.append(
         f"| mean | | | {means['lesion_dice_mean']:.3f} | {means['lesion_not_found']:.3f} | "
-        f"{means['normal_false_lesion_rate']:.3f} | | {means['worst_dice_drop']:.3f} | |"
+        f"{means['normal_false_lesion_rate']:.3f} | | {means['worst_dice_drop']:.3f} | "
+        f"{_fmt(means.get('lesion_detection_auc'))} | |"
     )
     if record.get("comparison"):
         lines += [
@@ -298,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mean-at-most", nargs="*", default=[], metavar="FIGURE=X")
     args = parser.parse_args(argv)
     for figure in args.better:
-        if figure not in FIGURES:
-            raise SystemExit(f"--better {figure!r}: one of {FIGURES}")
+        if figure not in FIGURES + CURVE_FIGURES:
+            raise SystemExit(f"--better {figure!r}: one of {FIGURES + CURVE_FIGURES}")
     within = parse_pairs(args.within, "--within")
     at_most = parse_pairs(args.mean_at_most, "--mean-at-most")
     if (args.better or within) and not args.reference:
@@ -335,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs = {int(seed): row for seed, row in (reference or {}).get("per_seed", {}).items()}
     for seed, row in per_seed.items():
         row["start_gap"] = same_start(row, theirs[seed]) if seed in theirs else None
-    means = {f: sum(row[f] for row in per_seed.values()) / len(per_seed) for f in FIGURES}
+    means = seed_means(per_seed)
     comparison = compare(per_seed, theirs, args.confidence) if reference else []
     machine = machine_info()
     record = {

@@ -191,6 +191,15 @@ def test_on_the_smoke_run_the_screen_equals_the_pipeline_s_stress_figures(
     theirs = json.loads((ws / "metrics" / "stress_test.json").read_text())
     result = screen(**load_workspace(ws, theirs["split"])["screen_args"])
     assert matches_stress_test(result, theirs)
+    # the lesion scores give the unshifted figures back at the workspace's threshold
+    threshold = load_workspace(ws, theirs["split"])["crop"].threshold
+    found = result["detection"]
+    lesion, normal = np.asarray(found["lesion_scores"]), np.asarray(found["normal_scores"])
+    assert np.mean(lesion < threshold) == pytest.approx(result["unshifted"]["lesion_not_found"])
+    if normal.size:
+        rate = result["unshifted"]["normal_false_lesion_rate"]
+        assert np.mean(normal >= threshold) == pytest.approx(rate)
+    assert 0.0 <= found["lesion_detection_auc"] <= 1.0
     assert set(result["checks"]) == {
         "blank_image",
         "lesion_free_tissue",
@@ -234,3 +243,38 @@ def test_on_the_smoke_run_the_screen_equals_the_pipeline_s_stress_figures(
     assert low_figures["normal_false_lesion_rate"] >= figures["normal_false_lesion_rate"]
     with pytest.raises(SystemExit, match=r"--threshold 1\.5"):
         main([*argv, "--threshold", "1.5"])
+
+
+def test_a_lesion_score_is_the_highest_threshold_at_which_the_rule_finds_a_lesion():
+    from types import SimpleNamespace
+
+    from bench.bench_unet_screen import lesion_score
+    from busi.model.masks import clean_mask
+
+    prob = np.zeros((64, 64), np.float32)
+    prob[10:20, 10:20] = 0.7  # 100 pixels
+    prob[12, 12:17] = 0.95  # a 5-pixel peak: under min_area 0.002 x 4096 = 9 pixels
+    score = lesion_score(prob, 0.002)
+    assert score == pytest.approx(0.7, abs=1e-4)
+    for threshold, found in ((0.69, True), (0.71, False), (0.96, False)):
+        rule = SimpleNamespace(threshold=threshold, min_area=0.002, keep="largest")
+        assert bool(clean_mask(prob, rule).any()) is found
+        assert (score >= threshold) is found
+    assert lesion_score(np.zeros((64, 64), np.float32), 0.002) < 1e-4  # found only at 0
+    prob[30:40, 30:40] = 1.0
+    assert lesion_score(prob, 0.002) == 1.0
+
+
+def test_detection_auc_and_the_misses_at_a_false_lesion_rate_by_hand():
+    from bench.bench_unet_screen import detection_auc, not_found_at
+
+    # pairs won by the lesion image: 0.9 twice, 0.5 over 0.1 and a tie with 0.5 (half),
+    # 0.2 over 0.1: 4.5 of 6
+    assert detection_auc([0.9, 0.5, 0.2], [0.5, 0.1]) == pytest.approx(0.75)
+    assert detection_auc([0.9], []) is None
+    lesion, normal = [0.9, 0.7, 0.5, 0.2], [0.8, 0.6, 0.3, 0.1]
+    # at most 1 of 4 normal images marked: a threshold just above 0.6; 0.5 and 0.2 missed
+    assert not_found_at(lesion, normal, 0.25) == pytest.approx(0.5)
+    assert not_found_at(lesion, normal, 0.0) == pytest.approx(0.75)  # above 0.8
+    assert not_found_at(lesion, normal, 0.5) == pytest.approx(0.25)  # above 0.3
+    assert not_found_at(lesion, normal, 1.0) == 0.0  # every normal image may be marked

@@ -105,14 +105,16 @@ def test_render_shows_each_seed_the_means_and_the_verdict():
         "verdict": sus.verdict(comparison, means, ["normal_false_lesion_rate"], {}, {}),
     }  # fmt: skip
     text = sus.render(record)
-    assert "| 0 | 2 | - | 0.600 | 0.100 | 0.400 | - | 0.020 (blur) | - |" in text
-    assert "| mean | | | 0.600 | 0.100 | 0.350 | | 0.020 | |" in text
+    assert "| 0 | 2 | - | 0.600 | 0.100 | 0.400 | - | 0.020 (blur) | - | - |" in text
+    assert "| mean | | | 0.600 | 0.100 | 0.350 | | 0.020 | - | |" in text
     # with the epoch kept known, the log's own false-lesion rate at it (row()'s log: 0.8, 0.5)
     kept = {**record, "per_seed": {"0": {**ours[0], "epoch_kept": 1}}}
-    assert "| 0 | 2 | 1 | 0.600 | 0.100 | 0.400 | 0.500 | 0.020 (blur) | - |" in sus.render(kept)
+    assert "| 0 | 2 | 1 | 0.600 | 0.100 | 0.400 | 0.500 | 0.020 (blur) | - | - |" in sus.render(
+        kept
+    )
     assert "| normal_false_lesion_rate | -0.300 |" in text
     assert "Screen: 0 of 1 criteria hold: fails." in text
-    assert "threshold" not in text
+    assert "not the workspace's" not in text
     assert "lesion threshold 0.5 (not the workspace's)" in sus.render({**record, "threshold": 0.5})
 
 
@@ -202,3 +204,39 @@ def test_a_run_up_to_a_stage_is_tagged_so_in_mlflow(tmp_path, monkeypatch):
     monkeypatch.setattr(workspace.subprocess, "run", fake_run)
     run_id, _ = workspace.repro_under_parent(tmp_path, "default", stage="train_unet")
     assert mlflow.get_run(run_id).data.tags["repro_target"] == "train_unet"
+
+
+def scored(false_lesions: float, lesion_scores: list[float], normal_scores: list[float]):
+    from bench.bench_unet_screen import detection_auc
+
+    out = row(false_lesions)
+    out["lesion_scores"], out["normal_scores"] = lesion_scores, normal_scores
+    out["lesion_detection_auc"] = detection_auc(lesion_scores, normal_scores)
+    return out
+
+
+def test_curve_figures_pair_the_misses_at_the_reference_s_false_lesion_rate():
+    """Seed 0's reference marks 2 of 4 normal images at its threshold (rate 0.5): at the
+    lowest threshold marking at most 2, it misses 1 of 4 lesion images (scores <= 0.3), the
+    candidate none (<= 0.1): -0.25. Seed 1: the same U-Net both sides, 0. Mean -0.125, SE
+    0.125."""
+    ref = scored(0.5, [0.9, 0.7, 0.4, 0.2], [0.8, 0.6, 0.3, 0.1])
+    moved = scored(0.25, [0.9, 0.7, 0.5, 0.45], [0.8, 0.2, 0.1, 0.05])
+    assert sus.matched_not_found(moved, ref) == (0.0, 0.25)
+    by_figure = {r["figure"]: r for r in sus.compare({0: moved, 1: ref}, {0: ref, 1: ref})}
+    matched = by_figure["not_found_at_reference_false_lesions"]
+    assert matched["difference"] == pytest.approx(-0.125)
+    assert matched["se"] == pytest.approx(0.125)
+    auc = by_figure["lesion_detection_auc"]
+    assert ref["lesion_detection_auc"] == pytest.approx(10 / 16)  # pairs won: 4, 3, 2, 1
+    assert moved["lesion_detection_auc"] == pytest.approx(13 / 16)  # 4, 3, 3, 3
+    assert auc["difference"] == pytest.approx((13 / 16 - 10 / 16) / 2)
+    held = sus.verdict(list(by_figure.values()), {}, ["lesion_detection_auc"], {}, {})
+    assert held[0]["value"] == pytest.approx(auc["lower_bound"])
+    # a seed screened before the lesion scores existed: no curve comparison at all
+    rows = sus.compare({0: moved, 1: row(0.5)}, {0: ref, 1: ref})
+    assert {r["figure"] for r in rows} == set(sus.FIGURES)
+    assert sus.seed_means({0: moved, 1: ref})["lesion_detection_auc"] == pytest.approx(
+        (13 / 16 + 10 / 16) / 2
+    )
+    assert "lesion_detection_auc" not in sus.seed_means({0: moved, 1: row(0.5)})
