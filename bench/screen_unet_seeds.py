@@ -51,6 +51,9 @@ FIGURES = ("lesion_dice_mean", "lesion_not_found", "normal_false_lesion_rate", "
 # at its threshold (both sides read off their own lesion scores).
 CURVE_FIGURES = ("lesion_detection_auc", "not_found_at_reference_false_lesions")
 HIGHER_IS_BETTER = {"lesion_dice_mean", "lesion_detection_auc"}
+# False-lesion rates at which the summary reads each U-Net's misses off its lesion scores
+# (0.1: the issue's bar for the whole chain).
+CURVE_RATES = (0.1, 0.25, 0.5)
 
 
 def seed_row(screen: dict, history_rows: list[dict], kept_score: float | None) -> dict:
@@ -247,6 +250,35 @@ def _fmt(value, signed: bool = False) -> str:
     return str(value)
 
 
+def curve_table(per_seed: dict) -> list[str]:
+    """Lines of a table: per seed (and the mean), lesion images missed at the lowest
+    threshold that marks at most each of CURVE_RATES of the normal images; none unless every
+    seed has lesion scores."""
+    from bench.bench_unet_screen import not_found_at
+
+    rows = sorted(per_seed.items(), key=lambda item: int(item[0]))
+    if not rows or any(row.get("lesion_scores") is None for _, row in rows):
+        return []
+    table = {
+        seed: [not_found_at(row["lesion_scores"], row["normal_scores"], r) for r in CURVE_RATES]
+        for seed, row in rows
+    }
+    means = [sum(values[i] for values in table.values()) / len(table) for i in range(3)]
+    head = " | ".join(f"at most {r:.0%} marked" for r in CURVE_RATES)
+    lines = [
+        "",
+        "Lesion images with no lesion found at the lowest threshold that marks at most this "
+        "share of the normal images (each U-Net's own lesion scores):",
+        "",
+        f"| U-Net seed | {head} |",
+        "|---:|" + "---:|" * len(CURVE_RATES),
+    ]
+    for seed, values in table.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines.append("| mean | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    return lines
+
+
 def render(record: dict) -> str:
     at = ""
     if record.get("threshold") is not None:
@@ -279,6 +311,7 @@ def render(record: dict) -> str:
         f"{means['normal_false_lesion_rate']:.3f} | | {means['worst_dice_drop']:.3f} | "
         f"{_fmt(means.get('lesion_detection_auc'))} | |"
     )
+    lines += curve_table(record["per_seed"])
     if record.get("comparison"):
         lines += [
             "",
@@ -341,6 +374,23 @@ def read_seed(workspace: Path, screen_name: str, threshold: float | None = None)
     return seed_row(screen, rows, kept)
 
 
+def rerender(name: str) -> int:
+    """The summary ``<name>.md`` written again from ``<name>.json`` (after a change to what
+    the summary shows); the record itself is left as it was."""
+    from bench import results_files
+
+    stored = results_files.RESULTS / f"{name}.json"
+    if not stored.is_file():
+        raise SystemExit(f"--render: {stored} not found; run the screen first")
+    record = json.loads(stored.read_text())
+    text = render(record)
+    results_files.write_results(
+        name, "U-Nets screened over seeds", record, text, "bench/screen_unet_seeds.py"
+    )
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
@@ -357,7 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--better", nargs="*", default=[], metavar="FIGURE")
     parser.add_argument("--within", nargs="*", default=[], metavar="FIGURE=MARGIN")
     parser.add_argument("--mean-at-most", nargs="*", default=[], metavar="FIGURE=X")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="write the summary again from its stored .json (no training, no screen)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        return rerender(f"unet_screen_seeds_{args.name}{threshold_suffix(args.threshold)}")
     for figure in args.better:
         if figure not in FIGURES + CURVE_FIGURES:
             raise SystemExit(f"--better {figure!r}: one of {FIGURES + CURVE_FIGURES}")
