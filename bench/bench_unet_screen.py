@@ -131,15 +131,15 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
 
     size = unet.input_shape[1]
 
-    def score(imgs, msks, probs=None) -> dict:
-        probs = segment(unet, imgs, size, tta_flip) if probs is None else probs
+    def figures_of(probs, msks) -> dict:
         return segmentation_figures(msks, labels, [clean_mask(p, roi) for p in probs])
 
     probs = segment(unet, images, size, tta_flip)
-    base = score(images, masks, probs)
+    base = figures_of(probs, masks)
     shifted = {}
     for name, shift in shifts(stress_cfg).items():
-        figures = score(*apply_shift(name, shift, images, masks, stress_cfg.seed))
+        imgs, msks = apply_shift(name, shift, images, masks, stress_cfg.seed)
+        figures = figures_of(segment(unet, imgs, size, tta_flip), msks)
         drop = None
         if figures["lesion_dice_mean"] is not None and base["lesion_dice_mean"] is not None:
             drop = base["lesion_dice_mean"] - figures["lesion_dice_mean"]

@@ -263,7 +263,9 @@ def curve_table(per_seed: dict) -> list[str]:
         seed: [not_found_at(row["lesion_scores"], row["normal_scores"], r) for r in CURVE_RATES]
         for seed, row in rows
     }
-    means = [sum(values[i] for values in table.values()) / len(table) for i in range(3)]
+    means = [
+        sum(values[i] for values in table.values()) / len(table) for i in range(len(CURVE_RATES))
+    ]
     head = " | ".join(f"at most {r:.0%} marked" for r in CURVE_RATES)
     lines = [
         "",

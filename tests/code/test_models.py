@@ -357,6 +357,35 @@ def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     assert logged == pytest.approx(rates, rel=1e-5)
 
 
+def test_a_unet_trains_with_the_presence_term_and_loads_for_inference(tmp_path):
+    """train_unet.presence_weight reaches the compiled loss through fit_unet, and the U-Net
+    saved with that loss loads for inference (tests/code/test_presence_loss.py has the
+    term itself)."""
+    from busi.model.masks import LesionRule
+    from busi.model.unet import load_unet
+    from busi.model.unet_training import fit_unet
+
+    ds, val_arrays = tiny_segmentation_data()
+    cfg = UnetConfig(epochs=2, batch_size=2, learning_rate=0.01, patience=2, presence_weight=0.5)
+    model = fit_unet(
+        ds,
+        ds,
+        16,
+        cfg,
+        tmp_path / "backup",
+        tmp_path / "history.csv",
+        val_arrays,
+        LesionRule(min_area=0.02),
+    )
+    assert model.loss.__name__ == "bce_dice_presence_loss"
+    model.save(tmp_path / "unet.keras")
+    again = load_unet(tmp_path / "unet.keras")
+    images = val_arrays[0]
+    np.testing.assert_allclose(
+        again.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
+
+
 @pytest.mark.parametrize("backbone", ["resnet50", "densenet121"])
 def test_imagenet_classifiers_load_plainly(tmp_path, backbone):
     """The notebook's backbones, their preprocessing in built-in layers

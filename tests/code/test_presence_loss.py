@@ -74,34 +74,3 @@ def test_a_false_blob_on_a_normal_image_gets_a_real_gradient_only_with_the_term(
     with_term = blob_gradient(segmentation_loss(0.5, 4))
     assert 0 < plain < 0.5
     assert with_term > 10 * plain
-
-
-def test_a_unet_trains_with_the_term_and_loads_for_inference(tmp_path):
-    import tensorflow as tf
-
-    from busi.model.unet import load_unet
-    from busi.model.unet_training import fit_unet
-
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (4, 16, 16, 1)).astype(np.float32)
-    masks = np.zeros((4, 16, 16, 1), np.float32)
-    masks[:2, 4:10, 4:10] = 1.0
-    labels = np.array(["benign", "malignant", "normal", "normal"])
-    ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
-    cfg = UnetConfig(epochs=2, batch_size=2, learning_rate=0.01, patience=2, presence_weight=0.5)
-    model = fit_unet(
-        ds,
-        ds,
-        16,
-        cfg,
-        tmp_path / "backup",
-        tmp_path / "history.csv",
-        (images, masks[..., 0], labels),
-        LesionRule(min_area=0.02),
-    )
-    assert model.loss.__name__ == "bce_dice_presence_loss"
-    model.save(tmp_path / "unet.keras")
-    again = load_unet(tmp_path / "unet.keras")
-    np.testing.assert_allclose(
-        again.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
-    )
