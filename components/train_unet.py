@@ -24,6 +24,7 @@ from busi.model.unet_training import (
     segmentation_dataset,
     split_arrays,
     training_fingerprint,
+    val_probabilities,
 )
 
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             fingerprint=training_fingerprint(params, args.data / "train.tfrecord"),
         )
         model.save(args.model)
-        probs = model.predict(val_arrays[0], batch_size=cfg.batch_size, verbose=0)[..., 0]
+        probs = val_probabilities(model, val_arrays[0], cfg.batch_size, cfg.monitor_flip)
         scores = chain_scores(probs, val_arrays[1], val_arrays[2], roi, cfg.false_lesion_weight)
         summary = {
             **scores,

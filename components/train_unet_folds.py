@@ -172,6 +172,7 @@ def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi, params: dict) -> dict:
         segmentation_dataset,
         split_arrays,
         training_fingerprint,
+        val_probabilities,
     )
 
     image_size = json.loads((args.data / "meta.json").read_text())["config"]["image_size"]
@@ -204,9 +205,11 @@ def _train_folds(args, cfg: FoldsConfig, unet_cfg, roi, params: dict) -> dict:
                 fingerprint=training_fingerprint(params | {"fold": fold}, path),
             )
             model.save(args.out / f"fold-{fold}.keras")
-            probs = model.predict(val_arrays[0], batch_size=unet_cfg.batch_size, verbose=0)
+            probs = val_probabilities(
+                model, val_arrays[0], unet_cfg.batch_size, unet_cfg.monitor_flip
+            )
             scores = chain_scores(
-                probs[..., 0], val_arrays[1], val_arrays[2], roi, unet_cfg.false_lesion_weight
+                probs, val_arrays[1], val_arrays[2], roi, unet_cfg.false_lesion_weight
             )
             left_out = sum(1 for f in fold_of.values() if f == fold)
             row = {

@@ -155,8 +155,18 @@ class UnetConfig:
     # marked, with a gradient near 0, so without it a false blob on a normal image costs
     # only its pixels' share of the mean BCE.
     presence_weight: float = 0.0
+    # Whether the validation figures (early stopping, the best epoch, train_unet's metrics)
+    # score the U-Net's map averaged with that of the horizontally flipped image, as every
+    # step that reports a figure does with crop_rois.tta_flip on (``val_probabilities``);
+    # false: one forward pass.
+    monitor_flip: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.monitor_flip, bool):
+            raise ValueError(
+                f"monitor_flip {self.monitor_flip!r} must be true or false: whether the "
+                "validation figures score the flip-averaged map"
+            )
         if self.presence_weight < 0:
             raise ValueError(
                 f"presence_weight {self.presence_weight} must be >= 0: the weight of the "
@@ -406,16 +416,30 @@ def chain_scores(probs, true_masks, labels, roi, false_lesion_weight: float) -> 
     }
 
 
-def chain_validation(val_arrays, roi, false_lesion_weight: float, batch_size: int = 32):
-    """A Keras callback that adds ``chain_scores`` of the validation split to each epoch's
-    logs; listed before EarlyStopping and the loggers, which then see them."""
+def val_probabilities(model, images, batch_size: int = 32, flip: bool = False):
+    """The U-Net's lesion probabilities (N, H, W) for a batch of prepared images; with
+    ``flip`` averaged with those of the horizontally flipped images, flipped back, as
+    ``busi.model.chain.segment`` does with tta_flip."""
+    probs = model.predict(images, batch_size=batch_size, verbose=0)[..., 0]
+    if flip:
+        flipped = model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)[..., 0]
+        probs = (probs + flipped[:, :, ::-1]) / 2.0
+    return probs
+
+
+def chain_validation(
+    val_arrays, roi, false_lesion_weight: float, batch_size: int = 32, flip: bool = False
+):
+    """A Keras callback that adds ``chain_scores`` of the validation split (the maps of
+    ``val_probabilities``, flip-averaged with ``flip``) to each epoch's logs; listed before
+    EarlyStopping and the loggers, which then see them."""
     import keras
 
     images, masks, labels = val_arrays
 
     class ChainValidation(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            probs = self.model.predict(images, batch_size=batch_size, verbose=0)[..., 0]
+            probs = val_probabilities(self.model, images, batch_size, flip)
             if logs is not None:
                 logs.update(chain_scores(probs, masks, labels, roi, false_lesion_weight))
 
@@ -612,7 +636,9 @@ def fit_unet(
     )
     resuming = _claim_backup(Path(backup_dir), fingerprint)
     callbacks = [
-        chain_validation(val_arrays, roi, cfg.false_lesion_weight, cfg.batch_size),
+        chain_validation(
+            val_arrays, roi, cfg.false_lesion_weight, cfg.batch_size, cfg.monitor_flip
+        ),
         early_stopping(cfg, Path(backup_dir)),
         keras.callbacks.CSVLogger(str(history_csv), append=resuming),
         *extra_callbacks,

@@ -1116,3 +1116,78 @@ def test_train_classifier_saves_an_ensemble_and_logs_each_members_epochs(tmp_pat
     assert [m.step for m in history] == [0, 1]
     assert "member_0/val_loss" in run[0].data.metrics
     assert "val_loss" not in run[0].data.metrics
+
+
+class _LeftSidedUnet:
+    """A stand-in U-Net that is not flip-equivariant: its lesion probability is the image on
+    the left half and 0 on the right, so a bright blob on the left is a lesion in one pass
+    and half as bright once averaged with the flipped pass."""
+
+    def predict(self, images, batch_size=32, verbose=0):
+        images = np.asarray(images, np.float32)
+        left = np.arange(images.shape[2]) < images.shape[2] // 2
+        return images * left[None, None, :, None]
+
+
+def test_the_monitor_scores_the_flip_averaged_map_as_the_chain_does():
+    from busi.model.chain import segment
+    from busi.model.masks import LesionRule
+    from busi.model.unet_training import chain_scores, chain_validation, val_probabilities
+
+    images = np.zeros((2, 16, 16, 1), np.float32)
+    images[0, 4:10, 1:6] = 0.9  # a lesion image, its lesion left of the centre
+    images[1, 2:8, 0:5] = 0.9  # a normal image with a one-sided blob
+    masks = np.zeros((2, 16, 16), np.float32)
+    masks[0, 4:10, 1:6] = 1.0
+    labels = np.array(["benign", "normal"])
+    model = _LeftSidedUnet()
+
+    single = val_probabilities(model, images)
+    averaged = val_probabilities(model, images, flip=True)
+    np.testing.assert_allclose(single, images[..., 0])  # both blobs lie in the left half
+    np.testing.assert_allclose(averaged, images[..., 0] / 2)  # left + flipped right, halved
+    # the chain's own flip average (segment, from 8-bit images at the U-Net's size)
+    raw = [np.round(img[..., 0] * 255).astype(np.uint8) for img in images]
+    chain = segment(model, raw, 16, tta_flip=True)
+    np.testing.assert_allclose(np.stack(chain), averaged, atol=1 / 255)
+
+    rule = LesionRule(threshold=0.5)
+    logged = {}
+    for flip, name in ((False, "single"), (True, "averaged")):
+        logs = logged.setdefault(name, {})
+        callback = chain_validation((images, masks, labels), rule, 0.2, flip=flip)
+        callback.set_model(model)
+        callback.on_epoch_end(0, logs)
+    assert logged["single"]["val_false_lesion_rate"] == 1.0  # the blob is a lesion in one pass
+    assert logged["averaged"]["val_false_lesion_rate"] == 0.0  # and under 0.5 once averaged
+    assert logged["averaged"] == chain_scores(averaged, masks, labels, rule, 0.2)
+
+
+def test_fit_unet_hands_monitor_flip_to_the_monitor(tmp_path, monkeypatch):
+    from busi.model import unet_training
+    from busi.model.masks import LesionRule
+
+    seen = []
+    real = unet_training.chain_validation
+
+    def spy(*args, **kwargs):
+        seen.append(args[4] if len(args) > 4 else kwargs.get("flip"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(unet_training, "chain_validation", spy)
+    ds, val_arrays = tiny_segmentation_data()
+    for flip in (True, False):
+        cfg = UnetConfig(epochs=1, batch_size=2, patience=1, monitor_flip=flip)
+        unet_training.fit_unet(
+            ds,
+            ds,
+            16,
+            cfg,
+            tmp_path / f"b{flip}",
+            tmp_path / f"h{flip}.csv",
+            val_arrays,
+            LesionRule(),
+        )
+    assert seen == [True, False]
+    with pytest.raises(ValueError, match="monitor_flip 'yes' must be true or false"):
+        UnetConfig(monitor_flip="yes")
