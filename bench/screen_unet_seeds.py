@@ -285,6 +285,9 @@ def render(record: dict) -> str:
     at = ""
     if record.get("threshold") is not None:
         at = f"lesion threshold {record['threshold']:g} (not the workspace's); "
+    # train_unet's log scores one forward pass unless the screen set monitor_flip
+    settings = dict(item.split("=", 1) for item in record["settings"] if "=" in item)
+    flip = settings.get("train_unet.monitor_flip", "false").lower() == "true"
     lines = [
         f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
         f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
@@ -292,7 +295,8 @@ def render(record: dict) -> str:
         f"{record['minutes']:.1f} min in all.",
         "",
         "| U-Net seed | epochs run | epoch kept | lesion Dice | not found | false lesions | "
-        "false lesions by train_unet's log at the epoch kept (no flip) | "
+        "false lesions by train_unet's log at the epoch kept "
+        f"({'flip-averaged' if flip else 'no flip'}) | "
         "worst Dice drop (shift) | lesion detection AUC (every threshold) | "
         "largest log difference from the reference's |",
         "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",

@@ -116,6 +116,10 @@ def test_render_shows_each_seed_the_means_and_the_verdict():
     assert "Screen: 0 of 1 criteria hold: fails." in text
     assert "not the workspace's" not in text
     assert "lesion threshold 0.5 (not the workspace's)" in sus.render({**record, "threshold": 0.5})
+    # the log's false lesions are flip-averaged exactly when the screen set monitor_flip
+    assert "at the epoch kept (no flip)" in text
+    flipped = {**record, "settings": ["train_unet.epochs=40", "train_unet.monitor_flip=true"]}
+    assert "at the epoch kept (flip-averaged)" in sus.render(flipped)
 
 
 def test_main_refuses_a_comparison_without_reference_and_a_bad_figure():
