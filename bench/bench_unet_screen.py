@@ -159,16 +159,42 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
     }
 
 
-def load_workspace(ws: Path, split: str, threshold: float | None = None) -> dict:
-    """What a screen of ``ws``'s U-Net on ``split`` needs, from the workspace's params.yaml
-    and data: ``crop`` (crop_rois), ``stress`` (stress_test_models, on ``split``), ``labels``
-    and ``screen_args``, the keyword arguments of :func:`screen`. ``threshold`` replaces
-    crop_rois' lesion threshold (a candidate threshold for the same U-Net)."""
+# What is screened: the workspace's U-Net, or the mean of its lesion probabilities and its
+# fold U-Nets' (train_unet_folds' models/unet_folds/fold-<k>.keras, which make run trains).
+SEGMENTERS = ("unet", "unet+folds")
+
+
+def load_segmenter(ws: Path, segmenter: str = "unet"):
+    """The segmenter ``segmenter`` names, from workspace ``ws``: its U-Net, or (unet+folds)
+    ``busi.model.unet.average_unets`` of the U-Net and every fold U-Net."""
+    from busi.model.unet import average_unets, load_unet
+
+    if segmenter not in SEGMENTERS:
+        raise SystemExit(f"segmenter {segmenter!r} unknown; choose one of {SEGMENTERS}")
+    unet = load_unet(ws / "models/unet.keras")
+    if segmenter == "unet":
+        return unet
+    folds = sorted((ws / "models" / "unet_folds").glob("fold-*.keras"))
+    if not folds:
+        raise SystemExit(
+            f"{ws}: no models/unet_folds/fold-*.keras to average with the U-Net: run "
+            "train_unet_folds there first (train_unet_folds.folds >= 2)"
+        )
+    return average_unets([unet, *(load_unet(path) for path in folds)])
+
+
+def load_workspace(
+    ws: Path, split: str, threshold: float | None = None, segmenter: str = "unet"
+) -> dict:
+    """What a screen of ``ws``'s segmenter (``load_segmenter``) on ``split`` needs, from the
+    workspace's params.yaml and data: ``crop`` (crop_rois), ``stress`` (stress_test_models,
+    on ``split``), ``labels`` and ``screen_args``, the keyword arguments of :func:`screen`.
+    ``threshold`` replaces crop_rois' lesion threshold (a candidate threshold for the same
+    U-Net)."""
     from busi.config import load_section
     from busi.data.preprocess import load_pair
     from busi.data.splits import load_split_rows
     from busi.model.chain import CropConfig
-    from busi.model.unet import load_unet
     from components.evaluate_models import EvaluateConfig
     from components.stress_test_models import StressConfig
 
@@ -194,7 +220,7 @@ def load_workspace(ws: Path, split: str, threshold: float | None = None) -> dict
             "images": [p[0] for p in pairs],
             "masks": [p[1] for p in pairs],
             "labels": labels,
-            "unet": load_unet(ws / "models/unet.keras"),
+            "unet": load_segmenter(ws, segmenter),
             "roi": crop.roi,
             "tta_flip": crop.tta_flip,
             "stress_cfg": stress,
@@ -321,12 +347,16 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+SEGMENTER_NAMES = {"unet": "U-Net", "unet+folds": "mean of the U-Net and its fold U-Nets"}
+
+
 def render(record: dict) -> str:
     result = record["result"]
+    segmenter = SEGMENTER_NAMES[record.get("segmenter", "unet")]
     lines = [
         f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
         f"{record['split']} split ({record['n_images']} images, {record['n_normal']} normal), "
-        f"the U-Net of `{record['workspace']}` (lesion rule {record['rule']}, test-time flip "
+        f"the {segmenter} of `{record['workspace']}` (lesion rule {record['rule']}, test-time flip "
         f"{record['tta_flip']}); {record['minutes']:.1f} min.",
         "",
         "| | " + " | ".join(SEG_FIGURES) + " | Dice drop |",
@@ -406,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="screen at this lesion threshold instead of the workspace's crop_rois.threshold",
     )
+    parser.add_argument(
+        "--segmenter",
+        default="unet",
+        choices=SEGMENTERS,
+        help="the U-Net, or the mean of it and its fold U-Nets (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     limits = parse_limits(args.limit)
     ws = args.workspace
@@ -421,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     from busi.model.metrics import to_jsonable
 
     try:
-        loaded = load_workspace(ws, args.split, args.threshold)
+        loaded = load_workspace(ws, args.split, args.threshold, args.segmenter)
     except ValueError as bad:
         raise SystemExit(f"--threshold {args.threshold}: {bad}") from bad
     crop, stress_cfg, labels = loaded["crop"], loaded["stress"], loaded["labels"]
@@ -438,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_normal": labels.count("normal"),
         "rule": f"threshold {crop.threshold}, min_area {crop.min_area}, keep {crop.keep}",
         "tta_flip": crop.tta_flip,
+        "segmenter": args.segmenter,
         "minutes": (time.monotonic() - started) / 60,
         "result": result,
         "history": training_history(ws / "plots" / "train_unet.csv"),
@@ -447,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     stress_file = ws / "metrics" / "stress_test.json"
     if stress_file.is_file():
         theirs = json.loads(stress_file.read_text())
-        # the pipeline's own figures are at the workspace's threshold: compare only there
-        if theirs.get("split") == args.split and args.threshold is None:
+        # the pipeline's own figures are the U-Net's at the workspace's threshold: compare
+        # only there
+        same = args.threshold is None and args.segmenter == "unet"
+        if theirs.get("split") == args.split and same:
             record["matches_stress_test"] = matches_stress_test(result, theirs)
     record = to_jsonable(record)  # numpy scalars (a check's passed, a figure) to JSON's
     text = render(record)

@@ -288,10 +288,15 @@ def render(record: dict) -> str:
     # train_unet's log scores one forward pass unless the screen set monitor_flip
     settings = dict(item.split("=", 1) for item in record["settings"] if "=" in item)
     flip = settings.get("train_unet.monitor_flip", "false").lower() == "true"
+    segmenter = (
+        "segmenter: the mean of each U-Net and its fold U-Nets; "
+        if record.get("segmenter") == "unet+folds"
+        else ""
+    )
     lines = [
         f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
         f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
-        f"settings changed: `{' '.join(record['settings']) or 'none'}`; {at}"
+        f"settings changed: `{' '.join(record['settings']) or 'none'}`; {at}{segmenter}"
         f"{record['minutes']:.1f} min in all.",
         "",
         "| U-Net seed | epochs run | epoch kept | lesion Dice | not found | false lesions | "
@@ -349,15 +354,23 @@ def render(record: dict) -> str:
     return "\n".join(lines)
 
 
-def train_unet_only(profile: str, seed: int, base: Path, changes: dict) -> Path:
-    """train_unet (and its upstream stages) in the seed's bench_chain_seeds workspace."""
+def train_unet_only(
+    profile: str, seed: int, base: Path, changes: dict, stages: tuple = ("train_unet",)
+) -> Path:
+    """``stages`` (train_unet, and train_unet_folds for a screen of the U-Net averaged with
+    its fold U-Nets) and their upstream stages in the seed's bench_chain_seeds workspace."""
     from bench.bench_chain_seeds import seed_settings
     from components.run_pipeline import run
 
     workspace = base / f"seed-{seed}" / "workspace"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
-    run(profile, None, REPO, workspace, seed_settings(seed, changes), stage="train_unet")
+    for stage in stages:
+        run(profile, None, REPO, workspace, seed_settings(seed, changes), stage=stage)
     return workspace
+
+
+# The stages each bench_unet_screen segmenter needs trained.
+SEGMENTER_STAGES = {"unet": ("train_unet",), "unet+folds": ("train_unet", "train_unet_folds")}
 
 
 def threshold_suffix(threshold: float | None) -> str:
@@ -365,13 +378,17 @@ def threshold_suffix(threshold: float | None) -> str:
     return "" if threshold is None else "_t" + f"{threshold:g}".replace(".", "")
 
 
-def read_seed(workspace: Path, screen_name: str, threshold: float | None = None) -> dict:
+def read_seed(
+    workspace: Path, screen_name: str, threshold: float | None = None, segmenter: str = "unet"
+) -> dict:
     import csv
 
     from bench import bench_unet_screen, results_files
 
     at = [] if threshold is None else ["--threshold", str(threshold)]
-    bench_unet_screen.main(["--workspace", str(workspace), "--name", screen_name, *at])
+    bench_unet_screen.main(
+        ["--workspace", str(workspace), "--name", screen_name, "--segmenter", segmenter, *at]
+    )
     screen = json.loads((results_files.RESULTS / f"unet_screen_{screen_name}.json").read_text())
     log = workspace / "plots" / "train_unet.csv"
     rows = list(csv.DictReader(log.open())) if log.is_file() else []
@@ -409,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument(
         "--threshold", type=float, help="screen at this lesion threshold (default: the workspace's)"
+    )
+    parser.add_argument(
+        "--segmenter",
+        default="unet",
+        choices=tuple(SEGMENTER_STAGES),
+        help="screen the U-Net, or the mean of it and its fold U-Nets (train_unet_folds is "
+        "trained too); default: %(default)s",
     )
     parser.add_argument("--better", nargs="*", default=[], metavar="FIGURE")
     parser.add_argument("--within", nargs="*", default=[], metavar="FIGURE=MARGIN")
@@ -454,8 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     suffix = threshold_suffix(args.threshold)
     for seed in args.seeds:
-        workspace = train_unet_only(args.profile, seed, base, changes)
-        per_seed[seed] = read_seed(workspace, f"{args.name}_seed{seed}{suffix}", args.threshold)
+        workspace = train_unet_only(
+            args.profile, seed, base, changes, SEGMENTER_STAGES[args.segmenter]
+        )
+        per_seed[seed] = read_seed(
+            workspace, f"{args.name}_seed{seed}{suffix}", args.threshold, args.segmenter
+        )
     theirs = {int(seed): row for seed, row in (reference or {}).get("per_seed", {}).items()}
     for seed, row in per_seed.items():
         row["start_gap"] = same_start(row, theirs[seed]) if seed in theirs else None
@@ -470,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "settings": args.set,
         "threshold": args.threshold,
+        "segmenter": args.segmenter,
         "minutes": (time.monotonic() - started) / 60,
         "per_seed": per_seed,
         "means": means,

@@ -278,3 +278,32 @@ def test_detection_auc_and_the_misses_at_a_false_lesion_rate_by_hand():
     assert not_found_at(lesion, normal, 0.0) == pytest.approx(0.75)  # above 0.8
     assert not_found_at(lesion, normal, 0.5) == pytest.approx(0.25)  # above 0.3
     assert not_found_at(lesion, normal, 1.0) == 0.0  # every normal image may be marked
+
+
+def test_the_folds_segmenter_is_the_mean_of_the_unet_and_its_fold_unets(tmp_path):
+    import keras
+
+    from bench.bench_unet_screen import load_segmenter
+    from busi.model.unet import load_unet
+    from busi.model.unet_training import ARCHITECTURES, build_unet
+
+    (tmp_path / "models").mkdir()
+    with pytest.raises(SystemExit, match="unknown"):
+        load_segmenter(tmp_path, "unet+everything")
+    paths = [tmp_path / "models/unet.keras"]
+    paths += [tmp_path / f"models/unet_folds/fold-{k}.keras" for k in range(2)]
+    for k, path in enumerate(paths):
+        keras.utils.set_random_seed(k)  # three different U-Nets
+        path.parent.mkdir(exist_ok=True)
+        build_unet(16, ARCHITECTURES["compact"]).save(path)
+    images = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 1)).astype(np.float32)
+    each = [load_unet(path).predict(images, verbose=0) for path in paths]
+    assert np.abs(each[0] - each[1]).max() > 1e-4  # else the mean could not differ
+    alone = load_segmenter(tmp_path, "unet").predict(images, verbose=0)
+    np.testing.assert_allclose(alone, each[0], atol=1e-6)
+    averaged = load_segmenter(tmp_path, "unet+folds").predict(images, verbose=0)
+    np.testing.assert_allclose(averaged, np.mean(each, axis=0), atol=1e-6)
+    for path in paths[1:]:
+        path.unlink()
+    with pytest.raises(SystemExit, match="run train_unet_folds there first"):
+        load_segmenter(tmp_path, "unet+folds")

@@ -278,3 +278,28 @@ def test_the_curve_table_and_a_summary_written_again_from_its_record(tmp_path, m
     assert text.endswith("A reading kept.\n")
     with pytest.raises(SystemExit, match="run the screen first"):
         sus.main(["--name", "absent", "--render"])
+
+
+def test_a_folds_screen_trains_the_fold_unets_too_and_says_what_it_screened(
+    tmp_path, monkeypatch
+):
+    from components import run_pipeline
+
+    calls = []
+    monkeypatch.setattr(run_pipeline, "run", lambda *a, stage=None, **k: calls.append(stage))
+    for segmenter, stages in sus.SEGMENTER_STAGES.items():
+        calls.clear()
+        ws = sus.train_unet_only("default", 1, tmp_path, {}, stages)
+        assert ws == tmp_path / "seed-1" / "workspace"
+        assert calls == list(stages), segmenter
+    assert sus.SEGMENTER_STAGES["unet+folds"] == ("train_unet", "train_unet_folds")
+    ours = {0: row(0.4)}
+    record = {
+        "date": "d", "machine": "m", "commit": "c", "split": "val", "seeds": [0],
+        "settings": [], "minutes": 1.0, "per_seed": {"0": ours[0]},
+        "means": {f: ours[0][f] for f in sus.FIGURES}, "reference": None,
+        "confidence": 0.95, "comparison": [], "verdict": [],
+    }  # fmt: skip
+    assert "fold U-Nets" not in sus.render(record)
+    folds = sus.render({**record, "segmenter": "unet+folds"})
+    assert "segmenter: the mean of each U-Net and its fold U-Nets" in folds
