@@ -280,9 +280,7 @@ def test_the_curve_table_and_a_summary_written_again_from_its_record(tmp_path, m
         sus.main(["--name", "absent", "--render"])
 
 
-def test_a_folds_screen_trains_the_fold_unets_too_and_says_what_it_screened(
-    tmp_path, monkeypatch
-):
+def test_a_folds_screen_trains_the_fold_unets_too_and_says_what_it_screened(tmp_path, monkeypatch):
     from components import run_pipeline
 
     calls = []
