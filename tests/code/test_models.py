@@ -335,11 +335,25 @@ def tiny_segmentation_data():
     return ds, (images, masks[..., 0], labels)
 
 
+def fit_tiny_unet(cfg: UnetConfig, out, rule=None, **kwargs):
+    """``fit_unet`` on ``tiny_segmentation_data`` (the same images for train and val, 16 px),
+    its backup (``out/backup``) and log (``out/history.csv``) under ``out``, with the lesion
+    rule ``rule`` (default ``LesionRule()``): (model, the log's path, the val arrays)."""
+    from busi.model.masks import LesionRule
+    from busi.model.unet_training import fit_unet
+
+    ds, val_arrays = tiny_segmentation_data()
+    out.mkdir(parents=True, exist_ok=True)
+    history = out / "history.csv"
+    rule = LesionRule() if rule is None else rule
+    model = fit_unet(ds, ds, 16, cfg, out / "backup", history, val_arrays, rule, **kwargs)
+    return model, history, val_arrays
+
+
 def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     import csv
 
-    from busi.model.masks import LesionRule
-    from busi.model.unet_training import epoch_learning_rate, fit_unet
+    from busi.model.unet_training import epoch_learning_rate
 
     cfg = UnetConfig(epochs=3, batch_size=2, learning_rate=0.01, lr_schedule="cosine", patience=5)
     rates = [epoch_learning_rate(e, cfg) for e in range(3)]
@@ -350,9 +364,7 @@ def test_cosine_schedule_anneals_the_unet_learning_rate_per_epoch(tmp_path):
     with pytest.raises(ValueError, match="lr_schedule"):
         UnetConfig(lr_schedule="step")
 
-    ds, val_arrays = tiny_segmentation_data()
-    history = tmp_path / "history.csv"
-    fit_unet(ds, ds, 16, cfg, tmp_path / "backup", history, val_arrays, LesionRule())
+    _, history, _ = fit_tiny_unet(cfg, tmp_path)
     logged = [float(row["learning_rate"]) for row in csv.DictReader(history.open())]
     assert logged == pytest.approx(rates, rel=1e-5)
 
@@ -363,20 +375,9 @@ def test_a_unet_trains_with_the_presence_term_and_loads_for_inference(tmp_path):
     term itself)."""
     from busi.model.masks import LesionRule
     from busi.model.unet import load_unet
-    from busi.model.unet_training import fit_unet
 
-    ds, val_arrays = tiny_segmentation_data()
     cfg = UnetConfig(epochs=2, batch_size=2, learning_rate=0.01, patience=2, presence_weight=0.5)
-    model = fit_unet(
-        ds,
-        ds,
-        16,
-        cfg,
-        tmp_path / "backup",
-        tmp_path / "history.csv",
-        val_arrays,
-        LesionRule(min_area=0.02),
-    )
+    model, _, val_arrays = fit_tiny_unet(cfg, tmp_path, LesionRule(min_area=0.02))
     assert model.loss.__name__ == "bce_dice_presence_loss"
     model.save(tmp_path / "unet.keras")
     again = load_unet(tmp_path / "unet.keras")
@@ -889,25 +890,13 @@ def test_a_unet_with_a_weight_average_keeps_and_scores_the_averaged_weights(tmp_
     import csv
 
     from busi.model.masks import LesionRule
-    from busi.model.unet_training import chain_scores, fit_unet
+    from busi.model.unet_training import chain_scores
 
     seen = {"raw": [], "scored": []}
     Watch = _watch_before_the_average(seen["raw"], seen["scored"])
 
-    ds, val_arrays = tiny_segmentation_data()
     cfg = UnetConfig(epochs=4, batch_size=2, learning_rate=0.01, patience=4, weight_average=0.8)
-    history = tmp_path / "history.csv"
-    model = fit_unet(
-        ds,
-        ds,
-        16,
-        cfg,
-        tmp_path / "backup",
-        history,
-        val_arrays,
-        LesionRule(),
-        extra_callbacks=[Watch()],
-    )
+    model, history, val_arrays = fit_tiny_unet(cfg, tmp_path, extra_callbacks=[Watch()])
     rows = list(csv.DictReader(history.open()))
     best = int(np.argmax([float(row["val_score"]) for row in rows]))
     kept = model.get_weights()
@@ -1165,7 +1154,6 @@ def test_the_monitor_scores_the_flip_averaged_map_as_the_chain_does():
 
 def test_fit_unet_hands_monitor_flip_to_the_monitor(tmp_path, monkeypatch):
     from busi.model import unet_training
-    from busi.model.masks import LesionRule
 
     seen = []
     real = unet_training.chain_validation
@@ -1175,19 +1163,9 @@ def test_fit_unet_hands_monitor_flip_to_the_monitor(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(unet_training, "chain_validation", spy)
-    ds, val_arrays = tiny_segmentation_data()
     for flip in (True, False):
         cfg = UnetConfig(epochs=1, batch_size=2, patience=1, monitor_flip=flip)
-        unet_training.fit_unet(
-            ds,
-            ds,
-            16,
-            cfg,
-            tmp_path / f"b{flip}",
-            tmp_path / f"h{flip}.csv",
-            val_arrays,
-            LesionRule(),
-        )
+        fit_tiny_unet(cfg, tmp_path / str(flip))
     assert seen == [True, False]
     with pytest.raises(ValueError, match="monitor_flip 'yes' must be true or false"):
         UnetConfig(monitor_flip="yes")
