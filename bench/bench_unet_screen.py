@@ -161,7 +161,8 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
 
 # What is screened: the workspace's U-Net, or the mean of its lesion probabilities and its
 # fold U-Nets' (train_unet_folds' models/unet_folds/fold-<k>.keras, which make run trains).
-SEGMENTERS = ("unet", "unet+folds")
+SEGMENTER_NAMES = {"unet": "U-Net", "unet+folds": "mean of the U-Net and its fold U-Nets"}
+SEGMENTERS = tuple(SEGMENTER_NAMES)
 
 
 def load_segmenter(ws: Path, segmenter: str = "unet"):
@@ -345,9 +346,6 @@ def _fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-SEGMENTER_NAMES = {"unet": "U-Net", "unet+folds": "mean of the U-Net and its fold U-Nets"}
 
 
 def render(record: dict) -> str:

@@ -291,6 +291,9 @@ def test_a_folds_screen_trains_the_fold_unets_too_and_says_what_it_screened(tmp_
         assert ws == tmp_path / "seed-1" / "workspace"
         assert calls == list(stages), segmenter
     assert sus.SEGMENTER_STAGES["unet+folds"] == ("train_unet", "train_unet_folds")
+    from bench.bench_unet_screen import SEGMENTERS
+
+    assert tuple(sus.SEGMENTER_STAGES) == SEGMENTERS  # a stage list for every segmenter
     ours = {0: row(0.4)}
     record = {
         "date": "d", "machine": "m", "commit": "c", "split": "val", "seeds": [0],
