@@ -159,29 +159,38 @@ def screen(images, masks, labels, unet, roi, tta_flip: bool, stress_cfg, behavio
     }
 
 
-# What is screened: the workspace's U-Net, or the mean of its lesion probabilities and its
-# fold U-Nets' (train_unet_folds' models/unet_folds/fold-<k>.keras, which make run trains).
-SEGMENTER_NAMES = {"unet": "U-Net", "unet+folds": "mean of the U-Net and its fold U-Nets"}
+# What is screened: the workspace's U-Net, the mean of its lesion probabilities and its
+# fold U-Nets' (train_unet_folds' models/unet_folds/fold-<k>.keras, which make run trains),
+# or the mean of the fold U-Nets' alone (no full U-Net).
+SEGMENTER_NAMES = {
+    "unet": "U-Net",
+    "unet+folds": "mean of the U-Net and its fold U-Nets",
+    "folds": "mean of the fold U-Nets",
+}
 SEGMENTERS = tuple(SEGMENTER_NAMES)
 
 
 def load_segmenter(ws: Path, segmenter: str = "unet"):
-    """The segmenter ``segmenter`` names, from workspace ``ws``: its U-Net, or (unet+folds)
-    ``busi.model.unet.average_unets`` of the U-Net and every fold U-Net."""
+    """The segmenter ``segmenter`` names, from workspace ``ws``: its U-Net, or
+    ``busi.model.unet.average_unets`` of the U-Net and every fold U-Net (unet+folds) or of
+    every fold U-Net alone (folds)."""
     from busi.model.unet import average_unets, load_unet
 
     if segmenter not in SEGMENTERS:
         raise SystemExit(f"segmenter {segmenter!r} unknown; choose one of {SEGMENTERS}")
-    unet = load_unet(ws / "models/unet.keras")
     if segmenter == "unet":
-        return unet
+        return load_unet(ws / "models/unet.keras")
     folds = sorted((ws / "models" / "unet_folds").glob("fold-*.keras"))
-    if not folds:
+    if len(folds) < 2:
         raise SystemExit(
-            f"{ws}: no models/unet_folds/fold-*.keras to average with the U-Net: run "
-            "train_unet_folds there first (train_unet_folds.folds >= 2)"
+            f"{ws}: {len(folds)} models/unet_folds/fold-*.keras for the {segmenter} segmenter"
+            ", which needs at least 2: run train_unet_folds there first "
+            "(train_unet_folds.folds >= 2)"
         )
-    return average_unets([unet, *(load_unet(path) for path in folds)])
+    members = [load_unet(path) for path in folds]
+    if segmenter == "unet+folds":
+        members.insert(0, load_unet(ws / "models/unet.keras"))
+    return average_unets(members)
 
 
 def load_workspace(

@@ -288,11 +288,7 @@ def render(record: dict) -> str:
     # train_unet's log scores one forward pass unless the screen set monitor_flip
     settings = dict(item.split("=", 1) for item in record["settings"] if "=" in item)
     flip = settings.get("train_unet.monitor_flip", "false").lower() == "true"
-    segmenter = (
-        "segmenter: the mean of each U-Net and its fold U-Nets; "
-        if record.get("segmenter") == "unet+folds"
-        else ""
-    )
+    segmenter = SEGMENTER_WORDS.get(record.get("segmenter", "unet"), "")
     lines = [
         f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
         f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
@@ -369,8 +365,19 @@ def train_unet_only(
     return workspace
 
 
+# How a seed screen's summary names a segmenter other than the U-Net alone.
+SEGMENTER_WORDS = {
+    "unet+folds": "segmenter: the mean of each U-Net and its fold U-Nets; ",
+    "folds": "segmenter: the mean of each seed's fold U-Nets, no full U-Net (so no "
+    "train_unet epochs); ",
+}
+
 # The stages each bench_unet_screen segmenter needs trained.
-SEGMENTER_STAGES = {"unet": ("train_unet",), "unet+folds": ("train_unet", "train_unet_folds")}
+SEGMENTER_STAGES = {
+    "unet": ("train_unet",),
+    "unet+folds": ("train_unet", "train_unet_folds"),
+    "folds": ("train_unet_folds",),
+}
 
 
 def threshold_suffix(threshold: float | None) -> str:
@@ -390,6 +397,10 @@ def read_seed(
         ["--workspace", str(workspace), "--name", screen_name, "--segmenter", segmenter, *at]
     )
     screen = json.loads((results_files.RESULTS / f"unet_screen_{screen_name}.json").read_text())
+    if "train_unet" not in SEGMENTER_STAGES[segmenter]:
+        # the workspace's train_unet log is another model's (a full U-Net this segmenter
+        # does not use, perhaps trained with other settings): no epochs, no kept epoch
+        return seed_row(screen, [], None)
     log = workspace / "plots" / "train_unet.csv"
     rows = list(csv.DictReader(log.open())) if log.is_file() else []
     metrics = workspace / "metrics" / "train_unet.json"
@@ -431,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         "--segmenter",
         default="unet",
         choices=tuple(SEGMENTER_STAGES),
-        help="screen the U-Net, or the mean of it and its fold U-Nets (train_unet_folds is "
-        "trained too); default: %(default)s",
+        help="screen the U-Net, the mean of it and its fold U-Nets (train_unet_folds is "
+        "trained too) or the mean of the fold U-Nets alone (train_unet_folds only); "
+        "default: %(default)s",
     )
     parser.add_argument("--better", nargs="*", default=[], metavar="FIGURE")
     parser.add_argument("--within", nargs="*", default=[], metavar="FIGURE=MARGIN")

@@ -280,7 +280,7 @@ def test_detection_auc_and_the_misses_at_a_false_lesion_rate_by_hand():
     assert not_found_at(lesion, normal, 1.0) == 0.0  # every normal image may be marked
 
 
-def test_the_folds_segmenter_is_the_mean_of_the_unet_and_its_fold_unets(tmp_path):
+def test_the_folds_segmenters_are_the_mean_of_the_unet_and_or_its_fold_unets(tmp_path):
     import keras
 
     from bench.bench_unet_screen import load_segmenter
@@ -303,7 +303,13 @@ def test_the_folds_segmenter_is_the_mean_of_the_unet_and_its_fold_unets(tmp_path
     np.testing.assert_allclose(alone, each[0], atol=1e-6)
     averaged = load_segmenter(tmp_path, "unet+folds").predict(images, verbose=0)
     np.testing.assert_allclose(averaged, np.mean(each, axis=0), atol=1e-6)
-    for path in paths[1:]:
-        path.unlink()
+    folds_only = load_segmenter(tmp_path, "folds").predict(images, verbose=0)
+    np.testing.assert_allclose(folds_only, np.mean(each[1:], axis=0), atol=1e-6)
+    assert np.abs(folds_only - averaged).max() > 1e-5  # the full U-Net is left out
+    paths[2].unlink()  # one fold U-Net is no ensemble
+    for segmenter in ("unet+folds", "folds"):
+        with pytest.raises(SystemExit, match=r"1 models/unet_folds.*needs at least 2"):
+            load_segmenter(tmp_path, segmenter)
+    paths[1].unlink()
     with pytest.raises(SystemExit, match="run train_unet_folds there first"):
         load_segmenter(tmp_path, "unet+folds")

@@ -304,3 +304,41 @@ def test_a_folds_screen_trains_the_fold_unets_too_and_says_what_it_screened(tmp_
     assert "fold U-Nets" not in sus.render(record)
     folds = sus.render({**record, "segmenter": "unet+folds"})
     assert "segmenter: the mean of each U-Net and its fold U-Nets" in folds
+    assert sus.SEGMENTER_STAGES["folds"] == ("train_unet_folds",)  # no full U-Net trained
+    alone = sus.render({**record, "segmenter": "folds"})
+    assert "segmenter: the mean of each seed's fold U-Nets, no full U-Net" in alone
+
+
+def test_read_seed_takes_the_train_unet_log_only_for_segmenters_that_use_that_unet(
+    tmp_path, monkeypatch
+):
+    """A folds-only screen leaves the workspace's full U-Net (perhaps trained with other
+    settings) out, so its train_unet log must not become the seed's epochs."""
+    from bench import bench_unet_screen, results_files
+
+    monkeypatch.setattr(results_files, "RESULTS", tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "plots").mkdir(parents=True)
+    (ws / "metrics").mkdir()
+    rows = log([0.9, 0.4, 0.6], [0.5, 0.62, 0.63])
+    lines = ["epoch,val_false_lesion_rate,val_lesion_dice,val_score"]
+    lines += [",".join(r[k] for k in lines[0].split(",")) for r in rows]
+    (ws / "plots" / "train_unet.csv").write_text("\n".join(lines) + "\n")
+    (ws / "metrics" / "train_unet.json").write_text(json.dumps({"val_score": 0.62 - 0.2 * 0.4}))
+    screened = []
+
+    def fake_screen(argv):
+        screened.append(argv)
+        name = argv[argv.index("--name") + 1]
+        record = screen(0.6, 0.1, 0.3, {"blur": 0.02})
+        (tmp_path / f"unet_screen_{name}.json").write_text(json.dumps(record))
+        return 0
+
+    monkeypatch.setattr(bench_unet_screen, "main", fake_screen)
+    with_unet = sus.read_seed(ws, "a", segmenter="unet+folds")
+    assert (with_unet["epochs_run"], with_unet["epoch_kept"]) == (3, 1)
+    folds = sus.read_seed(ws, "b", segmenter="folds")
+    assert (folds["epochs_run"], folds["epoch_kept"]) == (0, None)
+    assert folds["history"] == {"val_lesion_dice": [], "val_false_lesion_rate": []}
+    assert folds["lesion_dice_mean"] == pytest.approx(0.6)  # the screen itself is read
+    assert [argv[argv.index("--segmenter") + 1] for argv in screened] == ["unet+folds", "folds"]
