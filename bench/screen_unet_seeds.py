@@ -31,6 +31,11 @@ false lesions shows no difference there; one that moves the curve does).
 (another operating point: where missed and false lesions trade; compare with a reference
 screened at the same threshold).
 
+``--pool A.json B.json ...`` trains and screens nothing: it joins the seeds of one
+candidate screened in several calls (seeds 0-2 one session, 3-5 the next) and judges them
+as one screen, refusing parts of other settings, segmenters, thresholds or host types, or
+that share a seed.
+
 Writes bench/results/unet_screen_seeds_<name>[_t<T>].{json,md}.
 """
 
@@ -289,8 +294,12 @@ def render(record: dict) -> str:
     settings = dict(item.split("=", 1) for item in record["settings"] if "=" in item)
     flip = settings.get("train_unet.monitor_flip", "false").lower() == "true"
     segmenter = SEGMENTER_WORDS.get(record.get("segmenter", "unet"), "")
+    measured = f"Measured {record['date']} on {record['machine']}"
+    if record.get("pooled_from"):
+        parts = ", ".join(f"`{path}`" for path in record["pooled_from"])
+        measured = f"Pooled {record['date']} from {parts}, measured on {record['machine']}"
     lines = [
-        f"Measured {record['date']} on {record['machine']}, commit {record['commit']}, the "
+        f"{measured}, commit {record['commit']}, the "
         f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
         f"settings changed: `{' '.join(record['settings']) or 'none'}`; {at}{segmenter}"
         f"{record['minutes']:.1f} min in all.",
@@ -408,6 +417,55 @@ def read_seed(
     return seed_row(screen, rows, kept)
 
 
+# What the parts of a pooled screen must share: the same candidate on the same host type.
+POOL_KEYS = ("split", "segmenter", "threshold", "machine")
+
+
+def pool_parts(paths: list[Path]) -> dict:
+    """The parts of one screen run in several calls (e.g. seeds 0-2, then 3-5), each a
+    results file of this script: their seeds as one ``per_seed`` (int keys), their settings,
+    POOL_KEYS, summed minutes and the files. Refused, with what differs, unless every part
+    screened the same settings (in any order), segmenter, threshold and split on the same
+    host type (CPU model and instruction sets: hosts train other models), and no seed is in
+    two parts."""
+    if len(paths) < 2:
+        raise SystemExit("--pool: give at least two results files to pool")
+    parts = []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--pool {path}: no such file")
+        record = json.loads(path.read_text())
+        if "per_seed" not in record or "settings" not in record:
+            raise SystemExit(f"--pool {path}: not a results file of screen_unet_seeds.py")
+        parts.append(record)
+    first = parts[0]
+    for path, record in zip(paths[1:], parts[1:], strict=True):
+        if sorted(record["settings"]) != sorted(first["settings"]):
+            raise SystemExit(
+                f"--pool: {path} screened settings {record['settings']}, {paths[0]} "
+                f"{first['settings']}: pool parts of one candidate only"
+            )
+        for key in POOL_KEYS:
+            if record.get(key) != first.get(key):
+                raise SystemExit(
+                    f"--pool: {path} has {key} {record.get(key)!r}, {paths[0]} "
+                    f"{first.get(key)!r}: pool parts of one candidate on one host type only"
+                )
+    per_seed: dict[int, dict] = {}
+    for path, record in zip(paths, parts, strict=True):
+        for seed, row in record["per_seed"].items():
+            if int(seed) in per_seed:
+                raise SystemExit(f"--pool: seed {seed} is in two parts (again in {path})")
+            per_seed[int(seed)] = row
+    return {
+        "per_seed": dict(sorted(per_seed.items())),
+        "settings": first["settings"],
+        **{key: first.get(key) for key in POOL_KEYS},
+        "minutes": sum(record["minutes"] for record in parts),
+        "pooled_from": [str(path) for path in paths],
+    }
+
+
 def rerender(name: str) -> int:
     """The summary ``<name>.md`` written again from ``<name>.json`` (after a change to what
     the summary shows); the record itself is left as it was."""
@@ -454,6 +512,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write the summary again from its stored .json (no training, no screen)",
     )
+    parser.add_argument(
+        "--pool",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="no training, no screen: pool these results files of one candidate (disjoint "
+        "seeds, same settings, segmenter, threshold and host type) into unet_screen_seeds_"
+        "<name>, judged against --reference",
+    )
     args = parser.parse_args(argv)
     if args.render:
         return rerender(f"unet_screen_seeds_{args.name}{threshold_suffix(args.threshold)}")
@@ -464,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     at_most = parse_pairs(args.mean_at_most, "--mean-at-most")
     if (args.better or within) and not args.reference:
         raise SystemExit("--better and --within compare with a reference: give --reference")
+    pooled = None
+    if args.pool:
+        pooled = pool_parts(args.pool)
+        args.threshold = pooled["threshold"]  # the reference must match the parts'
     reference = None
     if args.reference:
         if not args.reference.is_file():
@@ -483,19 +554,27 @@ def main(argv: list[str] | None = None) -> int:
     from bench.bench_data import machine_info
     from bench.results_files import write_results
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    changes = parse_changes(args.set, params, "val")
-    base = REPO / "scratch" / "chain-seeds" / args.profile
     started = time.monotonic()
-    per_seed = {}
     suffix = threshold_suffix(args.threshold)
-    for seed in args.seeds:
-        workspace = train_unet_only(
-            args.profile, seed, base, changes, SEGMENTER_STAGES[args.segmenter]
+    per_seed = {}
+    if pooled is not None:
+        per_seed = pooled["per_seed"]
+        args.seeds, args.set, args.segmenter = (
+            list(per_seed),
+            pooled["settings"],
+            pooled["segmenter"],
         )
-        per_seed[seed] = read_seed(
-            workspace, f"{args.name}_seed{seed}{suffix}", args.threshold, args.segmenter
-        )
+    else:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        changes = parse_changes(args.set, params, "val")
+        base = REPO / "scratch" / "chain-seeds" / args.profile
+        for seed in args.seeds:
+            workspace = train_unet_only(
+                args.profile, seed, base, changes, SEGMENTER_STAGES[args.segmenter]
+            )
+            per_seed[seed] = read_seed(
+                workspace, f"{args.name}_seed{seed}{suffix}", args.threshold, args.segmenter
+            )
     theirs = {int(seed): row for seed, row in (reference or {}).get("per_seed", {}).items()}
     for seed, row in per_seed.items():
         row["start_gap"] = same_start(row, theirs[seed]) if seed in theirs else None
@@ -504,14 +583,17 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": "{cpu_model} ({nproc} cores; {cpu_isa})".format(**machine),
+        # a pooled screen ran on its parts' host, not necessarily on this one
+        "machine": pooled["machine"]
+        if pooled
+        else "{cpu_model} ({nproc} cores; {cpu_isa})".format(**machine),
         "commit": machine["project_commit"],
         "split": "val",
         "seeds": args.seeds,
         "settings": args.set,
         "threshold": args.threshold,
         "segmenter": args.segmenter,
-        "minutes": (time.monotonic() - started) / 60,
+        "minutes": pooled["minutes"] if pooled else (time.monotonic() - started) / 60,
         "per_seed": per_seed,
         "means": means,
         "reference": str(args.reference) if args.reference else None,
@@ -519,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         "comparison": comparison,
         "verdict": verdict(comparison, means, args.better, within, at_most),
     }
+    if pooled:
+        record["pooled_from"] = pooled["pooled_from"]
     text = render(record)
     write_results(
         f"unet_screen_seeds_{args.name}{threshold_suffix(args.threshold)}",

@@ -342,3 +342,60 @@ def test_read_seed_takes_the_train_unet_log_only_for_segmenters_that_use_that_un
     assert folds["history"] == {"val_lesion_dice": [], "val_false_lesion_rate": []}
     assert folds["lesion_dice_mean"] == pytest.approx(0.6)  # the screen itself is read
     assert [argv[argv.index("--segmenter") + 1] for argv in screened] == ["unet+folds", "folds"]
+
+
+def test_pool_joins_the_parts_of_one_candidate_and_judges_them_as_one_screen(tmp_path, monkeypatch):
+    """Seeds 0-1 and 2-3 screened in two calls, pooled: the paired comparison is the one of
+    the four seeds by hand; parts of another candidate or host, or sharing a seed, are
+    refused before anything is written."""
+    from bench import results_files
+
+    monkeypatch.setattr(results_files, "RESULTS", tmp_path)
+    ours = {0: row(0.4), 1: row(0.3), 2: row(0.6), 3: row(0.2)}
+    theirs = {0: row(0.6), 1: row(0.6), 2: row(0.7), 3: row(0.5)}
+
+    def part(path, seeds, rows, **over):
+        record = {
+            "date": "d", "machine": "AMD (2 cores; f25)", "commit": "c", "split": "val",
+            "seeds": seeds, "settings": ["a.b=1", "c.d=2"], "threshold": None,
+            "segmenter": "folds", "minutes": 20.0,
+            "per_seed": {str(s): rows[s] for s in seeds}, **over,
+        }  # fmt: skip
+        path.write_text(json.dumps(record))
+        return str(path)
+
+    first = part(tmp_path / "p1.json", [0, 1], ours)
+    second = part(tmp_path / "p2.json", [2, 3], ours, settings=["c.d=2", "a.b=1"])
+    reference = part(tmp_path / "ref.json", [0, 1, 2, 3], theirs, segmenter="unet")
+    rule = ["--better", "normal_false_lesion_rate", "--mean-at-most", "worst_dice_drop=0.05"]
+    assert sus.main(["--name", "x", "--pool", first, second, "--reference", reference, *rule]) == 0
+    record = json.loads((tmp_path / "unet_screen_seeds_x.json").read_text())
+    assert record["seeds"] == [0, 1, 2, 3]
+    assert record["minutes"] == pytest.approx(40.0)
+    assert (record["segmenter"], record["machine"]) == ("folds", "AMD (2 cores; f25)")
+    assert record["pooled_from"] == [first, second]
+    by_hand = {r["figure"]: r for r in sus.compare(ours, theirs)}
+    pooled = {r["figure"]: r for r in record["comparison"]}
+    rate = "normal_false_lesion_rate"
+    assert pooled[rate]["difference"] == pytest.approx(-0.225)  # (-0.2 -0.3 -0.1 -0.3) / 4
+    assert pooled[rate]["difference"] == pytest.approx(by_hand[rate]["difference"])
+    assert pooled[rate]["upper_bound"] == pytest.approx(by_hand[rate]["upper_bound"])
+    assert [c["holds"] for c in record["verdict"]] == [True, True]
+    text = (tmp_path / "unet_screen_seeds_x.md").read_text()
+    assert "Pooled" in text
+    assert "`" + second + "`" in text
+    refusals = {
+        "settings": part(tmp_path / "s.json", [2, 3], ours, settings=["a.b=1"]),
+        "machine 'Intel": part(tmp_path / "m.json", [2, 3], ours, machine="Intel (2 cores)"),
+        "segmenter 'unet'": part(tmp_path / "g.json", [2, 3], ours, segmenter="unet"),
+        "seed 1 is in two parts": part(tmp_path / "o.json", [1, 2], ours),
+    }
+    for message, other in refusals.items():
+        (tmp_path / "unet_screen_seeds_y.json").unlink(missing_ok=True)
+        with pytest.raises(SystemExit, match=message):
+            sus.main(["--name", "y", "--pool", first, other, "--reference", reference, *rule])
+        assert not (tmp_path / "unet_screen_seeds_y.json").exists()
+    with pytest.raises(SystemExit, match="at least two"):
+        sus.main(["--name", "y", "--pool", first])
+    with pytest.raises(SystemExit, match="no such file"):
+        sus.main(["--name", "y", "--pool", first, str(tmp_path / "absent.json")])
