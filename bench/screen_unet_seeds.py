@@ -437,6 +437,7 @@ def pool_parts(paths: list[Path]) -> dict:
         record = json.loads(path.read_text())
         if "per_seed" not in record or "settings" not in record:
             raise SystemExit(f"--pool {path}: not a results file of screen_unet_seeds.py")
+        record.setdefault("segmenter", "unet")  # screens before --segmenter were the U-Net's
         parts.append(record)
     first = parts[0]
     for path, record in zip(paths[1:], parts[1:], strict=True):

@@ -390,6 +390,12 @@ def test_pool_joins_the_parts_of_one_candidate_and_judges_them_as_one_screen(tmp
         "segmenter 'unet'": part(tmp_path / "g.json", [2, 3], ours, segmenter="unet"),
         "seed 1 is in two parts": part(tmp_path / "o.json", [1, 2], ours),
     }
+    older = json.loads((tmp_path / "g.json").read_text())
+    del older["segmenter"]  # a screen from before --segmenter: the U-Net's
+    (tmp_path / "g0.json").write_text(json.dumps(older))
+    both = [str(tmp_path / "g0.json"), part(tmp_path / "g1.json", [0, 1], ours, segmenter="unet")]
+    assert sus.main(["--name", "u", "--pool", *both, "--reference", reference, *rule]) == 0
+    assert json.loads((tmp_path / "unet_screen_seeds_u.json").read_text())["segmenter"] == "unet"
     for message, other in refusals.items():
         (tmp_path / "unet_screen_seeds_y.json").unlink(missing_ok=True)
         with pytest.raises(SystemExit, match=message):
