@@ -297,7 +297,11 @@ def render(record: dict) -> str:
     measured = f"Measured {record['date']} on {record['machine']}"
     if record.get("pooled_from"):
         parts = ", ".join(f"`{path}`" for path in record["pooled_from"])
-        measured = f"Pooled {record['date']} from {parts}, measured on {record['machine']}"
+        commits = ", ".join(map(str, record.get("part_commits") or []))
+        measured = (
+            f"Pooled {record['date']} from {parts} (their commits: {commits}), measured on "
+            f"{record['machine']}"
+        )
     lines = [
         f"{measured}, commit {record['commit']}, the "
         f"{record['split']} split, U-Net seeds {', '.join(map(str, record['seeds']))}; "
@@ -464,6 +468,7 @@ def pool_parts(paths: list[Path]) -> dict:
         **{key: first.get(key) for key in POOL_KEYS},
         "minutes": sum(record["minutes"] for record in parts),
         "pooled_from": [str(path) for path in paths],
+        "part_commits": [record.get("commit") for record in parts],
     }
 
 
@@ -604,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if pooled:
         record["pooled_from"] = pooled["pooled_from"]
+        record["part_commits"] = pooled["part_commits"]
     text = render(record)
     write_results(
         f"unet_screen_seeds_{args.name}{threshold_suffix(args.threshold)}",

@@ -365,7 +365,7 @@ def test_pool_joins_the_parts_of_one_candidate_and_judges_them_as_one_screen(tmp
         return str(path)
 
     first = part(tmp_path / "p1.json", [0, 1], ours)
-    second = part(tmp_path / "p2.json", [2, 3], ours, settings=["c.d=2", "a.b=1"])
+    second = part(tmp_path / "p2.json", [2, 3], ours, settings=["c.d=2", "a.b=1"], commit="c2")
     reference = part(tmp_path / "ref.json", [0, 1, 2, 3], theirs, segmenter="unet")
     rule = ["--better", "normal_false_lesion_rate", "--mean-at-most", "worst_dice_drop=0.05"]
     assert sus.main(["--name", "x", "--pool", first, second, "--reference", reference, *rule]) == 0
@@ -383,6 +383,8 @@ def test_pool_joins_the_parts_of_one_candidate_and_judges_them_as_one_screen(tmp
     assert [c["holds"] for c in record["verdict"]] == [True, True]
     text = (tmp_path / "unet_screen_seeds_x.md").read_text()
     assert "Pooled" in text
+    assert record["part_commits"] == ["c", "c2"]
+    assert "(their commits: c, c2)" in text  # the parts ran at other commits than the pool
     assert "`" + second + "`" in text
     refusals = {
         "settings": part(tmp_path / "s.json", [2, 3], ours, settings=["a.b=1"]),
