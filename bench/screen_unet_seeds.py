@@ -539,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--better and --within compare with a reference: give --reference")
     pooled = None
     if args.pool:
+        if args.set or args.threshold is not None or args.segmenter != "unet":
+            raise SystemExit(
+                "--pool takes the settings, segmenter and threshold from its parts: leave "
+                "out --set, --threshold and --segmenter"
+            )
         pooled = pool_parts(args.pool)
         args.threshold = pooled["threshold"]  # the reference must match the parts'
     reference = None
