@@ -504,11 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--segmenter",
-        default="unet",
         choices=tuple(SEGMENTER_STAGES),
         help="screen the U-Net, the mean of it and its fold U-Nets (train_unet_folds is "
         "trained too) or the mean of the fold U-Nets alone (train_unet_folds only); "
-        "default: %(default)s",
+        "default: unet (with --pool: the parts')",
     )
     parser.add_argument("--better", nargs="*", default=[], metavar="FIGURE")
     parser.add_argument("--within", nargs="*", default=[], metavar="FIGURE=MARGIN")
@@ -539,13 +538,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--better and --within compare with a reference: give --reference")
     pooled = None
     if args.pool:
-        if args.set or args.threshold is not None or args.segmenter != "unet":
+        if args.set or args.threshold is not None or args.segmenter is not None:
             raise SystemExit(
                 "--pool takes the settings, segmenter and threshold from its parts: leave "
                 "out --set, --threshold and --segmenter"
             )
         pooled = pool_parts(args.pool)
         args.threshold = pooled["threshold"]  # the reference must match the parts'
+    else:
+        args.segmenter = args.segmenter or "unet"
     reference = None
     if args.reference:
         if not args.reference.is_file():

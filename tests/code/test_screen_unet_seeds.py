@@ -405,7 +405,12 @@ def test_pool_joins_the_parts_of_one_candidate_and_judges_them_as_one_screen(tmp
         assert not (tmp_path / "unet_screen_seeds_y.json").exists()
     with pytest.raises(SystemExit, match="at least two"):
         sus.main(["--name", "y", "--pool", first])
-    for given in (["--set", "a.b=2"], ["--threshold", "0.5"], ["--segmenter", "folds"]):
+    for given in (
+        ["--set", "a.b=2"],
+        ["--threshold", "0.5"],
+        ["--segmenter", "folds"],
+        ["--segmenter", "unet"],  # even the parts' own: they give it
+    ):
         with pytest.raises(SystemExit, match="takes the settings, segmenter and threshold"):
             sus.main(["--name", "y", "--pool", first, second, *given])
     with pytest.raises(SystemExit, match="no such file"):
